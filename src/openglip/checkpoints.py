@@ -1,0 +1,308 @@
+"""Checkpoints: OpenGLIP safetensors files (config embedded) and official GLIP ``.pth`` files.
+
+Official GLIP checkpoints (``glip_tiny_model_o365_goldg.pth``, ``glip_large_model.pth``) hold the state dict of
+maskrcnn-benchmark's ``GeneralizedVLRCNN`` under ``"model"`` with DDP's ``module.`` prefix. Every one of their
+keys maps to exactly one OpenGLIP parameter or buffer (:func:`official_key_to_openglip`), except two kinds of
+buffers that OpenGLIP derives instead of storing (anchor cells and BERT position ids); those are checked
+against the derived values instead of being silently dropped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+
+from .config import ModelConfig, config_from_dict, config_to_json, get_preset
+
+DERIVED = "<derived>"  # marker for official buffers that OpenGLIP computes instead of loading
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read or does not match the model."""
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Official key mapping
+# --------------------------------------------------------------------------------------------------------------
+
+_TEXT_LAYER = {
+    "attention.self.query": "query",
+    "attention.self.key": "key",
+    "attention.self.value": "value",
+    "attention.output.dense": "attn_out",
+    "attention.output.LayerNorm": "attn_norm",
+    "intermediate.dense": "ffn_in",
+    "output.dense": "ffn_out",
+    "output.LayerNorm": "ffn_norm",
+}
+_DYCONV = {
+    "DyConv.0.conv": "coarser.conv",
+    "DyConv.0.bn": "coarser.norm",
+    "DyConv.1.conv": "same.conv",
+    "DyConv.1.bn": "same.norm",
+    "DyConv.2.conv": "finer.conv",
+    "DyConv.2.bn": "finer.norm",
+    "AttnConv.1": "scale_attn",
+    "relu.fc.0": "dyrelu.fc1",
+    "relu.fc.2": "dyrelu.fc2",
+    "offset": "offset",
+}
+_CROSS = {
+    "b_attn.layer_norm_v": "norm_v",
+    "b_attn.layer_norm_l": "norm_l",
+    "b_attn.attn": "attn",
+}
+_HEAD = {
+    "bbox_pred": "bbox_pred",
+    "centerness": "centerness",
+    "cls_logits": "cls_logits",
+    "dot_product_projection_text": "text_proj",
+}
+
+
+def _map_module(rest: str, table: Mapping[str, str]) -> str | None:
+    """Map ``<module>.<param>`` through ``table`` (longest module prefix wins)."""
+    for official in sorted(table, key=len, reverse=True):
+        if rest.startswith(official + "."):
+            return table[official] + rest[len(official) :]
+    return None
+
+
+def official_key_to_openglip(key: str) -> str | None:
+    """The OpenGLIP name of an official GLIP state-dict key, :data:`DERIVED`, or ``None`` if unknown."""
+    key = key.removeprefix("module.")
+    if key.startswith("backbone.body."):
+        return "backbone." + key[len("backbone.body.") :]
+    m = re.fullmatch(r"backbone\.fpn\.fpn_(inner|layer)(\d)\.(weight|bias)", key)
+    if m:
+        kind = "lateral" if m.group(1) == "inner" else "output"
+        return f"fpn.{kind}.{int(m.group(2)) - 2}.{m.group(3)}"
+    m = re.fullmatch(r"backbone\.fpn\.top_blocks\.(p6|p7)\.(weight|bias)", key)
+    if m:
+        return f"fpn.{m.group(1)}.{m.group(2)}"
+    if key == "language_backbone.body.model.embeddings.position_ids":
+        return DERIVED
+    if key.startswith("language_backbone.body.model."):
+        return "text_encoder.bert." + key[len("language_backbone.body.model.") :]
+    if re.fullmatch(r"rpn\.anchor_generator\.cell_anchors\.\d+", key):
+        return DERIVED
+    m = re.fullmatch(r"rpn\.head\.dyhead_tower\.(\d+)\.(.+)", key)
+    if m:
+        n, rest = int(m.group(1)), m.group(2)
+        block, part = divmod(n, 3)
+        prefix = f"tower.layers.{block}."
+        if part == 0:
+            if rest in ("b_attn.gamma_v", "b_attn.gamma_l"):
+                return prefix + "cross_attn." + rest.split(".")[1]
+            mapped = _map_module(rest, _CROSS)
+            return prefix + "cross_attn." + mapped if mapped else None
+        if part == 1:
+            mapped = _map_module(rest, _TEXT_LAYER)
+            return prefix + "text_layer." + mapped if mapped else None
+        mapped = _map_module(rest, _DYCONV)
+        return prefix + "dyconv." + mapped if mapped else None
+    m = re.fullmatch(r"rpn\.head\.scales\.(\d+)\.scale", key)
+    if m:
+        return f"head.scales.{m.group(1)}.scale"
+    if key in ("rpn.head.log_scale", "rpn.head.bias_lang", "rpn.head.bias0"):
+        return "head." + key.split(".")[-1]
+    if key.startswith("rpn.head."):
+        mapped = _map_module(key[len("rpn.head.") :], _HEAD)
+        return "head." + mapped if mapped else None
+    return None
+
+
+def _derived_ok(key: str, value: torch.Tensor, model) -> bool:
+    key = key.removeprefix("module.")
+    if key.endswith("position_ids"):
+        return torch.equal(value.flatten().long(), torch.arange(value.numel()))
+    level = int(key.rsplit(".", 1)[1])
+    cells = model.anchor_generator.cell_anchors()
+    return level < len(cells) and torch.allclose(value.float().view(-1, 4), cells[level].view(-1, 4))
+
+
+def is_official_state_dict(state: Mapping[str, torch.Tensor]) -> bool:
+    return any(k.removeprefix("module.").startswith(("rpn.head.", "language_backbone.body.")) for k in state)
+
+
+def guess_preset(state: Mapping[str, torch.Tensor]) -> str | None:
+    """Which official preset a GLIP state dict was made for (from its Swin width and tower depth)."""
+    keys = {k.removeprefix("module."): v for k, v in state.items()}
+    proj = keys.get("backbone.body.patch_embed.proj.weight")
+    if proj is None:
+        return None
+    towers = {int(m.group(1)) for k in keys if (m := re.match(r"rpn\.head\.dyhead_tower\.(\d+)\.", k))}
+    width, depth = proj.shape[0], (max(towers) + 1) // 3 if towers else 0
+    if width == 96 and depth == 6:
+        return "glip_t"
+    if width == 192 and depth == 8:
+        return "glip_l"
+    return None
+
+
+def convert_official(state: Mapping[str, torch.Tensor], model) -> dict[str, torch.Tensor]:
+    """Rename an official GLIP state dict to OpenGLIP names, checking that it matches ``model`` exactly.
+
+    Raises:
+        CheckpointError: unknown keys, keys left unmapped, missing parameters or shape mismatches, naming the
+            first few of each.
+    """
+    expected = model.state_dict()
+    out: dict[str, torch.Tensor] = {}
+    unexpected, bad_derived, mismatched = [], [], []
+    for key, value in state.items():
+        ours = official_key_to_openglip(key)
+        if ours is None or (ours != DERIVED and ours not in expected):
+            unexpected.append(key)
+            continue
+        if ours == DERIVED:
+            if not _derived_ok(key, value, model):
+                bad_derived.append(key)
+            continue
+        if ours in out:
+            raise CheckpointError(f"two official keys map to {ours!r} (second: {key!r})")
+        if tuple(value.shape) != tuple(expected[ours].shape):
+            mismatched.append(
+                f"{key}: checkpoint {tuple(value.shape)} vs model {tuple(expected[ours].shape)}"
+            )
+        out[ours] = value
+    missing = [k for k in expected if k not in out]
+    _raise_if_mismatch(missing, unexpected, mismatched, bad_derived, state, model)
+    return out
+
+
+def _raise_if_mismatch(missing, unexpected, mismatched, bad_derived, state, model) -> None:
+    if not (missing or unexpected or mismatched or bad_derived):
+        return
+    lines = []
+    if mismatched:
+        lines.append(f"{len(mismatched)} shape mismatches, first: {'; '.join(mismatched[:3])}")
+    if missing:
+        lines.append(f"{len(missing)} model keys missing from the checkpoint, first: {missing[:3]}")
+    if unexpected:
+        lines.append(f"{len(unexpected)} unexpected checkpoint keys, first: {unexpected[:3]}")
+    if bad_derived:
+        lines.append(f"derived buffers differ from what this model computes: {bad_derived[:3]}")
+    guess = guess_preset(state) if is_official_state_dict(state) else None
+    name = getattr(getattr(model, "config", None), "name", "this")
+    hint = f" The checkpoint looks like a {guess!r} checkpoint; load it with that preset." if guess else ""
+    raise CheckpointError(f"checkpoint does not match the {name!r} model: " + " | ".join(lines) + "." + hint)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Reading and writing files
+# --------------------------------------------------------------------------------------------------------------
+
+
+def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], ModelConfig | None]:
+    """Read a checkpoint file: returns (state dict, embedded config or None).
+
+    Accepts an OpenGLIP ``.safetensors`` file, an official GLIP ``.pth`` (state under ``"model"``, keys with
+    ``module.``), a training checkpoint of OpenGLIP (state under ``"model"`` with a ``"config"``), or a plain
+    state dict.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"checkpoint is empty (0 bytes): {path}")
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                meta = f.metadata() or {}
+                state = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not a dict)
+        except Exception as err:
+            raise CheckpointError(f"cannot read safetensors file {path}: {err}") from None
+        cfg = config_from_dict(json.loads(meta["openglip_config"])) if "openglip_config" in meta else None
+        return state, cfg
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise CheckpointError(f"cannot read checkpoint {path}: {type(err).__name__}: {err}") from None
+    cfg = None
+    if isinstance(obj, dict) and "model" in obj and isinstance(obj["model"], Mapping):
+        if isinstance(obj.get("config"), dict):
+            cfg = config_from_dict(obj["config"])
+        obj = obj["model"]
+    if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError(f"{path} does not contain a state dict of tensors")
+    return {k.removeprefix("module."): v for k, v in obj.items()}, cfg
+
+
+def load_into(model, state: Mapping[str, torch.Tensor]) -> None:
+    """Load an official or OpenGLIP state dict into ``model`` with strict semantics."""
+    if is_official_state_dict(state):
+        state = convert_official(state, model)
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    mismatched = [
+        f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(expected[k].shape)}"
+        for k, v in state.items()
+        if k in expected and tuple(v.shape) != tuple(expected[k].shape)
+    ]
+    _raise_if_mismatch(missing, unexpected, mismatched, [], state, model)
+    model.load_state_dict(state, strict=True)
+
+
+def atomic_write(path: str | os.PathLike, write) -> None:
+    """Call ``write(tmp_path)`` then rename over ``path``, so a crash never leaves a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def save_safetensors(model, path: str | os.PathLike, config: ModelConfig | None = None) -> None:
+    """Write the model weights and its config to one safetensors file (atomically)."""
+    from safetensors.torch import save_file
+
+    cfg = config or model.config
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    meta = {"format": "openglip", "openglip_config": config_to_json(cfg)}
+    atomic_write(path, lambda tmp: save_file(state, tmp, metadata=meta))
+
+
+def resolve_config(preset_or_path: str, weights: str | None) -> tuple[ModelConfig, dict | None]:
+    """Decide the config (and read the weights) for ``load_model``.
+
+    ``preset_or_path`` is a preset name or a checkpoint file; ``weights`` an optional checkpoint file.
+    """
+    state, cfg = None, None
+    is_file = os.path.sep in preset_or_path or Path(preset_or_path).suffix in (".safetensors", ".pth", ".pt")
+    if is_file:
+        state, cfg = read_checkpoint(preset_or_path)
+        if cfg is None:
+            guess = guess_preset(state) if is_official_state_dict(state) else None
+            if guess is None:
+                raise CheckpointError(
+                    f"{preset_or_path} carries no config; pass the preset too: load_model('glip_t', weights=...)"
+                )
+            cfg = get_preset(guess)
+    else:
+        cfg = get_preset(preset_or_path)
+    if weights is not None:
+        state, embedded = read_checkpoint(weights)
+        if embedded is not None:
+            if embedded.name != cfg.name:
+                raise CheckpointError(
+                    f"{weights} was saved for preset {embedded.name!r}, not {cfg.name!r}; "
+                    f"load it with load_model({str(weights)!r})"
+                )
+            cfg = embedded  # same preset, possibly with overrides recorded at training time
+    return cfg, state

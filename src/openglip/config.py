@@ -1,0 +1,225 @@
+"""Model configurations and presets.
+
+A preset is a plain function returning a frozen :class:`ModelConfig`. Overrides are one level deep::
+
+    cfg = dataclasses.replace(presets.glip_t(), fusion_layers=4)
+    cfg = apply_overrides(presets.tiny(), ["fusion_layers=1", "min_size=96"])
+
+The resolved config is saved beside every checkpoint (``config_to_dict``/``config_from_dict``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything needed to build a GLIP-style grounded detector."""
+
+    name: str = "custom"  # preset name, recorded in checkpoints
+
+    # --- image backbone -----------------------------------------------------------------------------------
+    backbone: str = "swin"  # "swin" | "tiny_cnn" | "efficientnet_lite0/1/2"
+    swin_embed_dim: int = 96  # Swin: channels of stage 0
+    swin_depths: tuple[int, ...] = (2, 2, 6, 2)  # Swin: blocks per stage
+    swin_heads: tuple[int, ...] = (3, 6, 12, 24)  # Swin: attention heads per stage
+    swin_window: int = 7  # Swin: window size
+    drop_path_rate: float = 0.2  # stochastic depth (training only)
+    cnn_channels: tuple[int, ...] = (16, 32, 64)  # tiny_cnn: channels at strides 8/16/32
+    backbone_weights: str | None = None  # local file of pretrained backbone weights (None: random / package)
+    freeze_backbone: bool = False  # keep backbone weights fixed while training
+
+    # --- FPN ----------------------------------------------------------------------------------------------
+    fpn_channels: int = 256  # D: channels of P3..P7
+
+    # --- text encoder -------------------------------------------------------------------------------------
+    text_hidden: int = 768  # Dt: BERT hidden size
+    text_layers: int = 12  # BERT layers
+    text_heads: int = 12  # BERT attention heads
+    text_intermediate: int = 3072  # BERT feed-forward size
+    text_weights: str | None = None  # local folder/file with pretrained text weights (None: random)
+    max_text_len: int = 256  # tokens per text chunk (GLIP: 256); longer prompts are chunked
+    freeze_text: bool = False  # keep text encoder weights fixed while training
+
+    # --- fusion tower (VL-DyHead) -------------------------------------------------------------------------
+    fusion_layers: int = 6  # L: [cross-attention, BERT layer, DyConv] blocks
+    fusion_embed_dim: int = 2048  # cross-attention inner width (GLIP: 2048)
+    fusion_heads: int = 8  # cross-attention heads (GLIP: 8)
+    fusion_text_layers: bool = True  # a BERT layer on the text side of every block
+    deformable: bool = True  # modulated deformable 3x3 convs in DyConv
+    dyrelu: bool = True  # dynamic ReLU after each DyConv
+    group_norm_groups: int = 16  # GroupNorm groups inside DyConv (GLIP default: 16)
+    official_dcn_quirk: bool = False  # re-read level-l offsets for the level-(l+1) conv as official GLIP does
+    layer_scale_init: float = 1.0 / 6  # initial gamma of the cross-attention residual
+    clamp_attention: bool = True  # clamp attention logits to +-50000 (fp16 safety, as GLIP)
+
+    # --- head and anchors ---------------------------------------------------------------------------------
+    anchor_sizes: tuple[int, ...] = (64, 128, 256, 512, 1024)  # one square anchor per location per level
+    anchor_strides: tuple[int, ...] = (8, 16, 32, 64, 128)  # strides of P3..P7
+    box_coder_weights: tuple[float, float, float, float] = (10.0, 10.0, 5.0, 5.0)
+    legacy_classes: int = 80  # channels of the unused classification conv kept for checkpoint compatibility
+    prior_prob: float = 0.01  # initial foreground probability of the alignment logits
+
+    # --- post-processing ----------------------------------------------------------------------------------
+    pre_nms_thresh: float = 0.05  # a location is a candidate if its phrase score exceeds this
+    pre_nms_top_n: int = 1000  # candidates kept per level
+    nms_thresh: float = 0.6  # per-phrase NMS IoU threshold
+    detections_per_image: int = 100  # final detections kept
+
+    # --- input transform ----------------------------------------------------------------------------------
+    pixel_mean: tuple[float, float, float] = (103.53, 116.28, 123.675)  # BGR, 0..255
+    pixel_std: tuple[float, float, float] = (57.375, 57.12, 58.395)  # BGR, 0..255
+    bgr: bool = True  # feed channels in BGR order (GLIP / maskrcnn-benchmark convention)
+    min_size: int = 800  # test-time shorter side
+    max_size: int = 1333  # test-time longer side cap
+    size_divisibility: int = 32  # pad H and W to a multiple of this
+
+    # --- training -----------------------------------------------------------------------------------------
+    atss_topk: int = 9  # ATSS candidates per level
+    focal_alpha: float = 0.25
+    focal_gamma: float = 2.0
+
+    extra: dict = field(default_factory=dict, compare=False)  # free-form notes carried with the config
+
+    @property
+    def num_levels(self) -> int:
+        return len(self.anchor_strides)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Presets
+# ------------------------------------------------------------------------------------------------------------
+
+
+def glip_t() -> ModelConfig:
+    """Official GLIP-T (configs/pretrain/glip_Swin_T_O365_GoldG.yaml): Swin-T, BERT-base, 6 fusion layers."""
+    return ModelConfig(name="glip_t", official_dcn_quirk=True, layer_scale_init=1.0 / 6)
+
+
+def glip_l() -> ModelConfig:
+    """Official GLIP-L (configs/pretrain/glip_Swin_L.yaml): Swin-L, BERT-base, 8 fusion layers."""
+    return ModelConfig(
+        name="glip_l",
+        swin_embed_dim=192,
+        swin_depths=(2, 2, 18, 2),
+        swin_heads=(6, 12, 24, 48),
+        swin_window=12,
+        drop_path_rate=0.4,
+        fusion_layers=8,
+        layer_scale_init=1.0 / 8,
+        official_dcn_quirk=True,
+    )
+
+
+def tiny() -> ModelConfig:
+    """Tests only: a small random CNN and a 2-layer BERT; runs in well under a second on CPU."""
+    return ModelConfig(
+        name="tiny",
+        backbone="tiny_cnn",
+        cnn_channels=(16, 32, 64),
+        fpn_channels=32,
+        text_hidden=32,
+        text_layers=2,
+        text_heads=2,
+        text_intermediate=64,
+        fusion_layers=2,
+        fusion_embed_dim=64,
+        fusion_heads=4,
+        group_norm_groups=8,
+        layer_scale_init=0.5,
+        anchor_sizes=(16, 32, 64, 128, 256),
+        min_size=128,
+        max_size=224,
+    )
+
+
+PRESETS: dict[str, Callable[[], ModelConfig]] = {
+    "glip_t": glip_t,
+    "glip_l": glip_l,
+    "tiny": tiny,
+}
+
+
+def get_preset(name: str) -> ModelConfig:
+    """Return the preset called ``name``; raises ``ValueError`` naming the known presets otherwise."""
+    try:
+        return PRESETS[name]()
+    except KeyError:
+        raise ValueError(f"unknown preset {name!r}; known presets: {', '.join(sorted(PRESETS))}") from None
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Serialisation and overrides
+# ------------------------------------------------------------------------------------------------------------
+
+
+def config_to_dict(cfg: ModelConfig) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def config_from_dict(data: dict) -> ModelConfig:
+    """Rebuild a config from ``config_to_dict`` output; unknown keys raise so silent drift cannot happen."""
+    names = {f.name: f for f in dataclasses.fields(ModelConfig)}
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        raise ValueError(f"unknown config keys: {unknown}")
+    kwargs = {}
+    for key, value in data.items():
+        if isinstance(value, list):
+            value = tuple(value)
+        kwargs[key] = value
+    return ModelConfig(**kwargs)
+
+
+def config_to_json(cfg: ModelConfig) -> str:
+    return json.dumps(config_to_dict(cfg), sort_keys=True)
+
+
+def _parse_value(raw: str, current):
+    if isinstance(current, bool):
+        if raw.lower() in ("1", "true", "yes", "on"):
+            return True
+        if raw.lower() in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"expected a boolean, got {raw!r}")
+    if isinstance(current, int):
+        return int(raw)
+    if isinstance(current, float):
+        return float(raw)
+    if isinstance(current, tuple):
+        parts = [p for p in raw.strip("()[] ").split(",") if p.strip()]
+        kind = type(current[0]) if current else float
+        return tuple(kind(p.strip()) for p in parts)
+    if current is None or isinstance(current, str):
+        return None if raw.lower() == "none" else raw
+    raise ValueError(f"cannot override a value of type {type(current).__name__}")
+
+
+def apply_overrides(cfg, overrides: Iterable[str]):
+    """Apply ``key=value`` strings to any frozen dataclass config, one level deep.
+
+    Raises:
+        ValueError: on a malformed override or an unknown key (the message lists close matches).
+    """
+    names = {f.name for f in dataclasses.fields(cfg)}
+    changes = {}
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} is not of the form key=value")
+        key, raw = item.split("=", 1)
+        key = key.strip()
+        if key not in names:
+            import difflib
+
+            close = difflib.get_close_matches(key, names, n=3)
+            hint = f" (did you mean {', '.join(close)}?)" if close else ""
+            raise ValueError(f"unknown config key {key!r}{hint}")
+        try:
+            changes[key] = _parse_value(raw.strip(), getattr(cfg, key))
+        except ValueError as err:
+            raise ValueError(f"bad value for {key}: {err}") from None
+    return dataclasses.replace(cfg, **changes)

@@ -1,0 +1,49 @@
+"""Image backbones behind one interface: ``forward(x) -> [C3, C4, C5]`` maps at strides 8/16/32, with
+``out_channels`` and ``strides`` attributes (timm ``features_only`` style)."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from .swin import SwinTransformer
+
+
+class TinyCNN(nn.Module):
+    """A small random CNN for tests: stride-2 conv stages, outputs at strides 8, 16 and 32."""
+
+    def __init__(self, *, channels: tuple[int, ...] = (16, 32, 64)):
+        super().__init__()
+        c3, c4, c5 = channels
+
+        def stage(cin, cout):
+            return nn.Sequential(
+                nn.Conv2d(cin, cout, 3, stride=2, padding=1), nn.GroupNorm(4, cout), nn.ReLU(inplace=True)
+            )
+
+        self.stem = nn.Sequential(stage(3, c3 // 2), stage(c3 // 2, c3 // 2))  # stride 4
+        self.stages = nn.ModuleList([stage(c3 // 2, c3), stage(c3, c4), stage(c4, c5)])
+        self.out_channels = list(channels)
+        self.strides = [8, 16, 32]
+
+    def forward(self, x):
+        x = self.stem(x)
+        outs = []
+        for s in self.stages:
+            x = s(x)
+            outs.append(x)
+        return outs
+
+
+def build_backbone(cfg) -> nn.Module:
+    if cfg.backbone == "swin":
+        return SwinTransformer(
+            embed_dim=cfg.swin_embed_dim,
+            depths=cfg.swin_depths,
+            num_heads=cfg.swin_heads,
+            window=cfg.swin_window,
+            drop_path_rate=cfg.drop_path_rate,
+            out_indices=(1, 2, 3),
+        )
+    if cfg.backbone == "tiny_cnn":
+        return TinyCNN(channels=cfg.cnn_channels)
+    raise ValueError(f"unknown backbone {cfg.backbone!r}; expected 'swin' or 'tiny_cnn'")

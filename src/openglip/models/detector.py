@@ -1,0 +1,255 @@
+"""The GLIP detector: image backbone + FPN, text encoder, deep-fusion tower, grounding head.
+
+``GLIP.forward`` returns raw tensors (:class:`GLIPOutput`); :mod:`openglip.losses` turns them into losses and
+:class:`openglip.models.postprocess.PostProcessor` into detections.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..config import ModelConfig
+from .anchors import AnchorGenerator
+from .backbones import build_backbone
+from .dyhead import DyConv, FusionBlock, FusionTower
+from .fpn import FPN
+from .fusion import CrossModalFusion, TextLayer
+from .head import GroundingHead
+from .text_encoder import TextEncoder
+
+
+@dataclass
+class TextFeatures:
+    """Encoded prompts (the part that can be cached per prompt).
+
+    Attributes:
+        input_ids: (B, T) token ids.
+        attention_mask: (B, T), 1 for real tokens, 0 for padding.
+        hidden: (B, T, Dt) last text-encoder layer (padding rows included, as GLIP feeds them to the fusion).
+    """
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    hidden: torch.Tensor
+
+    def to(self, device) -> TextFeatures:
+        return TextFeatures(self.input_ids.to(device), self.attention_mask.to(device), self.hidden.to(device))
+
+    @staticmethod
+    def cat(items: Sequence[TextFeatures]) -> TextFeatures:
+        """Batch text features of different lengths (padded with zeros and mask 0)."""
+        T = max(t.hidden.shape[1] for t in items)
+
+        def pad(x, value=0):
+            return nn.functional.pad(
+                x, (0, 0, 0, T - x.shape[1]) if x.ndim == 3 else (0, T - x.shape[1]), value=value
+            )
+
+        return TextFeatures(
+            torch.cat([pad(t.input_ids) for t in items]),
+            torch.cat([pad(t.attention_mask) for t in items]),
+            torch.cat([pad(t.hidden) for t in items]),
+        )
+
+
+@dataclass
+class GLIPOutput:
+    """Raw outputs of :class:`GLIP` (L pyramid levels, N_l = H_l * W_l locations).
+
+    Attributes:
+        logits: per level (B, N_l, T) region-word alignment logits.
+        box_regression: per level (B, 4, H_l, W_l) box deltas (after the per-level scale).
+        centerness: per level (B, 1, H_l, W_l) centerness logits.
+        anchors: per level (N_l, 4) xyxy anchors in input pixels (shared by the batch).
+        text_mask: (B, T) 1 for real tokens.
+        image_sizes: (h, w) of each image inside the padded batch.
+        visual: per level (B, D, H_l, W_l) pre-fusion FPN features (GLIPv2's inter-image loss uses them).
+        text: (B, T, Dt) pre-fusion text features.
+        fused_visual, fused_text: the tower outputs the head reads.
+    """
+
+    logits: list[torch.Tensor]
+    box_regression: list[torch.Tensor]
+    centerness: list[torch.Tensor]
+    anchors: list[torch.Tensor]
+    text_mask: torch.Tensor
+    image_sizes: list[tuple[int, int]]
+    visual: list[torch.Tensor]
+    text: torch.Tensor
+    fused_visual: list[torch.Tensor]
+    fused_text: torch.Tensor
+
+
+class GLIP(nn.Module):
+    """Grounded language-image detector.
+
+    Each part can be passed in; :func:`build_model` builds them from a :class:`ModelConfig`.
+
+    Args:
+        backbone: image -> [C3, C4, C5] with ``out_channels``.
+        fpn: [C3, C4, C5] -> [P3..P7].
+        text_encoder: (input_ids, mask) -> (B, T, Dt).
+        tower: deep-fusion tower.
+        head: grounding head.
+        anchor_generator: per-level anchors.
+        tokenizer: a ``transformers`` fast tokenizer used when ``forward`` gets caption strings.
+        max_text_len: token limit of one caption (longer captions must be chunked by the caller).
+    """
+
+    def __init__(
+        self,
+        *,
+        backbone: nn.Module,
+        fpn: nn.Module,
+        text_encoder: nn.Module,
+        tower: nn.Module,
+        head: GroundingHead,
+        anchor_generator: AnchorGenerator,
+        tokenizer=None,
+        max_text_len: int = 256,
+        config: ModelConfig | None = None,
+    ):
+        super().__init__()
+        self.backbone = backbone
+        self.fpn = fpn
+        self.text_encoder = text_encoder
+        self.tower = tower
+        self.head = head
+        self.anchor_generator = anchor_generator
+        self.tokenizer = tokenizer
+        self.max_text_len = max_text_len
+        self.config = config
+
+    # -- text ---------------------------------------------------------------------------------------------
+    def tokenize(self, captions: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Captions -> (input_ids, attention_mask), padded to the longest caption, not to 256."""
+        if self.tokenizer is None:
+            raise RuntimeError("this model has no tokenizer; pass text features instead of captions")
+        enc = self.tokenizer(list(captions), padding="longest", return_tensors="pt")
+        if enc["input_ids"].shape[1] > self.max_text_len:
+            raise ValueError(
+                f"caption of {enc['input_ids'].shape[1]} tokens exceeds the {self.max_text_len}-token limit; "
+                "use openglip.prompts.chunk_prompt (Detector.predict does it for you)"
+            )
+        return enc["input_ids"], enc["attention_mask"]
+
+    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> TextFeatures:
+        device = self.head.bias0.device
+        input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
+        hidden = self.text_encoder(input_ids, attention_mask)
+        return TextFeatures(input_ids, attention_mask, hidden)
+
+    # -- image --------------------------------------------------------------------------------------------
+    def encode_image(self, pixel_values: torch.Tensor) -> list[torch.Tensor]:
+        """(B, 3, H, W) normalised, padded images -> P3..P7 FPN maps."""
+        return self.fpn(self.backbone(pixel_values))
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        image_sizes: Sequence[tuple[int, int]] | None = None,
+        captions: Sequence[str] | None = None,
+        *,
+        text: TextFeatures | None = None,
+        visual: list[torch.Tensor] | None = None,
+    ) -> GLIPOutput:
+        """Run the detector on a batch.
+
+        Args:
+            pixel_values: (B, 3, H, W) normalised and padded (see :class:`ImageTransform`).
+            image_sizes: (h, w) of each image before padding; defaults to the full padded size.
+            captions: B caption strings, or give ``text`` (already encoded, e.g. cached) instead.
+            visual: precomputed FPN features (to run several prompt chunks on one image pass).
+        """
+        if pixel_values.ndim != 4 or pixel_values.shape[1] != 3:
+            raise ValueError(f"pixel_values must be (B, 3, H, W), got {tuple(pixel_values.shape)}")
+        B = pixel_values.shape[0]
+        if image_sizes is None:
+            image_sizes = [tuple(pixel_values.shape[-2:])] * B
+        if text is None:
+            if captions is None:
+                raise ValueError("give captions or text features")
+            if len(captions) != B:
+                raise ValueError(f"{len(captions)} captions for {B} images")
+            text = self.encode_text(*self.tokenize(captions))
+        if visual is None:
+            visual = self.encode_image(pixel_values)
+        fused_visual, fused_text = self.tower(visual, text.hidden, text.attention_mask)
+        logits, boxes, centers = self.head(fused_visual, fused_text)
+        anchors = self.anchor_generator([f.shape[-2:] for f in visual], pixel_values.device)
+        return GLIPOutput(
+            logits=logits,
+            box_regression=boxes,
+            centerness=centers,
+            anchors=anchors,
+            text_mask=text.attention_mask,
+            image_sizes=[tuple(s) for s in image_sizes],
+            visual=visual,
+            text=text.hidden,
+            fused_visual=fused_visual,
+            fused_text=fused_text,
+        )
+
+
+def build_tower(cfg: ModelConfig) -> FusionTower:
+    blocks = []
+    for _ in range(cfg.fusion_layers):
+        cross = CrossModalFusion(
+            v_dim=cfg.fpn_channels,
+            l_dim=cfg.text_hidden,
+            embed_dim=cfg.fusion_embed_dim,
+            num_heads=cfg.fusion_heads,
+            layer_scale_init=cfg.layer_scale_init,
+            clamp=cfg.clamp_attention,
+        )
+        text_layer = (
+            TextLayer(hidden=cfg.text_hidden, heads=cfg.text_heads, intermediate=cfg.text_intermediate)
+            if cfg.fusion_text_layers
+            else None
+        )
+        dyconv = DyConv(
+            cfg.fpn_channels,
+            deformable=cfg.deformable,
+            dyrelu=cfg.dyrelu,
+            groups=cfg.group_norm_groups,
+            official_quirk=cfg.official_dcn_quirk,
+        )
+        blocks.append(FusionBlock(cross, text_layer, dyconv))
+    return FusionTower(blocks)
+
+
+def build_model(cfg: ModelConfig) -> GLIP:
+    """Build a randomly initialised :class:`GLIP` (pretrained parts named in ``cfg`` are loaded)."""
+    from ..prompts import load_tokenizer
+
+    backbone = build_backbone(cfg)
+    fpn = FPN(in_channels=list(backbone.out_channels), out_channels=cfg.fpn_channels)
+    text_encoder = TextEncoder(
+        hidden=cfg.text_hidden,
+        layers=cfg.text_layers,
+        heads=cfg.text_heads,
+        intermediate=cfg.text_intermediate,
+        weights=cfg.text_weights,
+    )
+    head = GroundingHead(
+        channels=cfg.fpn_channels,
+        text_dim=cfg.text_hidden,
+        num_levels=cfg.num_levels,
+        legacy_classes=cfg.legacy_classes,
+        prior_prob=cfg.prior_prob,
+    )
+    return GLIP(
+        backbone=backbone,
+        fpn=fpn,
+        text_encoder=text_encoder,
+        tower=build_tower(cfg),
+        head=head,
+        anchor_generator=AnchorGenerator(cfg.anchor_sizes, cfg.anchor_strides),
+        tokenizer=load_tokenizer(),
+        max_text_len=cfg.max_text_len,
+        config=cfg,
+    )
