@@ -50,7 +50,7 @@ def official_fill(rows: list[dict], model=None) -> dict[str, torch.Tensor]:
             g = torch.Generator(device="cpu").manual_seed(key_seed(key))
             state[key] = torch.randn(shape, generator=g, dtype=torch.float32) * 0.02
         elif key.endswith("relative_position_index"):
-            window = int(round(shape[0] ** 0.5))
+            window = round(shape[0] ** 0.5)
             state[key] = _relative_position_index(window)
         elif key.endswith("position_ids"):
             state[key] = torch.arange(shape[-1]).view(shape)

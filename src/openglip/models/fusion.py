@@ -71,14 +71,14 @@ class BiMultiHeadAttention(nn.Module):
             nn.init.zeros_(lin.bias)
 
     def forward(
-        self, v: torch.Tensor, l: torch.Tensor, text_mask: torch.Tensor | None = None
+        self, v: torch.Tensor, t: torch.Tensor, text_mask: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """v: (B, N, Dv); l: (B, T, Dl); text_mask: (B, T), 1 for real tokens. Returns (dv (B,N,Dv), dl (B,T,Dl))."""
+        """v: (B, N, Dv); t: (B, T, Dl); text_mask: (B, T), 1 for real tokens. Returns (dv (B,N,Dv), dl (B,T,Dl))."""
         B, N, Dv = v.shape
-        T = l.shape[1]
+        T = t.shape[1]
         H, hd = self.num_heads, self.head_dim
 
-        keys = self.l_proj(l).view(B, T, H, hd)  # (B, T, H, hd)
+        keys = self.l_proj(t).view(B, T, H, hd)  # (B, T, H, hd)
         w_q = self.v_proj.weight.view(H, hd, Dv)
         # logits A[b, n, h, t] = scale * (v W_q,h^T + b_q,h) . k[b, t, h]
         fold_q = torch.einsum("hdc,bthd->bcht", w_q, keys).reshape(B, Dv, H * T) * self.scale
@@ -104,7 +104,7 @@ class BiMultiHeadAttention(nn.Module):
         attn_l = F.dropout(logits_t.softmax(dim=-1), self.dropout, self.training)  # (B, H, T, N)
 
         # image output: sum_h attn_v[..., h, :] @ (V_l,h W_out,h^T)
-        values_l = self.values_l_proj(l).view(B, T, H, hd)
+        values_l = self.values_l_proj(t).view(B, T, H, hd)
         w_out_v = self.out_v_proj.weight.view(Dv, H, hd)
         fold_out = torch.einsum("bthd,chd->bhtc", values_l, w_out_v).reshape(B, H * T, Dv)
         delta_v = torch.baddbmm(self.out_v_proj.bias.expand(B, 1, Dv), attn_v.reshape(B, N, H * T), fold_out)
@@ -154,16 +154,16 @@ class CrossModalFusion(nn.Module):
         sizes = [f.shape[-2:] for f in visual]
         v = torch.cat([f.flatten(2).transpose(1, 2) for f in visual], dim=1)  # (B, N, Dv)
         v = self.norm_v(v)
-        l = self.norm_l(text)
-        dv, dl = self.attn(v, l, text_mask)
+        t = self.norm_l(text)
+        dv, dt = self.attn(v, t, text_mask)
         v = v + self.gamma_v * dv
-        l = l + self.gamma_l * dl
+        t = t + self.gamma_l * dt
         out, start = [], 0
         v = v.transpose(1, 2)  # (B, Dv, N)
         for h, w in sizes:
             out.append(v[:, :, start : start + h * w].reshape(B, C, h, w))
             start += h * w
-        return out, l
+        return out, t
 
 
 class TextLayer(nn.Module):

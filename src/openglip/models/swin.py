@@ -165,7 +165,7 @@ class PatchEmbed(nn.Module):
         p = self.patch
         x = F.pad(x, (0, (p - W % p) % p, 0, (p - H % p) % p))
         x = self.proj(x)  # (B, C, H/4, W/4)
-        B, C, h, w = x.shape
+        h, w = x.shape[-2:]
         return self.norm(x.flatten(2).transpose(1, 2)), h, w
 
 

@@ -14,7 +14,7 @@ def resized_size(height: int, width: int, min_size: int, max_size: int) -> tuple
     size = min_size
     short, long = float(min(height, width)), float(max(height, width))
     if long / short * size > max_size:
-        size = int(round(max_size * short / long))
+        size = round(max_size * short / long)
     if (width <= height and width == size) or (height <= width and height == size):
         return height, width
     if width < height:
