@@ -118,6 +118,55 @@ def official_key_to_openglip(key: str) -> str | None:
     return None
 
 
+def openglip_key_to_official(key: str) -> str | None:
+    """Inverse of :func:`official_key_to_openglip` (for exporting to the official layout)."""
+    if key.startswith("backbone."):
+        return "backbone.body." + key[len("backbone.") :]
+    m = re.fullmatch(r"fpn\.(lateral|output)\.(\d)\.(weight|bias)", key)
+    if m:
+        kind = "inner" if m.group(1) == "lateral" else "layer"
+        return f"backbone.fpn.fpn_{kind}{int(m.group(2)) + 2}.{m.group(3)}"
+    m = re.fullmatch(r"fpn\.(p6|p7)\.(weight|bias)", key)
+    if m:
+        return f"backbone.fpn.top_blocks.{m.group(1)}.{m.group(2)}"
+    if key.startswith("text_encoder.bert."):
+        return "language_backbone.body.model." + key[len("text_encoder.bert.") :]
+    m = re.fullmatch(r"tower\.layers\.(\d+)\.(cross_attn|text_layer|dyconv)\.(.+)", key)
+    if m:
+        block, part, rest = int(m.group(1)), m.group(2), m.group(3)
+        index = 3 * block + ("cross_attn", "text_layer", "dyconv").index(part)
+        prefix = f"rpn.head.dyhead_tower.{index}."
+        if part == "cross_attn" and rest in ("gamma_v", "gamma_l"):
+            return prefix + "b_attn." + rest
+        table = {"cross_attn": _CROSS, "text_layer": _TEXT_LAYER, "dyconv": _DYCONV}[part]
+        mapped = _map_module(rest, {v: k for k, v in table.items()})
+        return prefix + mapped if mapped else None
+    m = re.fullmatch(r"head\.scales\.(\d+)\.scale", key)
+    if m:
+        return f"rpn.head.scales.{m.group(1)}.scale"
+    if key in ("head.log_scale", "head.bias_lang", "head.bias0"):
+        return "rpn.head." + key.split(".")[-1]
+    if key.startswith("head."):
+        mapped = _map_module(key[len("head.") :], {v: k for k, v in _HEAD.items()})
+        return "rpn.head." + mapped if mapped else None
+    return None
+
+
+def export_official(model) -> dict[str, torch.Tensor]:
+    """The model's weights under official GLIP key names (derived buffers included), as GLIP saves them."""
+    state = {}
+    for key, value in model.state_dict().items():
+        official = openglip_key_to_official(key)
+        if official is None:
+            raise CheckpointError(f"{key} has no official GLIP name")
+        state[official] = value
+    for level, cell in enumerate(model.anchor_generator.cell_anchors()):
+        state[f"rpn.anchor_generator.cell_anchors.{level}"] = cell.view(1, 4)
+    positions = model.text_encoder.bert.config.max_position_embeddings
+    state["language_backbone.body.model.embeddings.position_ids"] = torch.arange(positions).view(1, -1)
+    return state
+
+
 def _derived_ok(key: str, value: torch.Tensor, model) -> bool:
     key = key.removeprefix("module.")
     if key.endswith("position_ids"):

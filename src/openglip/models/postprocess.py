@@ -38,6 +38,8 @@ def phrase_scores(token_probs: torch.Tensor, pmap: torch.Tensor) -> torch.Tensor
     """Mean token probability of each phrase: (N, T) x (P, T) binary map -> (N, P)."""
     T = token_probs.shape[-1]
     pmap = pmap[:, :T].to(token_probs.dtype)
+    if pmap.shape[1] < T:  # the caption is shorter than the batch's longest one
+        pmap = torch.nn.functional.pad(pmap, (0, T - pmap.shape[1]))
     counts = pmap.sum(dim=1)
     weights = pmap / counts.clamp_min(1.0)[:, None]
     return token_probs @ weights.t()

@@ -1,0 +1,242 @@
+"""``Detector``: images + a prompt -> ``Detections``. Batching, prompt chunking and a text-feature cache."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .checkpoints import load_into, resolve_config
+from .config import ModelConfig
+from .images import load_image
+from .models.detector import GLIP, TextFeatures, build_model
+from .models.postprocess import Candidates, PostProcessor
+from .models.transform import ImageTransform
+from .prompts import Prompt, chunk_prompt, parse_prompt, positive_map, token_spans
+from .structures import Detections
+
+PromptLike = str | Sequence[str] | Prompt
+
+
+@dataclass
+class _Chunk:
+    text: TextFeatures  # (1, T) on the model's device
+    pmap: torch.Tensor  # (P_chunk, T) binary
+    offset: int  # index of the chunk's first phrase in the whole prompt
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' was asked for but no CUDA GPU is available; use --device cpu")
+    return device
+
+
+class Detector:
+    """A ready-to-use grounded detector.
+
+    Args:
+        model: a :class:`GLIP` model (eval mode is set here).
+        device: "cpu", "cuda", a torch device, or None for the GPU when there is one.
+        precision: "fp32", "bf16" or "fp16"; "auto" is bf16 autocast on GPU and fp32 on CPU.
+        text_cache_size: prompts whose text features are kept.
+
+    Example::
+
+        det = openglip.load_model("glip_t", weights="glip_tiny_model_o365_goldg.pth")
+        dets = det.predict("street.jpg", "person. red car. traffic light.", box_threshold=0.4)
+        print(dets[dets.phrases == "red car"])
+    """
+
+    def __init__(
+        self,
+        model: GLIP,
+        *,
+        device: str | torch.device | None = None,
+        precision: str = "auto",
+        text_cache_size: int = 64,
+    ):
+        self.device = resolve_device(device)
+        self.model = model.to(self.device).eval()
+        cfg: ModelConfig = model.config
+        self.config = cfg
+        self.transform = ImageTransform(
+            min_size=cfg.min_size,
+            max_size=cfg.max_size,
+            mean=cfg.pixel_mean,
+            std=cfg.pixel_std,
+            bgr=cfg.bgr,
+            size_divisibility=cfg.size_divisibility,
+        )
+        self.postprocessor = PostProcessor(
+            pre_nms_thresh=cfg.pre_nms_thresh,
+            pre_nms_top_n=cfg.pre_nms_top_n,
+            nms_thresh=cfg.nms_thresh,
+            detections_per_image=cfg.detections_per_image,
+        )
+        if precision == "auto":
+            precision = "bf16" if self.device.type == "cuda" else "fp32"
+        if precision not in ("fp32", "bf16", "fp16"):
+            raise ValueError(f"precision must be fp32, bf16 or fp16, not {precision!r}")
+        self.precision = precision
+        self._text_cache: OrderedDict[str, list[_Chunk]] = OrderedDict()
+        self._text_cache_size = text_cache_size
+
+    # -- prompts ------------------------------------------------------------------------------------------
+    def _autocast(self):
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
+        return torch.autocast(self.device.type, dtype=dtype)
+
+    def encode_prompt(self, prompt: Prompt) -> list[_Chunk]:
+        """Text features of a prompt, chunked to the text limit and cached by caption."""
+        key = prompt.caption + "\x00" + "\x01".join(prompt.phrases)
+        if key in self._text_cache:
+            self._text_cache.move_to_end(key)
+            return self._text_cache[key]
+        tokenizer = self.model.tokenizer
+        chunks = []
+        for part, offset in chunk_prompt(prompt, self.model.max_text_len):
+            enc = tokenizer([part.caption], return_tensors="pt")
+            spans = token_spans(enc[0], part)
+            empty = [p for p, toks in zip(part.phrases, spans) if not toks]
+            if empty:
+                raise ValueError(f"phrases {empty} have no tokens in caption {part.caption!r}")
+            with torch.no_grad(), self._autocast():
+                text = self.model.encode_text(enc["input_ids"], enc["attention_mask"])
+            pmap = positive_map(spans, enc["input_ids"].shape[1]).to(self.device)
+            chunks.append(_Chunk(text, pmap, offset))
+        self._text_cache[key] = chunks
+        if len(self._text_cache) > self._text_cache_size:
+            self._text_cache.popitem(last=False)
+        return chunks
+
+    # -- inference ----------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def predict(
+        self,
+        images,
+        prompt: PromptLike | None = None,
+        *,
+        prompts: Sequence[PromptLike] | None = None,
+        box_threshold: float = 0.3,
+        batch_size: int = 4,
+        max_detections: int | None = None,
+    ) -> Detections | list[Detections]:
+        """Detect the phrases of a prompt in one image or a list of images.
+
+        Args:
+            images: a path, PIL image, numpy array (H, W, 3) RGB, or a list of them.
+            prompt: one prompt for every image: a class list (``["person", "red car"]``) or a caption
+                (``"person. red car."``; a caption without periods is split into noun phrases).
+            prompts: alternatively, one prompt per image.
+            box_threshold: minimum score of a returned box.
+            batch_size: images per forward pass.
+            max_detections: keep at most this many boxes per image (after the threshold).
+
+        Returns:
+            :class:`Detections` for a single image, a list of them for a list of images.
+
+        Raises:
+            ImageError: an image is missing, unreadable or of an unsupported kind.
+            PromptError: the prompt is empty or has no phrase.
+        """
+        single = not isinstance(images, (list, tuple))
+        items = [images] if single else list(images)
+        if not items:
+            return []
+        if (prompt is None) == (prompts is None):
+            raise ValueError("give exactly one of prompt= (shared) or prompts= (one per image)")
+        if prompts is not None:
+            if len(prompts) != len(items):
+                raise ValueError(f"{len(prompts)} prompts for {len(items)} images")
+            parsed = [parse_prompt(p) for p in prompts]
+        else:
+            parsed = [parse_prompt(prompt)] * len(items)
+        results: list[Detections] = []
+        for start in range(0, len(items), batch_size):
+            batch = items[start : start + batch_size]
+            results.extend(
+                self._predict_batch(batch, parsed[start : start + batch_size], box_threshold, max_detections)
+            )
+        return results[0] if single else results
+
+    def _predict_batch(
+        self, images, prompts: list[Prompt], box_threshold, max_detections
+    ) -> list[Detections]:
+        loaded = [load_image(im, where=f"image #{i}") for i, im in enumerate(images)]
+        tensors = [self.transform.to_tensor(im) for im, _ in loaded]
+        pixel_values, sizes = self.transform.pad(tensors)
+        pixel_values = pixel_values.to(self.device)
+        chunk_lists = [self.encode_prompt(p) for p in prompts]
+        with self._autocast():
+            visual = self.model.encode_image(pixel_values)
+            per_image: list[list[Candidates]] = [[] for _ in images]
+            for round_ in range(max(len(c) for c in chunk_lists)):
+                members = [i for i, c in enumerate(chunk_lists) if len(c) > round_]
+                chunks = [chunk_lists[i][round_] for i in members]
+                index = torch.tensor(members, device=self.device)
+                out = self.model(
+                    pixel_values[index],
+                    [sizes[i] for i in members],
+                    text=TextFeatures.cat([c.text for c in chunks]),
+                    visual=[f[index] for f in visual],
+                )
+                for j, (i, chunk) in enumerate(zip(members, chunks)):
+                    per_image[i].append(self.postprocessor.candidates(out, j, chunk.pmap, chunk.offset))
+        results = []
+        for i, cands in enumerate(per_image):
+            final = self.postprocessor.select(Candidates.cat(cands))
+            (h, w), (oh, ow) = sizes[i], loaded[i][1]
+            boxes = final.boxes.float() * torch.tensor(
+                [ow / w, oh / h, ow / w, oh / h], device=final.boxes.device
+            )
+            keep = final.scores >= box_threshold
+            boxes, scores, labels = (
+                boxes[keep].cpu().numpy(),
+                final.scores[keep].float().cpu().numpy(),
+                final.labels[keep].cpu().numpy(),
+            )
+            if max_detections is not None:
+                boxes, scores, labels = (
+                    boxes[:max_detections],
+                    scores[:max_detections],
+                    labels[:max_detections],
+                )
+            phrases = np.array([prompts[i].phrases[k] for k in labels], dtype=object)
+            results.append(Detections(boxes, scores, labels, phrases, None, prompts[i].phrases, (oh, ow)))
+        return results
+
+
+def load_model(
+    preset_or_path: str | os.PathLike = "glip_t",
+    weights: str | os.PathLike | None = None,
+    device: str | torch.device | None = None,
+    **detector_kwargs,
+) -> Detector:
+    """Build a :class:`Detector`.
+
+    Args:
+        preset_or_path: a preset name (``"glip_t"``, ``"glip_l"``, ``"tiny"``, ...) or a checkpoint file
+            (an OpenGLIP ``.safetensors`` carries its config; an official GLIP ``.pth`` is recognised).
+        weights: a checkpoint to load into the preset: official GLIP ``.pth`` (``{"model": ...}`` with
+            ``module.`` keys), a plain state dict, or an OpenGLIP ``.safetensors``.
+        device: "cpu", "cuda" or None (GPU when available).
+
+    Raises:
+        CheckpointError: the checkpoint is unreadable or does not match the preset (the message names the
+            first missing/unexpected keys and shapes).
+    """
+    cfg, state = resolve_config(os.fspath(preset_or_path), None if weights is None else os.fspath(weights))
+    model = build_model(cfg)
+    if state is not None:
+        load_into(model, state)
+    return Detector(model, device=device, **detector_kwargs)

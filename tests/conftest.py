@@ -1,0 +1,67 @@
+"""Shared fixtures: reference data location, a tiny model, real photos from packages."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def reference_dir(name: str) -> Path | None:
+    """``shared/reference/<name>`` beside the checkout (CI layout) or under $OPENGLIP_REFERENCE."""
+    candidates = []
+    if os.environ.get("OPENGLIP_REFERENCE"):
+        candidates.append(Path(os.environ["OPENGLIP_REFERENCE"]) / name)
+    candidates += [REPO.parent / "shared" / "reference" / name, REPO / "shared" / "reference" / name]
+    for c in candidates:
+        if c.is_dir():
+            return c
+    return None
+
+
+def require_reference(name: str) -> Path:
+    path = reference_dir(name)
+    if path is None:
+        if os.environ.get("OPENGLIP_REQUIRE_REFERENCE") == "1":
+            pytest.fail(f"reference data shared/reference/{name} not found (required in CI)")
+        pytest.skip(f"reference data shared/reference/{name} not found")
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _threads():
+    torch.set_num_threads(2)
+    yield
+
+
+@pytest.fixture(scope="session")
+def chelsea() -> np.ndarray:
+    from skimage import data
+
+    return data.chelsea()  # 300x451 RGB cat photo shipped with scikit-image
+
+
+@pytest.fixture(scope="session")
+def tiny_detector():
+    """A tiny random detector whose alignment bias is raised so that it returns boxes."""
+    import openglip
+
+    torch.manual_seed(0)
+    det = openglip.load_model("tiny", device="cpu")
+    with torch.no_grad():
+        det.model.head.bias0.fill_(0.0)
+    return det
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory, tiny_detector) -> Path:
+    from openglip.checkpoints import save_safetensors
+
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"
+    save_safetensors(tiny_detector.model, path)
+    return path

@@ -1,0 +1,152 @@
+"""Official key mapping (GLIP-T and GLIP-L), strict loading, safetensors and ``openglip convert``."""
+
+from __future__ import annotations
+
+import torch
+
+import openglip
+from openglip.checkpoints import (
+    DERIVED,
+    CheckpointError,
+    convert_official,
+    export_official,
+    guess_preset,
+    official_key_to_openglip,
+    openglip_key_to_official,
+    read_checkpoint,
+    save_safetensors,
+)
+from openglip.cli import main
+from openglip.config import glip_l, glip_t, tiny
+from openglip.conformance import read_shape_table
+from openglip.models.detector import build_model
+
+from .conftest import require_reference
+
+
+def _state_from_table(rows, fill=torch.empty) -> dict[str, torch.Tensor]:
+    """A state dict with the official keys and shapes (values irrelevant to the mapping)."""
+    from openglip.conformance import official_fill
+
+    keep = official_fill([r for r in rows if r["fill_rule"] == "keep"])
+    return {r["key"]: keep.get(r["key"], fill(r["shape"])) for r in rows}
+
+
+def test_mapping_is_a_bijection_on_both_official_tables():
+    for name in ("glip_t", "glip_l"):
+        rows = read_shape_table(require_reference(name) / "state_dict_shapes.tsv")
+        targets = []
+        for row in rows:
+            ours = official_key_to_openglip(row["key"])
+            assert ours is not None, row["key"]
+            if ours != DERIVED:
+                targets.append(ours)
+                assert openglip_key_to_official(ours) == row["key"]
+        assert len(targets) == len(set(targets))  # no two official keys share a parameter
+        derived = len(rows) - len(targets)
+        assert derived == 6  # 5 anchor cells + BERT position ids
+
+
+def test_glip_l_state_dict_maps_every_key():
+    rows = read_shape_table(require_reference("glip_l") / "state_dict_shapes.tsv")
+    assert len(rows) == 1022
+    model = build_model(glip_l())
+    state = _state_from_table(rows)
+    assert guess_preset(state) == "glip_l"
+    converted = convert_official({"module." + k: v for k, v in state.items()}, model)
+    expected = model.state_dict()
+    assert set(converted) == set(expected)  # every model key filled, nothing left over
+    assert all(converted[k].shape == expected[k].shape for k in expected)
+    n_params = sum(p.numel() for p in model.parameters())
+    assert n_params == 430_422_384  # reference param_counts.txt
+
+
+def test_wrong_preset_checkpoint_is_refused_with_a_hint():
+    rows = read_shape_table(require_reference("glip_t") / "state_dict_shapes.tsv")
+    state = _state_from_table(rows, fill=torch.zeros)
+    assert guess_preset(state) == "glip_t"
+    model = build_model(glip_l())
+    try:
+        convert_official(state, model)
+    except CheckpointError as err:
+        message = str(err)
+    else:
+        raise AssertionError("a GLIP-T state dict loaded into GLIP-L must fail")
+    assert "shape mismatches" in message and "backbone.body.patch_embed.proj.weight" in message
+    assert "'glip_t'" in message  # the hint names the right preset
+
+
+def test_missing_and_unexpected_keys_are_named():
+    model = build_model(tiny())
+    state = export_official(model)
+    del state["rpn.head.bias0"]
+    state["rpn.head.extra_thing"] = torch.zeros(3)
+    try:
+        convert_official(state, model)
+    except CheckpointError as err:
+        assert "head.bias0" in str(err) and "rpn.head.extra_thing" in str(err)
+    else:
+        raise AssertionError("expected CheckpointError")
+
+
+def test_official_pth_round_trip_through_convert_cli(tmp_path, chelsea):
+    """A tiny model exported in the official .pth layout converts to safetensors and predicts identically."""
+    torch.manual_seed(1)
+    model = build_model(tiny()).eval()
+    with torch.no_grad():
+        model.head.bias0.fill_(0.0)
+    official = {"module." + k: v for k, v in export_official(model).items()}
+    pth = tmp_path / "official.pth"
+    torch.save({"model": official, "iteration": 5}, pth)
+    out = tmp_path / "converted.safetensors"
+    assert main(["convert", str(pth), str(out), "--preset", "tiny"]) == 0
+    _, cfg = read_checkpoint(out)
+    assert cfg is not None and cfg.name == "tiny"
+    reference = openglip.Detector(model)
+    converted = openglip.load_model(str(out))
+    a = reference.predict(chelsea, "cat. dog.", box_threshold=0.0)
+    b = converted.predict(chelsea, "cat. dog.", box_threshold=0.0)
+    assert len(a) == len(b) > 0
+    assert (a.xyxy == b.xyxy).all() and (a.scores == b.scores).all()
+    # the .pth also loads directly as weights of the preset
+    direct = openglip.load_model("tiny", weights=str(pth))
+    c = direct.predict(chelsea, "cat. dog.", box_threshold=0.0)
+    assert (c.scores == a.scores).all()
+
+
+def test_safetensors_embeds_config_and_refuses_other_preset(tmp_path):
+    model = build_model(tiny())
+    path = tmp_path / "m.safetensors"
+    save_safetensors(model, path)
+    assert not list(tmp_path.glob("*.tmp"))  # written atomically
+    _, cfg = read_checkpoint(path)
+    assert cfg == model.config
+    try:
+        openglip.load_model("glip_t", weights=str(path))
+    except CheckpointError as err:
+        assert "'tiny'" in str(err)
+    else:
+        raise AssertionError("expected CheckpointError")
+
+
+def test_unreadable_checkpoints(tmp_path):
+    empty = tmp_path / "empty.pth"
+    empty.write_bytes(b"")
+    junk = tmp_path / "junk.pth"
+    junk.write_bytes(b"not a checkpoint at all")
+    for path, words in ((empty, "empty"), (junk, "cannot read"), (tmp_path / "nope.pth", "not found")):
+        try:
+            read_checkpoint(path)
+        except CheckpointError as err:
+            assert words in str(err) and str(path) in str(err)
+        else:
+            raise AssertionError(path)
+
+
+def test_glip_t_keys_and_shapes_equal_the_official_table():
+    model = build_model(glip_t())
+    rows = read_shape_table(require_reference("glip_t") / "state_dict_shapes.tsv")
+    expected = {official_key_to_openglip(r["key"]): r["shape"] for r in rows}
+    expected.pop(DERIVED)
+    ours = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    assert ours == expected
