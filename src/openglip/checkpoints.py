@@ -12,13 +12,13 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 
 from .config import ModelConfig, config_from_dict, config_to_json, get_preset
+from .files import atomic_write
 
 DERIVED = "<derived>"  # marker for official buffers that OpenGLIP computes instead of loading
 
@@ -300,21 +300,6 @@ def load_into(model, state: Mapping[str, torch.Tensor]) -> None:
     ]
     _raise_if_mismatch(missing, unexpected, mismatched, [], state, model)
     model.load_state_dict(state, strict=True)
-
-
-def atomic_write(path: str | os.PathLike, write) -> None:
-    """Call ``write(tmp_path)`` then rename over ``path``, so a crash never leaves a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def save_safetensors(model, path: str | os.PathLike, config: ModelConfig | None = None) -> None:

@@ -60,7 +60,7 @@ def cmd_detect(args) -> int:
     from tqdm import tqdm
 
     from .api import load_model
-    from .checkpoints import atomic_write
+    from .files import write_text_atomic
     from .images import ImageError, find_images
     from .prompts import parse_prompt
 
@@ -120,8 +120,7 @@ def cmd_detect(args) -> int:
                     print(f"{path}\t{phrase}\t{score:.3f}\t[{coords}]")
     bar.close()
     if args.out:
-        payload = json.dumps(results, indent=1)
-        atomic_write(args.out, lambda tmp: Path(tmp).write_text(payload))
+        write_text_atomic(args.out, json.dumps(results, indent=1))
         print(
             f"wrote {len(results)} detections for {len(paths) - len(failures)} images to {args.out}",
             file=sys.stderr,

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from .checkpoints import atomic_write
+from .files import atomic_write
 from .images import load_image
 from .structures import Detections
 

@@ -1,0 +1,527 @@
+"""The built-in synthetic grounding world "shapes": coloured shapes on grey-ish textured backgrounds.
+
+A deterministic, seedable generator that needs no input files. Every image holds 1..5 objects named
+``"{colour} {shape}"`` (48 categories); 8 colour/shape combinations (:data:`NOVEL`) never appear in the
+``"train"`` split, so a model trained on it can be tested zero-shot on them. Each sample carries detection
+annotations (tight boxes of the visible masks) and grounding captions with character spans.
+
+Rendering: backgrounds are desaturated grey tones (luminance 90..150, far from both white and black objects)
+with a gradient, blotchy noise, stripes or a checker texture; shapes are rotated at random, anti-aliased
+(4x supersampling), shaded slightly and may partially occlude each other (an occluded object always keeps at
+least 60% of its pixels, and never touches an object of its own colour). Sizes scale with ``min(H, W) / 128``:
+a "small" object spans about 14-22 px and a "large" one about 30-44 px at 128 px.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from ..files import write_text_atomic
+from ..structures import mask_to_rle
+
+COLOURS: tuple[str, ...] = ("red", "green", "blue", "yellow", "purple", "orange", "white", "black")
+SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "star", "hexagon", "cross")
+SIZES: tuple[str, ...] = ("small", "large")
+RELATIONS: tuple[str, ...] = ("left of", "right of", "above", "below")
+CATEGORIES: list[str] = [f"{c} {s}" for c in COLOURS for s in SHAPES]
+NOVEL: tuple[str, ...] = (
+    "red hexagon",
+    "green star",
+    "blue triangle",
+    "yellow cross",
+    "purple circle",
+    "orange square",
+    "white triangle",
+    "black star",
+)
+BASE: list[str] = [name for name in CATEGORIES if name not in NOVEL]
+COLOUR_RGB: dict[str, tuple[int, int, int]] = {
+    "red": (215, 35, 35),
+    "green": (40, 165, 60),
+    "blue": (35, 75, 215),
+    "yellow": (240, 215, 40),
+    "purple": (145, 55, 190),
+    "orange": (245, 135, 25),
+    "white": (245, 245, 245),
+    "black": (20, 20, 20),
+}
+
+_SPLITS = {"train": 0, "val": 1, "test": 2, "all": 3}
+_NOVEL_FRACTION = {"val": 0.4, "test": 0.4}  # "all" draws the 48 categories uniformly
+_BASE_IDS = np.array([CATEGORIES.index(n) for n in BASE], dtype=np.int64)
+_NOVEL_IDS = np.array([CATEGORIES.index(n) for n in NOVEL], dtype=np.int64)
+_SIZE_RANGE = {"small": (14.0, 22.0), "large": (30.0, 44.0)}  # nominal extent in px at 128 px
+# circumradius / (nominal extent / 2): makes the axis-aligned extents of the shapes roughly comparable
+_RADIUS_FACTOR = dict(zip(SHAPES, (1.0, 1.13, 1.2, 1.15, 1.05, 1.05)))
+_SS = 4  # supersampling factor of the shape rasteriser
+_PAD = 3  # patch padding in px (>= the 2 px dilation used to keep objects apart)
+_KEEP = 0.6  # an occluded object keeps at least this fraction of its pixels when placed
+_DROP = 0.5  # objects with less visible than this are dropped from the annotations
+_TRIES = 30
+
+
+@dataclass
+class GroundingCaption:
+    """A caption and the objects it mentions.
+
+    Attributes:
+        caption: the text.
+        regions: one dict per mentioned object: ``{"box_index": int, "phrase": str,
+            "tokens_positive": [[start, end], ...]}`` with ``caption[start:end] == phrase``.
+    """
+
+    caption: str
+    regions: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class ShapesSample:
+    """One rendered image with its annotations.
+
+    Attributes:
+        image: ``(H, W, 3)`` uint8 RGB.
+        boxes: ``(N, 4)`` float32 ``x1, y1, x2, y2`` in pixels, tight around the visible mask (``x2 = max_x + 1``).
+        labels: ``(N,)`` int64 category indices into :data:`CATEGORIES`.
+        masks: ``(N, H, W)`` bool visible pixels; no pixel belongs to two objects.
+        sizes: ``"small"`` or ``"large"`` per object.
+        captions: ``[referring caption, listing caption]``.
+    """
+
+    image: np.ndarray
+    boxes: np.ndarray
+    labels: np.ndarray
+    masks: np.ndarray
+    sizes: list[str]
+    captions: list[GroundingCaption]
+
+    @property
+    def names(self) -> list[str]:
+        """Category names of the objects."""
+        return [CATEGORIES[int(i)] for i in self.labels]
+
+
+def _unit_polygon(shape: str, theta: float) -> np.ndarray:
+    """Vertices ``(K, 2)`` of a shape with circumradius 1, rotated by ``theta``."""
+    if shape == "square":
+        ang, rad = np.arange(4) * (np.pi / 2) + np.pi / 4, np.ones(4)
+    elif shape == "triangle":
+        ang, rad = np.arange(3) * (2 * np.pi / 3) - np.pi / 2, np.ones(3)
+    elif shape == "hexagon":
+        ang, rad = np.arange(6) * (np.pi / 3), np.ones(6)
+    elif shape == "star":
+        ang, rad = np.arange(10) * (np.pi / 5) - np.pi / 2, np.tile([1.0, 0.48], 5)
+    elif shape == "cross":
+        a = 0.34
+        quarter, turn = np.array([(a, -1), (a, -a), (1, -a)]), np.array([[0, 1], [-1, 0]])  # (x,y) -> (-y,x)
+        pts = np.concatenate([quarter @ np.linalg.matrix_power(turn, k) for k in range(4)])
+        c, s = math.cos(theta), math.sin(theta)
+        return pts @ np.array([[c, s], [-s, c]])
+    else:
+        raise ValueError(f"no polygon for shape {shape!r}")
+    ang = ang + theta
+    return np.stack([rad * np.cos(ang), rad * np.sin(ang)], axis=1)
+
+
+def _render_patch(shape: str, radius: float, theta: float, frac: tuple[float, float]) -> np.ndarray:
+    """Anti-aliased coverage ``(P, P)`` float32 in [0, 1] of one shape centred in a padded square patch."""
+    size = math.ceil(2 * radius + 2 * _PAD + 1)
+    cx, cy = radius + _PAD + frac[0], radius + _PAD + frac[1]
+    canvas = Image.new("L", (size * _SS, size * _SS), 0)
+    draw = ImageDraw.Draw(canvas)
+    if shape == "circle":
+        draw.ellipse(
+            [(cx - radius) * _SS, (cy - radius) * _SS, (cx + radius) * _SS - 1, (cy + radius) * _SS - 1],
+            fill=255,
+        )
+    else:
+        pts = (_unit_polygon(shape, theta) * radius + (cx, cy)) * _SS
+        draw.polygon([tuple(p) for p in pts.tolist()], fill=255)
+    arr = np.asarray(canvas, dtype=np.uint16).reshape(size, _SS, size, _SS)
+    return arr.sum(axis=(1, 3), dtype=np.float32) / (255.0 * _SS * _SS)
+
+
+def _ramp(h: int, w: int, phi: float) -> np.ndarray:
+    """``x cos(phi) + y sin(phi)`` on an ``(h, w)`` grid."""
+    return (
+        np.cos(phi) * np.arange(w, dtype=np.float32)[None, :]
+        + np.sin(phi) * np.arange(h, dtype=np.float32)[:, None]
+    )
+
+
+def _dilate(mask: np.ndarray, steps: int = 2) -> np.ndarray:
+    out = mask.copy()
+    for _ in range(steps):
+        grown = out.copy()
+        grown[1:] |= out[:-1]
+        grown[:-1] |= out[1:]
+        grown[:, 1:] |= out[:, :-1]
+        grown[:, :-1] |= out[:, 1:]
+        out = grown
+    return out
+
+
+def _background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+    """A grey-ish ``(H, W, 3)`` float32 background: tinted grey plus a gradient / noise / stripes / checker."""
+    base = rng.uniform(90.0, 150.0) + rng.uniform(-10.0, 10.0, size=3)
+    kind = int(rng.integers(5))
+    field_ = None
+    if kind == 1:  # linear gradient
+        t = _ramp(h, w, rng.uniform(0, 2 * np.pi))
+        field_ = (t - t.mean()) * (rng.uniform(10.0, 18.0) / max(float(np.abs(t - t.mean()).max()), 1.0))
+    elif kind == 2:  # blotchy low-frequency noise
+        gh, gw = int(rng.integers(3, 9)), int(rng.integers(3, 9))
+        low = Image.fromarray(rng.standard_normal((gh, gw)).astype(np.float32))
+        field_ = np.asarray(low.resize((w, h), Image.BILINEAR)) * rng.uniform(5.0, 10.0)
+    elif kind == 3:  # stripes
+        t, period = _ramp(h, w, rng.uniform(0, np.pi)), rng.uniform(6.0, 20.0)
+        field_ = np.sin(t * (2 * np.pi / period)) * rng.uniform(4.0, 9.0)
+    elif kind == 4:  # checker
+        period = int(rng.integers(6, 20))
+        checks = (np.arange(h)[:, None] // period + np.arange(w)[None, :] // period) % 2
+        field_ = (checks.astype(np.float32) * 2 - 1) * rng.uniform(3.0, 7.0)
+    img = np.empty((h, w, 3), dtype=np.float32)
+    img[:] = base.astype(np.float32)
+    if field_ is not None:
+        img += field_.astype(np.float32)[:, :, None]
+    return img
+
+
+def _article(phrase: str) -> str:
+    return "an" if phrase[0] in "aeiou" else "a"
+
+
+class ShapesWorld:
+    """An infinite, deterministic stream of shapes-world samples.
+
+    ``sample(index)`` depends only on ``(seed, split, index)``, never on call order.
+
+    Args:
+        split: ``"train"`` (only :data:`BASE` categories), ``"val"`` / ``"test"`` (all 48, about 40% of the
+            objects novel) or ``"all"`` (all 48 drawn uniformly).
+        image_size: side length, or ``(height, width)``; at least 32 px.
+        min_objects: fewest objects per image (best effort: an object that finds no free place is skipped).
+        max_objects: most objects per image.
+        seed: non-negative random seed.
+    """
+
+    def __init__(
+        self,
+        *,
+        split: str = "train",
+        image_size: int | tuple[int, int] = 128,
+        min_objects: int = 1,
+        max_objects: int = 5,
+        seed: int = 0,
+    ) -> None:
+        if split not in _SPLITS:
+            raise ValueError(f"split must be one of {sorted(_SPLITS)}, not {split!r}")
+        h, w = (int(image_size),) * 2 if np.ndim(image_size) == 0 else map(int, image_size)
+        if min(h, w) < 32:
+            raise ValueError(f"image_size must be at least 32 px, got {(h, w)}")
+        if not 1 <= min_objects <= max_objects:
+            raise ValueError(f"need 1 <= min_objects <= max_objects, got {min_objects}, {max_objects}")
+        if seed < 0:
+            raise ValueError("seed must be non-negative")
+        self.split, self.height, self.width = split, h, w
+        self.min_objects, self.max_objects, self.seed = min_objects, max_objects, seed
+        self.scale = min(h, w) / 128.0
+
+    def _draw_label(self, rng: np.random.Generator) -> int:
+        if self.split == "train":
+            return int(rng.choice(_BASE_IDS))
+        if self.split == "all":
+            return int(rng.integers(len(CATEGORIES)))
+        pool = _NOVEL_IDS if rng.random() < _NOVEL_FRACTION[self.split] else _BASE_IDS
+        return int(rng.choice(pool))
+
+    def sample(self, index: int) -> ShapesSample:
+        """Render sample ``index``.
+
+        Args:
+            index: non-negative sample index.
+
+        Returns:
+            The rendered :class:`ShapesSample`.
+        """
+        if index < 0:
+            raise ValueError("index must be non-negative")
+        rng = np.random.default_rng([self.seed, _SPLITS[self.split], int(index)])
+        h, w = self.height, self.width
+        img = _background(rng, h, w)
+        idmap = np.full((h, w), -1, dtype=np.int32)
+        objs: list[dict[str, Any]] = []  # z-order: later objects are drawn on top
+        seen: set[tuple[int, str]] = set()
+        target = int(rng.integers(self.min_objects, self.max_objects + 1))
+        attempts = 0
+        while len(objs) < target and attempts < target + 3 * self.max_objects:
+            attempts += 1
+            label, size = self._draw_label(rng), SIZES[int(rng.integers(2))]
+            # (colour, shape, size) is unique in an image, so that captions stay unambiguous
+            if (label, size) in seen:
+                continue
+            colour, shape = COLOURS[label // len(SHAPES)], SHAPES[label % len(SHAPES)]
+            extent = rng.uniform(*_SIZE_RANGE[size]) * self.scale
+            radius = extent / 2 * _RADIUS_FACTOR[shape]
+            cover = _render_patch(shape, radius, rng.uniform(0, 2 * np.pi), tuple(rng.uniform(0, 1, size=2)))
+            mask = cover >= 0.5
+            halo = _dilate(mask)
+            ph, pw = mask.shape
+            if ph > h or pw > w:
+                continue
+            allow_occlusion = rng.random() < 0.3
+            full = np.array([o["area"] for o in objs], dtype=np.int64)
+            visible = np.bincount(idmap[idmap >= 0], minlength=len(objs))
+            for _ in range(_TRIES):
+                y0, x0 = int(rng.integers(0, h - ph + 1)), int(rng.integers(0, w - pw + 1))
+                region = idmap[y0 : y0 + ph, x0 : x0 + pw]
+                near = region[halo]
+                near = near[near >= 0]
+                if near.size == 0:
+                    break
+                if not allow_occlusion or any(objs[j]["colour"] == colour for j in np.unique(near)):
+                    continue
+                hits = region[mask]
+                lost = np.bincount(hits[hits >= 0], minlength=len(objs))
+                if np.all(visible - lost >= _KEEP * full):
+                    break
+            else:
+                continue
+            region[mask] = len(objs)
+            rgb = np.array(COLOUR_RGB[colour], dtype=np.float32)
+            bright = rng.uniform(0.93, 1.02) if colour in ("white", "black") else rng.uniform(0.85, 1.05)
+            phi, grad = rng.uniform(0, 2 * np.pi), rng.uniform(0.0, 0.06)
+            ramp = _ramp(ph, pw, phi) * (2.0 / pw) - (math.cos(phi) + math.sin(phi))
+            shade = (bright * (1 + grad * ramp))[:, :, None] * rgb
+            alpha = cover[:, :, None]
+            patch = img[y0 : y0 + ph, x0 : x0 + pw]
+            patch *= 1 - alpha
+            patch += alpha * shade
+            objs.append({"label": label, "size": size, "colour": colour, "area": int(mask.sum())})
+            seen.add((label, size))
+        img += rng.standard_normal((h, w, 3), dtype=np.float32) * rng.uniform(1.0, 4.0)
+        image = np.clip(img + 0.5, 0, 255).astype(np.uint8)
+
+        masks = idmap[None] == np.arange(len(objs), dtype=np.int32)[:, None, None]
+        keep = [i for i, o in enumerate(objs) if masks[i].sum() >= _DROP * o["area"] and masks[i].any()]
+        masks = masks[keep]
+        objs = [objs[i] for i in keep]
+        boxes = np.zeros((len(objs), 4), dtype=np.float32)
+        for i, m in enumerate(masks):
+            ys, xs = np.flatnonzero(m.any(axis=1)), np.flatnonzero(m.any(axis=0))
+            boxes[i] = (xs[0], ys[0], xs[-1] + 1, ys[-1] + 1)
+        labels = np.array([o["label"] for o in objs], dtype=np.int64)
+        sizes = [o["size"] for o in objs]
+        captions = _make_captions(rng, boxes, labels, sizes, self.scale)
+        return ShapesSample(image, boxes, labels, masks, sizes, captions)
+
+    __getitem__ = sample
+
+
+def _phrases(rng: np.random.Generator, labels: np.ndarray, sizes: list[str], p_size: float) -> list[str]:
+    """Per object ``"[size] colour shape"``; the size word is used when the category repeats, else at random."""
+    out = []
+    for i, label in enumerate(labels):
+        repeated = int((labels == label).sum()) > 1
+        name = CATEGORIES[int(label)]
+        out.append(f"{sizes[i]} {name}" if repeated or rng.random() < p_size else name)
+    return out
+
+
+def _relation_holds(rel: str, ref: np.ndarray, anchor: np.ndarray, margin: float) -> bool:
+    """Whether box centre ``ref`` is ``rel`` box centre ``anchor`` (image y grows downwards)."""
+    dx, dy = ref[0] - anchor[0], ref[1] - anchor[1]
+    return {"left of": -dx, "right of": dx, "above": -dy, "below": dy}[rel] > margin
+
+
+def _append(text: str, phrase: str, box_index: int, regions: list[dict[str, Any]]) -> str:
+    """``text + phrase``, recording the phrase's region (character span) in ``regions``."""
+    regions.append(
+        {"box_index": box_index, "phrase": phrase, "tokens_positive": [[len(text), len(text) + len(phrase)]]}
+    )
+    return text + phrase
+
+
+def _make_captions(
+    rng: np.random.Generator, boxes: np.ndarray, labels: np.ndarray, sizes: list[str], scale: float
+) -> list[GroundingCaption]:
+    """A referring caption (``"the small green triangle left of the red circle"``) and a listing caption."""
+    n = len(labels)
+    if n == 0:
+        return []
+    centres = (boxes[:, :2] + boxes[:, 2:]) / 2
+    margin = 4.0 * scale
+    pairs = itertools.permutations(range(n), 2)
+    triples = [
+        (i, j, r) for i, j in pairs for r in RELATIONS if _relation_holds(r, centres[i], centres[j], margin)
+    ]
+    ref_phr, regions = _phrases(rng, labels, sizes, 0.3), []
+    if triples:
+        i, j, rel = triples[int(rng.integers(len(triples)))]
+        text = _append("the ", ref_phr[i], i, regions)
+        text = _append(f"{text} {rel} the ", ref_phr[j], j, regions)
+    else:  # a single object (or no clear relation)
+        i = int(rng.integers(n))
+        text = _append("the ", ref_phr[i], i, regions)
+    referring = GroundingCaption(text, regions)
+
+    list_phr, text, regions = _phrases(rng, labels, sizes, 0.5), "", []
+    for k, obj in enumerate(rng.permutation(n).tolist()):
+        sep = "" if k == 0 else " and " if k == n - 1 else ", "
+        text = _append(f"{text}{sep}{_article(list_phr[obj])} ", list_phr[obj], obj, regions)
+    listing = GroundingCaption(text + ".", regions)
+    return [referring, listing]
+
+
+def _coco_entries(
+    sample: ShapesSample, image_id: int, file_name: str, first_ann_id: int
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    h, w = sample.image.shape[:2]
+    image = {"id": image_id, "file_name": file_name, "height": h, "width": w}
+    image["caption"] = sample.captions[0].caption if sample.captions else ""
+    anns = []
+    for k, (box, label, mask) in enumerate(zip(sample.boxes.tolist(), sample.labels.tolist(), sample.masks)):
+        x1, y1, x2, y2 = box
+        ann = {"id": first_ann_id + k, "image_id": image_id, "category_id": int(label) + 1, "iscrowd": 0}
+        ann.update(bbox=[x1, y1, x2 - x1, y2 - y1], area=int(mask.sum()), segmentation=mask_to_rle(mask))
+        anns.append(ann)
+    return image, anns
+
+
+def _coco_categories() -> list[dict[str, Any]]:
+    split = ["novel" if n in NOVEL else "base" for n in CATEGORIES]
+    return [
+        {"id": i + 1, "name": n, "supercategory": n.split()[1], "split": split[i]}
+        for i, n in enumerate(CATEGORIES)
+    ]
+
+
+def to_coco(samples: list[ShapesSample], file_names: list[str]) -> dict[str, Any]:
+    """COCO detection dictionary (boxes, RLE masks, the 48 categories with ``"split"``).
+
+    Args:
+        samples: the samples.
+        file_names: one image file name per sample.
+
+    Returns:
+        ``{"images", "annotations", "categories"}``; image ids start at 1 and carry the referring caption,
+        ``category_id`` is the label + 1.
+    """
+    if len(samples) != len(file_names):
+        raise ValueError("need one file name per sample")
+    images, anns = [], []
+    for k, (sample, name) in enumerate(zip(samples, file_names)):
+        image, entries = _coco_entries(sample, k + 1, name, len(anns) + 1)
+        images.append(image)
+        anns.extend(entries)
+    return {"images": images, "annotations": anns, "categories": _coco_categories()}
+
+
+def _odvg_records(sample: ShapesSample, file_name: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    h, w = sample.image.shape[:2]
+    head = {"filename": file_name, "height": h, "width": w}
+    boxes = sample.boxes.tolist()
+    instances = [
+        {"bbox": box, "label": int(label), "category": CATEGORIES[int(label)]}
+        for box, label in zip(boxes, sample.labels.tolist())
+    ]
+    detection = {**head, "detection": {"instances": instances}}
+    grounding = []
+    for cap in sample.captions:
+        regions = [
+            {
+                "bbox": boxes[r["box_index"]],
+                "phrase": r["phrase"],
+                "tokens_positive": [list(t) for t in r["tokens_positive"]],
+            }
+            for r in cap.regions
+        ]
+        grounding.append({**head, "grounding": {"caption": cap.caption, "regions": regions}})
+    return detection, grounding
+
+
+def to_odvg(
+    samples: list[ShapesSample], file_names: list[str]
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """ODVG records: one detection record per image and one grounding record per caption.
+
+    Args:
+        samples: the samples.
+        file_names: one image file name per sample.
+
+    Returns:
+        ``(detection_records, grounding_records)``; boxes are ``[x1, y1, x2, y2]``, ``label`` is the category index.
+    """
+    if len(samples) != len(file_names):
+        raise ValueError("need one file name per sample")
+    detection, grounding = [], []
+    for sample, name in zip(samples, file_names):
+        det, grd = _odvg_records(sample, name)
+        detection.append(det)
+        grounding.extend(grd)
+    return detection, grounding
+
+
+def write_dataset(
+    out_dir: str | os.PathLike,
+    *,
+    num_images: int,
+    split: str = "train",
+    image_size: int | tuple[int, int] = 128,
+    seed: int = 0,
+    min_objects: int = 1,
+    max_objects: int = 5,
+) -> dict[str, Path]:
+    """Render a dataset to disk: PNG images, a COCO json and ODVG detection / grounding jsonl files.
+
+    Args:
+        out_dir: output folder (created if missing).
+        num_images: number of images (samples ``0 .. num_images - 1``).
+        split: see :class:`ShapesWorld`.
+        image_size: side length, or ``(height, width)``.
+        seed: random seed.
+        min_objects: fewest objects per image.
+        max_objects: most objects per image.
+
+    Returns:
+        Paths under keys ``"images"`` (folder), ``"coco"``, ``"detection"`` and ``"grounding"``; file names in the
+        records are relative to ``out_dir`` (``"images/000000.png"``).
+    """
+    from tqdm import tqdm
+
+    out = Path(out_dir)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    world = ShapesWorld(
+        split=split, image_size=image_size, min_objects=min_objects, max_objects=max_objects, seed=seed
+    )
+    images, anns, det_lines, grd_lines = [], [], [], []
+    for index in tqdm(range(num_images), desc=f"shapes/{split}", disable=num_images <= 200):
+        sample = world.sample(index)
+        name = f"images/{index:06d}.png"
+        Image.fromarray(sample.image).save(out / name, compress_level=1)
+        image, entries = _coco_entries(sample, index + 1, name, len(anns) + 1)
+        images.append(image)
+        anns.extend(entries)
+        det, grd = _odvg_records(sample, name)
+        det_lines.append(json.dumps(det))
+        grd_lines.extend(json.dumps(g) for g in grd)
+    names = {
+        "coco": "annotations.coco.json",
+        "detection": "detection.odvg.jsonl",
+        "grounding": "grounding.odvg.jsonl",
+    }
+    paths = {"images": out / "images", **{k: out / v for k, v in names.items()}}
+    info = {"description": "OpenGLIP shapes world", "split": split, "seed": seed}
+    coco = {"info": info, "images": images, "annotations": anns, "categories": _coco_categories()}
+    write_text_atomic(paths["coco"], json.dumps(coco))
+    write_text_atomic(paths["detection"], "".join(line + "\n" for line in det_lines))
+    write_text_atomic(paths["grounding"], "".join(line + "\n" for line in grd_lines))
+    return paths
