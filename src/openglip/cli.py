@@ -182,6 +182,249 @@ def cmd_convert(args) -> int:
 
 
 # --------------------------------------------------------------------------------------------------------------
+# train / evaluate / data
+# --------------------------------------------------------------------------------------------------------------
+
+
+def resolve_run_configs(config: str, overrides: list[str], **explicit):
+    """(ModelConfig, TrainConfig) from a preset name or a config JSON, then ``key=value`` overrides (each key
+    goes to whichever config has it), then explicit flags."""
+    import dataclasses
+
+    from .config import ModelConfig, TrainConfig, apply_overrides, config_from_dict, get_preset
+
+    path = Path(config)
+    if path.suffix == ".json" or path.exists():
+        if not path.exists():
+            raise UsageError(f"config file not found: {path}")
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise UsageError(f"{path}: not valid JSON ({err})") from None
+        model_cfg = (
+            config_from_dict(data["model"]) if "model" in data else get_preset(data.get("preset", "glip_t"))
+        )
+        train_cfg = TrainConfig(
+            **{k: tuple(v) if isinstance(v, list) else v for k, v in data.get("train", {}).items()}
+        )
+    else:
+        model_cfg, train_cfg = get_preset(config), TrainConfig()
+    model_keys = {f.name for f in dataclasses.fields(ModelConfig)}
+    train_keys = {f.name for f in dataclasses.fields(TrainConfig)}
+    m_over, t_over = [], []
+    for item in overrides:
+        key = item.split("=", 1)[0].strip()
+        if key in model_keys:
+            m_over.append(item)
+        elif key in train_keys:
+            t_over.append(item)
+        else:
+            raise UsageError(f"unknown config key {key!r} in override {item!r} (see openglip train --help)")
+    model_cfg = apply_overrides(model_cfg, m_over)
+    train_cfg = apply_overrides(train_cfg, t_over)
+    changes = {k: v for k, v in explicit.items() if v is not None}
+    return model_cfg, dataclasses.replace(train_cfg, **changes)
+
+
+def _add_train(sub):
+    p = sub.add_parser(
+        "train",
+        help="train or fine-tune a model",
+        description="Train a preset (or a config JSON) on the shapes world or on COCO / ODVG / MDETR files. "
+        "Extra key=value arguments override any ModelConfig or TrainConfig field. Under torchrun every process "
+        "trains a shard; with --resume a restarted run continues from its newest checkpoint.",
+        epilog="example: openglip train glip_nano --data shapes --out runs/shapes max_steps=500 freeze=text min_size=128",
+    )
+    p.add_argument(
+        "config", help="preset name (glip_nano, glip_t, ...) or a config JSON (e.g. a run's config.json)"
+    )
+    p.add_argument("overrides", nargs="*", help="key=value overrides of ModelConfig/TrainConfig fields")
+    p.add_argument(
+        "--data", help='"shapes" or comma-separated annotation files (COCO .json, ODVG .jsonl, MDETR .json)'
+    )
+    p.add_argument("--val-data", help='evaluation data ("shapes" or a COCO .json)')
+    p.add_argument("--out", help="run directory (checkpoints, metrics.jsonl, model.safetensors)")
+    p.add_argument(
+        "--resume", action="store_true", help="continue from the newest checkpoint in the run directory"
+    )
+    p.add_argument("--max-steps", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.set_defaults(func=cmd_train)
+
+
+def _evaluation_fn(val_data: str | None, train_cfg):
+    if not val_data:
+        return None
+
+    def evaluate(model, step):
+        from .api import Detector
+        from .engine.evaluate import evaluate_shapes
+
+        detector = Detector(model, device=next(model.parameters()).device)
+        if val_data == "shapes":
+            return evaluate_shapes(
+                detector, num_images=train_cfg.eval_images, image_size=train_cfg.shapes_image_size
+            )
+        return _evaluate_file(detector, val_data, train_cfg.image_root, batch_size=8)[0]
+
+    return evaluate
+
+
+def cmd_train(args) -> int:
+    import logging
+
+    from .data.build import build_train_dataset
+    from .engine.trainer import Trainer
+
+    model_cfg, train_cfg = resolve_run_configs(
+        args.config,
+        args.overrides,
+        data=args.data,
+        val_data=args.val_data,
+        out_dir=args.out,
+        max_steps=args.max_steps,
+        batch_size=args.batch_size,
+    )
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    dataset = build_train_dataset(model_cfg, train_cfg)
+    trainer = Trainer(
+        model_cfg,
+        train_cfg,
+        dataset,
+        resume=args.resume,
+        device=args.device,
+        evaluate_fn=_evaluation_fn(train_cfg.val_data, train_cfg),
+    )
+    result = trainer.fit()
+    if trainer.dist.is_main:
+        from .metrics import format_table
+
+        shown = {k: v for k, v in result.items() if isinstance(v, float) and k not in ("lr", "time")}
+        print(format_table(shown, title=f"{model_cfg.name} after {trainer.step} steps"))
+        print(f"weights: {Path(train_cfg.out_dir) / 'model.safetensors'}")
+    return 0
+
+
+def _evaluate_file(detector, path: str, image_root: str | None, batch_size: int) -> tuple[dict, list]:
+    """Metrics of ``detector`` on one annotation file (COCO -> box AP; grounding -> recall)."""
+    import numpy as np
+
+    from .data.build import read_annotations
+    from .data.coco import coco_category_info
+    from .engine.evaluate import GroundingItem, evaluate_detection, evaluate_grounding
+
+    records, categories = read_annotations(path, image_root)
+    if not records:
+        raise UsageError(f"{path}: no usable records")
+    if records[0].is_grounding:
+        items = []
+        for rec in records:
+            groups: dict = {}
+            for box, spans in zip(rec.boxes, rec.spans):
+                groups.setdefault(tuple(tuple(s) for s in spans), []).append(box)
+            items.append(
+                GroundingItem(
+                    rec.file_name, rec.caption, list(groups), [np.stack(v) for v in groups.values()]
+                )
+            )
+        return evaluate_grounding(detector, items, batch_size=batch_size), []
+    cats = coco_category_info(path) if Path(path).suffix == ".json" else [
+        {"id": i + 1, "name": n} for i, n in enumerate(categories)
+    ]  # fmt: skip
+    gt = {"images": [], "annotations": [], "categories": cats}
+    ann_id = 1
+    for i, rec in enumerate(records):
+        gt["images"].append(
+            {"id": i + 1, "file_name": rec.file_name, "height": rec.height, "width": rec.width}
+        )
+        for box, label in zip(rec.boxes.tolist(), rec.labels.tolist()):
+            x1, y1, x2, y2 = box
+            gt["annotations"].append(
+                {"id": ann_id, "image_id": i + 1, "category_id": cats[label]["id"], "bbox": [x1, y1, x2 - x1, y2 - y1],
+                 "area": (x2 - x1) * (y2 - y1), "iscrowd": 0}
+            )  # fmt: skip
+            ann_id += 1
+    return evaluate_detection(detector, gt, [r.file_name for r in records], batch_size=batch_size)
+
+
+def _add_evaluate(sub):
+    p = sub.add_parser(
+        "evaluate",
+        help="COCO AP / grounding recall of a model",
+        description="Evaluate a model: COCO box AP (AP, AP50, AP75, per base/novel split when the categories carry "
+        "a 'split' field) on a COCO/ODVG detection file, phrase-grounding Recall@1/5/10 on a grounding file, or "
+        "both on the built-in shapes world's val split.",
+    )
+    p.add_argument(
+        "--weights", required=True, help="checkpoint (.safetensors from openglip train, or official .pth)"
+    )
+    p.add_argument("--preset", default=None, help="preset when the weights carry no config")
+    p.add_argument("--data", default="shapes", help='"shapes" or an annotation file')
+    p.add_argument("--image-root", default=None)
+    p.add_argument("--images", type=int, default=200, help="shapes: number of val images")
+    p.add_argument("--image-size", type=int, default=128, help="shapes: image side")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--out", help="also write the metrics (and predictions) as JSON here")
+    p.add_argument("--device", default=None)
+    p.set_defaults(func=cmd_evaluate)
+
+
+def cmd_evaluate(args) -> int:
+    from .api import load_model
+    from .engine.evaluate import evaluate_shapes
+    from .files import write_text_atomic
+    from .metrics import format_table
+
+    detector = load_model(args.preset, weights=args.weights, device=args.device) if args.preset else load_model(
+        args.weights, device=args.device
+    )  # fmt: skip
+    predictions: list = []
+    if args.data == "shapes":
+        metrics = evaluate_shapes(detector, num_images=args.images, image_size=args.image_size)
+    else:
+        metrics, predictions = _evaluate_file(detector, args.data, args.image_root, args.batch_size)
+    print(format_table(metrics, title=f"{detector.config.name} on {args.data}"))
+    if args.out:
+        write_text_atomic(args.out, json.dumps({"metrics": metrics, "predictions": predictions}))
+        print(f"wrote {args.out}", file=sys.stderr)
+    return 0
+
+
+def _add_data(sub):
+    p = sub.add_parser("data", help="built-in datasets", description="Write a built-in dataset to disk.")
+    kinds = p.add_subparsers(dest="kind", metavar="DATASET")
+    kinds.required = True
+    s = kinds.add_parser(
+        "shapes",
+        help="the synthetic shapes grounding world",
+        description="Render the shapes world: images/, annotations.coco.json, detection.odvg.jsonl, "
+        "grounding.odvg.jsonl. The train split never contains the 8 novel colour-shape combinations.",
+    )
+    s.add_argument("--out", required=True)
+    s.add_argument("--images", type=int, required=True)
+    s.add_argument("--split", default="train", choices=["train", "val", "test", "all"])
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--size", type=int, default=128, help="image side in pixels")
+    s.set_defaults(func=cmd_data_shapes)
+
+
+def cmd_data_shapes(args) -> int:
+    from .data.shapes import write_dataset
+
+    if args.images < 1:
+        raise UsageError("--images must be at least 1")
+    if args.size < 32:
+        raise UsageError("--size must be at least 32")
+    paths = write_dataset(
+        args.out, num_images=args.images, split=args.split, image_size=args.size, seed=args.seed
+    )
+    for key, path in paths.items():
+        print(f"{key}: {path}")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------------------------
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -195,14 +438,26 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     _add_detect(sub)
+    _add_train(sub)
+    _add_evaluate(sub)
     _add_convert(sub)
+    _add_data(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    # key=value overrides may come after the options (argparse stops collecting positionals there)
+    if (
+        extra
+        and getattr(args, "command", None) == "train"
+        and all("=" in e and not e.startswith("-") for e in extra)
+    ):
+        args.overrides = [*args.overrides, *extra]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return args.func(args)
     except KeyboardInterrupt:

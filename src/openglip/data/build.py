@@ -1,0 +1,99 @@
+"""Build training datasets from a :class:`~openglip.config.TrainConfig` (``data="shapes"`` or annotation
+files in COCO, ODVG or MDETR format)."""
+
+from __future__ import annotations
+
+import json
+from functools import partial
+from pathlib import Path
+
+from torch.utils.data import Dataset
+
+from .datasets import GroundingDataset, ShapesDataset
+from .records import ImageRecord
+from .transforms import default_train_transforms, to_model_input
+
+
+def read_annotations(path: str | Path, image_root: str | None = None) -> tuple[list[ImageRecord], list[str]]:
+    """Read any supported annotation file, recognising the format from its name and content."""
+    from .coco import read_coco
+    from .mdetr import read_mdetr
+    from .odvg import read_odvg
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"annotation file not found: {path}")
+    if path.suffix == ".jsonl":
+        records, categories, _ = read_odvg(path, image_root)
+        return records, categories
+    try:
+        head = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not valid JSON ({err})") from None
+    anns = head.get("annotations", []) if isinstance(head, dict) else []
+    if anns and "tokens_positive" in anns[0]:
+        records, categories, _ = read_mdetr(path, image_root)
+    else:
+        records, categories, _ = read_coco(path, image_root)
+    return records, categories
+
+
+class MultiDataset(Dataset):
+    """Concatenation of datasets addressed by ``(epoch, index)`` keys."""
+
+    def __init__(self, datasets: list[Dataset]):
+        self.datasets = datasets
+        self.offsets = []
+        total = 0
+        for d in datasets:
+            self.offsets.append(total)
+            total += len(d)
+        self.total = total
+
+    def __len__(self) -> int:
+        return self.total
+
+    def __getitem__(self, key):
+        epoch, index = key
+        for d, start in zip(reversed(self.datasets), reversed(self.offsets)):
+            if index >= start:
+                return d[(epoch, index - start)]
+        raise IndexError(index)
+
+
+def build_train_dataset(model_cfg, cfg) -> Dataset:
+    """The training dataset of a run: transforms, detection->grounding conversion, several files merged."""
+    transform = default_train_transforms(
+        min_sizes=cfg.train_min_sizes,
+        max_size=cfg.train_max_size,
+        flip_p=cfg.flip_prob,
+        jitter=cfg.color_jitter,
+    )
+    to_tensor = partial(to_model_input, mean=model_cfg.pixel_mean, std=model_cfg.pixel_std, bgr=model_cfg.bgr)
+    if cfg.data == "shapes":
+        return ShapesDataset(
+            size=cfg.shapes_epoch_size,
+            transform=transform,
+            to_tensor=to_tensor,
+            image_size=cfg.shapes_image_size,
+            grounding_ratio=cfg.grounding_ratio,
+            num_negatives=cfg.num_negatives,
+            seed=cfg.seed,
+        )
+    parts = []
+    for path in [p.strip() for p in cfg.data.split(",") if p.strip()]:
+        records, categories = read_annotations(path, cfg.image_root)
+        if not records:
+            raise ValueError(f"{path}: no usable records (see the skipped-entry counts above)")
+        parts.append(
+            GroundingDataset(
+                records,
+                categories,
+                transform=transform,
+                to_tensor=to_tensor,
+                num_negatives=cfg.num_negatives,
+                max_tokens=model_cfg.max_text_len,
+                seed=cfg.seed,
+            )
+        )
+    return parts[0] if len(parts) == 1 else MultiDataset(parts)

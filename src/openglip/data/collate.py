@@ -1,0 +1,86 @@
+"""Batching: pad images, tokenize captions, turn each box's character spans into a token map."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..losses.grounding import GroundingTarget
+from ..prompts import Prompt, load_tokenizer, positive_map, token_spans
+
+
+@dataclass
+class Batch:
+    """A training batch.
+
+    Attributes:
+        pixel_values: (B, 3, H, W) normalised, zero-padded to a multiple of ``size_divisibility``.
+        image_sizes: (h, w) of each image before padding.
+        input_ids, attention_mask: (B, T) tokenized captions (padded to the longest).
+        targets: per image, boxes and (M, T) token maps.
+        captions: the captions.
+        image_ids: ids from the data source.
+    """
+
+    pixel_values: torch.Tensor
+    image_sizes: list[tuple[int, int]]
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    targets: list[GroundingTarget]
+    captions: list[str]
+    image_ids: list[int]
+
+    def to(self, device) -> Batch:
+        return Batch(
+            self.pixel_values.to(device, non_blocking=True),
+            self.image_sizes,
+            self.input_ids.to(device),
+            self.attention_mask.to(device),
+            [GroundingTarget(t.boxes.to(device), t.token_map.to(device)) for t in self.targets],
+            self.captions,
+            self.image_ids,
+        )
+
+
+class Collate:
+    """``DataLoader`` collate function for (image tensor, target dict) items.
+
+    Boxes whose phrase has no token (e.g. cut by the token limit) are dropped.
+    """
+
+    def __init__(self, *, size_divisibility: int = 32, max_text_len: int = 256):
+        self.size_divisibility = size_divisibility
+        self.max_text_len = max_text_len
+
+    def __call__(self, items: list[tuple[torch.Tensor, dict]]) -> Batch:
+        images = [im for im, _ in items]
+        sizes = [(int(im.shape[1]), int(im.shape[2])) for im in images]
+        d = self.size_divisibility
+        H = -(-max(h for h, _ in sizes) // d) * d
+        W = -(-max(w for _, w in sizes) // d) * d
+        pixel_values = images[0].new_zeros(len(images), 3, H, W)
+        for b, im in enumerate(images):
+            pixel_values[b, :, : im.shape[1], : im.shape[2]] = im
+        captions = [t["caption"] for _, t in items]
+        enc = load_tokenizer()(
+            captions, padding="longest", truncation=True, max_length=self.max_text_len, return_tensors="pt"
+        )
+        T = enc["input_ids"].shape[1]
+        targets = []
+        for b, (_, t) in enumerate(items):
+            boxes = torch.as_tensor(t["boxes"], dtype=torch.float32).reshape(-1, 4)
+            spans = [tuple((int(s), int(e)) for s, e in sp) for sp in t["spans"]]
+            prompt = Prompt(t["caption"], tuple(str(i) for i in range(len(spans))), tuple(spans))
+            tmap = positive_map(token_spans(enc[b], prompt), T)
+            keep = tmap.sum(1) > 0
+            targets.append(GroundingTarget(boxes[keep], tmap[keep]))
+        return Batch(
+            pixel_values,
+            sizes,
+            enc["input_ids"],
+            enc["attention_mask"],
+            targets,
+            captions,
+            [int(t.get("image_id", 0)) for _, t in items],
+        )

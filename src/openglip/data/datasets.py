@@ -1,0 +1,224 @@
+"""Training/evaluation datasets: detection data become grounding data, grounding data keep their captions.
+
+Every item is ``(image tensor (3, h, w), target dict)`` where the target holds ``boxes`` (M, 4) in the
+resized image, the ``caption`` and, per box, its character ``spans`` in the caption. Items are addressed by
+``(epoch, index)`` keys (see :class:`openglip.engine.sampler.ResumableSampler`) and all randomness of an item
+comes from a generator seeded with ``(seed, epoch, index)``: a resumed run replays every augmentation and
+every sampled negative exactly, whatever the number of data-loader workers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from ..images import load_image
+from ..prompts import SEPARATOR, load_tokenizer
+from .records import ImageRecord
+
+
+def item_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
+    return np.random.default_rng([seed, epoch, index])
+
+
+def detection_prompt(
+    positives: Sequence[int],
+    categories: Sequence[str],
+    rng: np.random.Generator,
+    *,
+    candidates: Sequence[int] | None = None,
+    num_negatives: int = 85,
+    max_tokens: int = 256,
+) -> tuple[str, dict[int, tuple[int, int]]]:
+    """GLIP's detection -> grounding conversion.
+
+    The prompt lists the image's classes plus up to ``num_negatives`` other classes sampled from
+    ``candidates`` (default: all), in random order, joined by ". ". Negatives are dropped first if the prompt
+    would exceed ``max_tokens`` tokens; positives are only dropped if they alone do not fit.
+
+    Returns:
+        (caption, {category index: (start, end) character span}) for the classes in the caption.
+    """
+    tokenizer = load_tokenizer()
+    pos = list(dict.fromkeys(int(p) for p in positives))
+    pool = [c for c in (range(len(categories)) if candidates is None else candidates) if c not in set(pos)]
+    k = min(num_negatives, len(pool))
+    negs = [int(x) for x in rng.choice(pool, size=k, replace=False)] if k > 0 else []
+    cost = {c: len(tokenizer(categories[c], add_special_tokens=False)["input_ids"]) + 1 for c in pos + negs}
+    budget = max_tokens - 2  # [CLS] and [SEP]
+    rng.shuffle(pos)
+    kept_pos, used = [], 0
+    for c in pos:
+        if used + cost[c] <= budget:
+            kept_pos.append(c)
+            used += cost[c]
+    kept_neg = []
+    for c in negs:
+        if used + cost[c] <= budget:
+            kept_neg.append(c)
+            used += cost[c]
+    order = kept_pos + kept_neg
+    rng.shuffle(order)
+    caption, spans = "", {}
+    for i, c in enumerate(order):
+        start = len(caption)
+        caption += categories[c]
+        spans[c] = (start, len(caption))
+        if i < len(order) - 1:
+            caption += SEPARATOR
+    return caption, spans
+
+
+class GroundingDataset(Dataset):
+    """Detection and grounding records as grounding examples.
+
+    Args:
+        records: from the readers in :mod:`openglip.data` (detection and/or grounding records).
+        categories: category names (for detection records).
+        transform: ``(image, target, rng) -> (image, target)`` joint transform (resize/flip/jitter).
+        to_tensor: ``PIL image -> (3, h, w)`` normalisation of the model.
+        negative_categories: category indices allowed as negatives (e.g. base classes only); default all.
+        num_negatives: negatives sampled into a detection prompt (GLIP-T: 85).
+        seed: base seed of the per-item generators.
+    """
+
+    def __init__(
+        self,
+        records: Sequence[ImageRecord],
+        categories: Sequence[str],
+        *,
+        transform,
+        to_tensor,
+        negative_categories: Sequence[int] | None = None,
+        num_negatives: int = 85,
+        max_tokens: int = 256,
+        seed: int = 0,
+    ):
+        self.records = list(records)
+        self.categories = list(categories)
+        self.transform = transform
+        self.to_tensor = to_tensor
+        self.negative_categories = None if negative_categories is None else list(negative_categories)
+        self.num_negatives = num_negatives
+        self.max_tokens = max_tokens
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def example(self, index: int, rng: np.random.Generator) -> tuple[Image.Image, dict]:
+        """The untransformed (image, target) of record ``index``."""
+        rec = self.records[index]
+        image, _ = load_image(rec.file_name)
+        if (image.height, image.width) != (rec.height, rec.width) and rec.height and rec.width:
+            # annotations are in the recorded size; keep boxes consistent if the file differs
+            sx, sy = image.width / rec.width, image.height / rec.height
+            boxes = rec.boxes * np.array([sx, sy, sx, sy], dtype=np.float32)
+        else:
+            boxes = rec.boxes.copy()
+        if rec.is_grounding:
+            target = {"boxes": boxes, "caption": rec.caption, "spans": [list(s) for s in rec.spans]}
+            target["labels"] = np.full(len(boxes), -1, dtype=np.int64)
+        else:
+            caption, spans = detection_prompt(
+                rec.labels.tolist(),
+                self.categories,
+                rng,
+                candidates=self.negative_categories,
+                num_negatives=self.num_negatives,
+                max_tokens=self.max_tokens,
+            )
+            keep = np.array([int(lab) in spans for lab in rec.labels], dtype=bool)
+            boxes = boxes[keep]
+            labels = rec.labels[keep]
+            target = {"boxes": boxes, "caption": caption, "spans": [[spans[int(lab)]] for lab in labels]}
+            target["labels"] = labels.copy()
+        target["image_id"] = rec.image_id
+        return image, target
+
+    def __getitem__(self, key) -> tuple[torch.Tensor, dict]:
+        epoch, index = key if isinstance(key, tuple) else (0, key)
+        rng = item_rng(self.seed, epoch, index)
+        image, target = self.example(index, rng)
+        target["orig_size"] = (image.height, image.width)
+        if self.transform is not None:
+            image, target = self.transform(image, target, rng)
+        return self.to_tensor(image), target
+
+
+class ShapesDataset(Dataset):
+    """The built-in shapes world as an (effectively endless) training set.
+
+    Each item is a fresh rendering (``epoch * size + index``). With probability ``grounding_ratio`` the item
+    uses one of the image's captions (referring or listing), otherwise a detection prompt over
+    ``negative_categories`` (the base classes for open-vocabulary training).
+    """
+
+    def __init__(
+        self,
+        *,
+        size: int,
+        transform,
+        to_tensor,
+        split: str = "train",
+        image_size: int = 128,
+        grounding_ratio: float = 0.3,
+        num_negatives: int = 85,
+        seed: int = 0,
+        fresh_each_epoch: bool = True,
+        max_objects: int = 5,
+    ):
+        from .shapes import BASE, CATEGORIES, ShapesWorld
+
+        self.world = ShapesWorld(split=split, image_size=image_size, seed=seed, max_objects=max_objects)
+        self.size = size
+        self.transform = transform
+        self.to_tensor = to_tensor
+        self.grounding_ratio = grounding_ratio
+        self.num_negatives = num_negatives
+        self.categories = list(CATEGORIES)
+        self.negative_categories = [CATEGORIES.index(n) for n in BASE] if split == "train" else None
+        self.seed = seed
+        self.fresh_each_epoch = fresh_each_epoch
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, key) -> tuple[torch.Tensor, dict]:
+        epoch, index = key if isinstance(key, tuple) else (0, key)
+        world_index = epoch * self.size + index if self.fresh_each_epoch else index
+        rng = item_rng(self.seed + 1, epoch, index)
+        sample = self.world.sample(world_index)
+        image = Image.fromarray(sample.image)
+        if sample.captions and rng.random() < self.grounding_ratio:
+            cap = sample.captions[int(rng.integers(len(sample.captions)))]
+            idx = [r["box_index"] for r in cap.regions]
+            target = {
+                "boxes": sample.boxes[idx].copy(),
+                "caption": cap.caption,
+                "spans": [[tuple(s) for s in r["tokens_positive"]] for r in cap.regions],
+                "labels": sample.labels[idx].copy(),
+            }
+        else:
+            caption, spans = detection_prompt(
+                sample.labels.tolist(),
+                self.categories,
+                rng,
+                candidates=self.negative_categories,
+                num_negatives=self.num_negatives,
+            )
+            target = {
+                "boxes": sample.boxes.copy(),
+                "caption": caption,
+                "spans": [[spans[int(lab)]] for lab in sample.labels],
+                "labels": sample.labels.copy(),
+            }
+        target["image_id"] = world_index
+        target["orig_size"] = (image.height, image.width)
+        if self.transform is not None:
+            image, target = self.transform(image, target, rng)
+        return self.to_tensor(image), target

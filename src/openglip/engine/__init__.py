@@ -1,0 +1,1 @@
+"""Training and evaluation engines (the library in openglip.models/data/losses never imports these)."""

@@ -1,0 +1,441 @@
+"""The training loop: AdamW with a separate text-encoder learning rate, warm-up + cosine/step decay, gradient
+clipping and accumulation, AMP, EMA, atomic checkpoints with exact resume, DDP under ``torchrun``.
+
+Run directory::
+
+    out_dir/config.json                 resolved model and training configs
+    out_dir/metrics.jsonl               one line per logged step (and per evaluation)
+    out_dir/checkpoints/step_NNNNNNN.pt model, optimiser, scheduler, scaler, EMA, step, data position, RNG
+    out_dir/checkpoints/last            name of the newest checkpoint
+    out_dir/model.safetensors           final weights (the EMA's when EMA is on), loadable with load_model
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import math
+import os
+import random
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from ..checkpoints import load_into, read_checkpoint, save_safetensors
+from ..config import ModelConfig, TrainConfig, config_to_dict
+from ..data.collate import Batch, Collate
+from ..files import atomic_write, write_text_atomic
+from ..losses import GroundingLoss
+from ..models.detector import GLIP, build_model
+from .distributed import DistInfo, barrier, cleanup, init_distributed
+from .sampler import ResumableSampler
+
+log = logging.getLogger("openglip.train")
+CRASH_ENV = "OPENGLIP_CRASH_AFTER_STEP"  # tests: exit abruptly after this step, as a killed run would
+
+
+class ModelEMA:
+    """Exponential moving average of a model's parameters and buffers.
+
+    The decay ramps up as ``min(decay, (1 + t) / (10 + t))`` over the first updates: without it a short run's
+    average would still be mostly the random initialisation (0.999**500 = 0.61).
+    """
+
+    def __init__(self, model: torch.nn.Module, decay: float):
+        self.decay = decay
+        self.updates = 0
+        self.shadow = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module) -> None:
+        self.updates += 1
+        d = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        for k, v in model.state_dict().items():
+            if v.dtype.is_floating_point:
+                self.shadow[k].mul_(d).add_(v.detach(), alpha=1 - d)
+            else:
+                self.shadow[k].copy_(v)
+
+    def state_dict(self) -> dict:
+        return {"updates": self.updates, "shadow": self.shadow}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.updates = int(state["updates"])
+        for k, v in state["shadow"].items():
+            self.shadow[k].copy_(v)
+
+
+def apply_freeze(model: GLIP, spec: str) -> list[str]:
+    """Freeze the parts named in ``spec`` ("backbone", "fpn", "text", "tower", "all_but_head")."""
+    parts = {p.strip() for p in spec.split(",") if p.strip() and p.strip() != "none"}
+    known = {"backbone", "fpn", "text", "tower", "all_but_head"}
+    if parts - known:
+        raise ValueError(f"unknown freeze option(s) {sorted(parts - known)}; choose from {sorted(known)}")
+    modules = {
+        "backbone": [model.backbone],
+        "fpn": [model.fpn],
+        "text": [model.text_encoder],
+        "tower": [model.tower],
+    }
+    if "all_but_head" in parts:
+        parts = {"backbone", "fpn", "text", "tower"}
+    for name in parts:
+        for m in modules[name]:
+            m.requires_grad_(False)
+    return sorted(parts)
+
+
+def build_optimizer(model: GLIP, cfg: TrainConfig) -> torch.optim.Optimizer:
+    groups: dict[tuple[float, float], list] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        lr = cfg.text_lr if name.startswith("text_encoder.") else cfg.lr
+        decay = 0.0 if p.ndim <= 1 or name.endswith(".bias") else cfg.weight_decay
+        groups.setdefault((lr, decay), []).append(p)
+    return torch.optim.AdamW(
+        [{"params": ps, "lr": lr, "weight_decay": wd} for (lr, wd), ps in groups.items()]
+    )
+
+
+def lr_factor(step: int, cfg: TrainConfig) -> float:
+    if step < cfg.warmup_steps:
+        alpha = step / max(cfg.warmup_steps, 1)
+        return cfg.warmup_factor * (1 - alpha) + alpha
+    if cfg.schedule == "constant":
+        return 1.0
+    if cfg.schedule == "step":
+        return cfg.gamma ** sum(step >= m * cfg.max_steps for m in cfg.milestones)
+    if cfg.schedule == "cosine":
+        progress = (step - cfg.warmup_steps) / max(cfg.max_steps - cfg.warmup_steps, 1)
+        return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+    raise ValueError(f"unknown schedule {cfg.schedule!r}; use cosine, step or constant")
+
+
+def _rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class Trainer:
+    """Trains a GLIP model on a dataset of ``(image tensor, target)`` items (see :mod:`openglip.data`).
+
+    Args:
+        model_cfg: the model's config (saved with every checkpoint).
+        cfg: the training config.
+        dataset: training dataset addressed by ``(epoch, index)``; built from ``cfg.data`` by the caller.
+        resume: continue from the newest checkpoint in ``cfg.out_dir`` when there is one.
+        device: "cpu", "cuda" or None (GPU when available).
+        evaluate_fn: optional ``(model, step) -> dict`` called at ``eval_every`` steps and at the end.
+    """
+
+    def __init__(
+        self,
+        model_cfg: ModelConfig,
+        cfg: TrainConfig,
+        dataset,
+        *,
+        resume: bool = False,
+        device: str | None = None,
+        evaluate_fn=None,
+        model: GLIP | None = None,
+    ):
+        from ..api import resolve_device
+
+        self.model_cfg, self.cfg = model_cfg, cfg
+        self.device = resolve_device(device)
+        self.dist: DistInfo = init_distributed(self.device)
+        if self.dist.enabled and self.device.type == "cuda":
+            self.device = torch.device("cuda", self.dist.local_rank)
+        self.out_dir = Path(cfg.out_dir)
+        self.ckpt_dir = self.out_dir / "checkpoints"
+        self.evaluate_fn = evaluate_fn
+        if self.device.type == "cpu":
+            # denormal floats appear in training and make CPU kernels ~50x slower; flushing them costs nothing
+            torch.set_flush_denormal(True)
+        torch.manual_seed(cfg.seed)
+        np.random.seed(cfg.seed)
+        random.seed(cfg.seed)
+        self.model = (model or build_model(model_cfg)).to(self.device)
+        if cfg.init_weights:
+            state, _ = read_checkpoint(cfg.init_weights)
+            load_into(self.model, state)
+        self.frozen = apply_freeze(self.model, cfg.freeze)
+        self.criterion = GroundingLoss(
+            topk=model_cfg.atss_topk,
+            alpha=model_cfg.focal_alpha,
+            gamma=model_cfg.focal_gamma,
+            normalized_token_targets=cfg.normalized_token_targets,
+        )
+        self.optimizer = build_optimizer(self.model, cfg)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_factor(s, cfg))
+        amp = cfg.amp if cfg.amp != "auto" else ("bf16" if self.device.type == "cuda" else "off")
+        if amp not in ("off", "bf16", "fp16"):
+            raise ValueError(f"amp must be auto, bf16, fp16 or off, not {cfg.amp!r}")
+        self.amp_dtype = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=amp == "fp16")
+        self.ema = ModelEMA(self.model, cfg.ema_decay) if cfg.ema_decay > 0 else None
+        self.dataset = dataset
+        self.step = 0
+        self.items = 0  # items this rank has consumed (the sampler position)
+        if resume:
+            self._resume()
+        self.ddp_model = self.model
+        if self.dist.enabled:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.ddp_model = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+
+    # -- checkpoints ----------------------------------------------------------------------------------------
+    def latest_checkpoint(self) -> Path | None:
+        marker = self.ckpt_dir / "last"
+        if marker.exists():
+            path = self.ckpt_dir / marker.read_text().strip()
+            if path.exists():
+                return path
+        found = sorted(self.ckpt_dir.glob("step_*.pt"))
+        return found[-1] if found else None
+
+    def _resume(self) -> None:
+        path = self.latest_checkpoint()
+        if path is None:
+            if self.dist.is_main:
+                log.info("no checkpoint in %s: starting a new run", self.ckpt_dir)
+            return
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        self.scaler.load_state_dict(ckpt["scaler"])
+        if self.ema is not None and ckpt.get("ema") is not None:
+            self.ema.load_state_dict(ckpt["ema"])
+        self.step, self.items = int(ckpt["step"]), int(ckpt["items"])
+        rng = ckpt["rng"][self.dist.rank] if self.dist.rank < len(ckpt["rng"]) else ckpt["rng"][0]
+        _set_rng_state(rng)
+        if self.dist.is_main:
+            self._truncate_metrics(self.step)
+            log.info("resumed from %s at step %d", path, self.step)
+
+    def _truncate_metrics(self, step: int) -> None:
+        """Drop metric lines written after the checkpoint a resumed run restarts from."""
+        path = self.out_dir / "metrics.jsonl"
+        if not path.exists():
+            return
+        keep = []
+        for line in path.read_text().splitlines():
+            try:
+                if json.loads(line).get("step", 0) <= step:
+                    keep.append(line)
+            except json.JSONDecodeError:
+                continue  # a line cut by the kill
+        write_text_atomic(path, "".join(line + "\n" for line in keep))
+
+    def save_checkpoint(self) -> Path:
+        """Write a checkpoint atomically (rank 0 writes; every rank contributes its RNG state)."""
+        rngs = [_rng_state()]
+        if self.dist.enabled:
+            gathered = [None] * self.dist.world_size
+            torch.distributed.all_gather_object(gathered, rngs[0])
+            rngs = gathered
+        path = self.ckpt_dir / f"step_{self.step:07d}.pt"
+        if self.dist.is_main:
+            state = {
+                "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict(),
+                "ema": None if self.ema is None else self.ema.state_dict(),
+                "step": self.step,
+                "items": self.items,
+                "rng": rngs,
+                "model_config": config_to_dict(self.model_cfg),
+                "train_config": dataclasses.asdict(self.cfg),
+            }
+            atomic_write(path, lambda tmp: torch.save(state, tmp))
+            write_text_atomic(self.ckpt_dir / "last", path.name)
+            for old in sorted(self.ckpt_dir.glob("step_*.pt"))[: -max(self.cfg.keep_checkpoints, 1)]:
+                old.unlink(missing_ok=True)
+        barrier(self.dist)
+        return path
+
+    def final_weights(self) -> GLIP:
+        """The model to export/evaluate: the EMA weights when EMA is on."""
+        if self.ema is None:
+            return self.model
+        export = build_model(self.model_cfg)
+        export.load_state_dict({k: v.to("cpu") for k, v in self.ema.shadow.items()})
+        return export.to(self.device).eval()
+
+    # -- loop -----------------------------------------------------------------------------------------------
+    def _loader(self) -> DataLoader:
+        sampler = ResumableSampler(
+            len(self.dataset),
+            seed=self.cfg.seed,
+            rank=self.dist.rank,
+            world_size=self.dist.world_size,
+            start=self.items,
+        )
+        return DataLoader(
+            self.dataset,
+            batch_size=self.cfg.batch_size,
+            sampler=sampler,
+            num_workers=self.cfg.num_workers,
+            collate_fn=Collate(
+                size_divisibility=self.model_cfg.size_divisibility, max_text_len=self.model_cfg.max_text_len
+            ),
+            persistent_workers=self.cfg.num_workers > 0,
+            # its own generator: starting an iterator must not draw from the global RNG (that would shift the
+            # dropout masks of a resumed run against those of the uninterrupted run)
+            generator=torch.Generator().manual_seed(self.cfg.seed + self.dist.rank),
+        )
+
+    def _train_mode(self) -> None:
+        self.model.train()
+        for m in (self.model.backbone, self.model.fpn, self.model.text_encoder, self.model.tower):
+            if not any(p.requires_grad for p in m.parameters()):
+                m.eval()  # frozen parts keep eval-mode normalisation and no dropout
+
+    def _forward_loss(self, batch: Batch) -> dict[str, torch.Tensor]:
+        ctx = (
+            torch.autocast(self.device.type, dtype=self.amp_dtype)
+            if self.amp_dtype
+            else contextlib.nullcontext()
+        )
+        with ctx:
+            out = self.ddp_model(
+                batch.pixel_values,
+                batch.image_sizes,
+                input_ids=batch.input_ids,
+                attention_mask=batch.attention_mask,
+            )
+        return self.criterion(out, batch.targets)
+
+    def _log(self, record: dict) -> None:
+        if not self.dist.is_main:
+            return
+        path = self.out_dir / "metrics.jsonl"
+        with open(path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.tb is not None:
+            for k, v in record.items():
+                if isinstance(v, (int, float)) and k != "step":
+                    self.tb.add_scalar(k, v, record["step"])
+
+    def fit(self) -> dict:
+        """Train to ``max_steps`` (or the time budget); returns the last logged metrics."""
+        cfg = self.cfg
+        self.tb = None
+        if self.dist.is_main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            configs = {"model": config_to_dict(self.model_cfg), "train": dataclasses.asdict(cfg)}
+            write_text_atomic(self.out_dir / "config.json", json.dumps(configs, indent=1))
+            if cfg.tensorboard:
+                try:
+                    from torch.utils.tensorboard import SummaryWriter
+
+                    self.tb = SummaryWriter(str(self.out_dir / "tb"))
+                except ImportError:
+                    log.warning(
+                        "tensorboard is not installed: pip install tensorboard (continuing without it)"
+                    )
+        crash_after = int(os.environ.get(CRASH_ENV, "0"))
+        self._train_mode()
+        from tqdm import tqdm
+
+        bar = tqdm(
+            total=cfg.max_steps, initial=self.step, desc="train", unit="step", disable=not self.dist.is_main,
+            file=sys.stderr, dynamic_ncols=True,
+        )  # fmt: skip
+        start_time, window_t, window_items = time.time(), time.time(), 0
+        last: dict = {}
+        loader = iter(self._loader())
+        while self.step < cfg.max_steps:
+            if cfg.time_budget and time.time() - start_time > cfg.time_budget:
+                log.info("time budget of %.0f s reached at step %d", cfg.time_budget, self.step)
+                break
+            sums: dict[str, float] = {}
+            for micro in range(cfg.grad_accum):
+                batch = next(loader).to(self.device)
+                sync = micro == cfg.grad_accum - 1 or not self.dist.enabled
+                ctx = contextlib.nullcontext() if sync else self.ddp_model.no_sync()
+                with ctx:
+                    losses = self._forward_loss(batch)
+                    total = sum(losses.values())
+                    self.scaler.scale(total / cfg.grad_accum).backward()
+                for k, v in losses.items():
+                    sums[k] = sums.get(k, 0.0) + float(v.detach()) / cfg.grad_accum
+                self.items += len(batch.image_sizes)
+                window_items += len(batch.image_sizes)
+            if not all(math.isfinite(v) for v in sums.values()):
+                raise FloatingPointError(f"non-finite loss at step {self.step}: {sums}")
+            self.scaler.unscale_(self.optimizer)
+            if cfg.clip_grad > 0:
+                torch.nn.utils.clip_grad_norm_(
+                    [p for p in self.model.parameters() if p.requires_grad], cfg.clip_grad
+                )
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scheduler.step()
+            if self.ema is not None:
+                self.ema.update(self.model)
+            self.step += 1
+            bar.update(1)
+            loss = sum(sums.values())
+            bar.set_postfix(loss=f"{loss:.3f}")
+            if self.step % cfg.log_every == 0 or self.step == cfg.max_steps:
+                elapsed = time.time() - window_t
+                last = {
+                    "step": self.step,
+                    "loss": loss,
+                    **sums,
+                    "lr": self.optimizer.param_groups[0]["lr"],
+                    "images_per_s": window_items * self.dist.world_size / max(elapsed, 1e-9),
+                    "time": time.time() - start_time,
+                }
+                self._log(last)
+                window_t, window_items = time.time(), 0
+            if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
+                self.save_checkpoint()
+            if cfg.eval_every and self.step % cfg.eval_every == 0 and self.evaluate_fn is not None:
+                self._evaluate()
+            if crash_after and self.step >= crash_after and self.dist.is_main:
+                marker = self.out_dir / ".crashed"
+                if not marker.exists():  # once per run directory, so that a restarted run can finish
+                    marker.touch()
+                    os._exit(17)  # simulate a killed process: no cleanup, no final checkpoint
+        bar.close()
+        self.save_checkpoint()
+        if self.dist.is_main:
+            save_safetensors(self.final_weights().cpu(), self.out_dir / "model.safetensors", self.model_cfg)
+        result = last
+        if self.evaluate_fn is not None:
+            result = {**last, **self._evaluate()}
+        cleanup(self.dist)
+        return result
+
+    def _evaluate(self) -> dict:
+        if not self.dist.is_main:
+            barrier(self.dist)
+            return {}
+        model = self.final_weights()
+        metrics = self.evaluate_fn(model, self.step)
+        self._log({"step": self.step, **{f"eval/{k}": v for k, v in metrics.items()}})
+        self._train_mode()
+        barrier(self.dist)
+        return metrics

@@ -1,0 +1,214 @@
+"""GLIP's training loss: ATSS assignment, token-level sigmoid focal loss on the alignment logits, GIoU box
+loss weighted by centerness, and centerness BCE.
+
+Shapes: B images, A anchors over all levels, M ground-truth boxes of an image, T tokens.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from ..models.anchors import BoxCoder
+
+INF = 1e8
+
+
+@dataclass
+class GroundingTarget:
+    """Ground truth of one image.
+
+    Attributes:
+        boxes: (M, 4) x1 y1 x2 y2 in input pixels (after resize, before padding).
+        token_map: (M, T) binary map of the tokens each box's phrase spans.
+    """
+
+    boxes: torch.Tensor
+    token_map: torch.Tensor
+
+
+def box_iou_plus_one(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """IoU with maskrcnn-benchmark's "+1" areas: (A, 4) x (M, 4) -> (A, M)."""
+    area_a = (a[:, 2] - a[:, 0] + 1) * (a[:, 3] - a[:, 1] + 1)
+    area_b = (b[:, 2] - b[:, 0] + 1) * (b[:, 3] - b[:, 1] + 1)
+    lt = torch.maximum(a[:, None, :2], b[None, :, :2])
+    rb = torch.minimum(a[:, None, 2:], b[None, :, 2:])
+    wh = (rb - lt + 1).clamp(min=0)
+    inter = wh[..., 0] * wh[..., 1]
+    return inter / (area_a[:, None] + area_b[None, :] - inter)
+
+
+def atss_assign(anchors: list[torch.Tensor], gt: torch.Tensor, topk: int = 9) -> torch.Tensor:
+    """Adaptive training sample selection (Zhang et al., 2020) as GLIP does it.
+
+    Per ground-truth box: the ``topk`` anchors per level whose centres are closest to the box centre are
+    candidates; those with IoU >= mean + std of the candidates' IoUs and whose centre lies inside the box
+    are positives; an anchor positive for several boxes takes the one with the highest IoU.
+
+    Args:
+        anchors: per level (A_l, 4) anchors.
+        gt: (M, 4) boxes.
+
+    Returns:
+        (A,) index of the matched box per anchor, -1 for background.
+    """
+    all_anchors = torch.cat(anchors)
+    A, M = all_anchors.shape[0], gt.shape[0]
+    if M == 0:
+        return torch.full((A,), -1, dtype=torch.long, device=all_anchors.device)
+    ious = box_iou_plus_one(all_anchors, gt)  # (A, M)
+    anchor_centres = (all_anchors[:, :2] + all_anchors[:, 2:]) / 2
+    gt_centres = (gt[:, :2] + gt[:, 2:]) / 2
+    distances = (anchor_centres[:, None, :] - gt_centres[None, :, :]).pow(2).sum(-1).sqrt()  # (A, M)
+    candidates, start = [], 0
+    for level in anchors:
+        n = level.shape[0]
+        k = min(topk, n)
+        candidates.append(distances[start : start + n].topk(k, dim=0, largest=False).indices + start)
+        start += n
+    candidates = torch.cat(candidates)  # (K, M)
+    cols = torch.arange(M, device=gt.device)
+    cand_ious = ious[candidates, cols]  # (K, M)
+    threshold = cand_ious.mean(0) + cand_ious.std(0)
+    is_pos = cand_ious >= threshold[None, :]
+    cx, cy = anchor_centres[candidates, 0], anchor_centres[candidates, 1]  # (K, M)
+    inside = torch.stack([cx - gt[:, 0], cy - gt[:, 1], gt[:, 2] - cx, gt[:, 3] - cy]).amin(0) > 0.01
+    is_pos &= inside
+    scores = torch.full((A, M), -INF, device=gt.device, dtype=ious.dtype)
+    flat_anchor = candidates[is_pos]
+    flat_gt = cols.expand_as(candidates)[is_pos]
+    scores[flat_anchor, flat_gt] = ious[flat_anchor, flat_gt]
+    best, index = scores.max(dim=1)
+    index[best == -INF] = -1
+    return index
+
+
+def centerness_target(anchors: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+    """sqrt(min(l, r) / max(l, r) * min(t, b) / max(t, b)) of each anchor centre inside its box."""
+    cx = (anchors[:, 0] + anchors[:, 2]) / 2
+    cy = (anchors[:, 1] + anchors[:, 3]) / 2
+    lr = torch.stack([cx - boxes[:, 0], boxes[:, 2] - cx], dim=1)
+    tb = torch.stack([cy - boxes[:, 1], boxes[:, 3] - cy], dim=1)
+    return torch.sqrt((lr.amin(1) / lr.amax(1)) * (tb.amin(1) / tb.amax(1)))
+
+
+def giou_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """1 - GIoU per row for (N, 4) xyxy boxes (GLIP's formula: degenerate predictions are made valid)."""
+    x1, y1 = pred[:, 0], pred[:, 1]
+    x2, y2 = torch.maximum(x1, pred[:, 2]), torch.maximum(y1, pred[:, 3])
+    area_p = (x2 - x1) * (y2 - y1)
+    area_t = (target[:, 2] - target[:, 0]) * (target[:, 3] - target[:, 1])
+    iw = (torch.minimum(x2, target[:, 2]) - torch.maximum(x1, target[:, 0])).clamp(min=0)
+    ih = (torch.minimum(y2, target[:, 3]) - torch.maximum(y1, target[:, 1])).clamp(min=0)
+    inter = iw * ih
+    enclose = (torch.maximum(x2, target[:, 2]) - torch.minimum(x1, target[:, 0])) * (
+        torch.maximum(y2, target[:, 3]) - torch.minimum(y1, target[:, 1])
+    ) + 1e-7
+    union = area_p + area_t - inter + 1e-7
+    return 1 - (inter / union - (enclose - union) / enclose)
+
+
+def token_focal_loss(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    text_mask: torch.Tensor,
+    alpha: float = 0.25,
+    gamma: float = 2.0,
+) -> torch.Tensor:
+    """Sigmoid focal loss summed over real tokens: logits/targets (B, A, T), text_mask (B, T)."""
+    mask = (text_mask > 0)[:, None, :].expand_as(logits)
+    x, t = logits[mask], targets[mask]
+    p = torch.sigmoid(x)
+    ce = F.binary_cross_entropy_with_logits(x, t, reduction="none")
+    p_t = p * t + (1 - p) * (1 - t)
+    loss = ce * (1 - p_t) ** gamma
+    if alpha >= 0:
+        loss = (alpha * t + (1 - alpha) * (1 - t)) * loss
+    return loss.sum()
+
+
+def _mean_over_ranks(value: float, device) -> float:
+    """Average a scalar over DDP ranks (GLIP normalises by the number of positives per GPU)."""
+    if dist.is_available() and dist.is_initialized():
+        t = torch.tensor([value], dtype=torch.float64, device=device)
+        dist.all_reduce(t)
+        return float(t.item()) / dist.get_world_size()
+    return value
+
+
+class GroundingLoss(nn.Module):
+    """GLIP's loss on :class:`~openglip.models.detector.GLIPOutput`.
+
+    Args:
+        box_coder: decodes deltas (weights 10/10/5/5).
+        topk: ATSS candidates per level.
+        alpha, gamma: focal loss parameters.
+        reg_weight: weight of the GIoU loss (ATSS: 2.0).
+        normalized_token_targets: GLIP's targets are 1/n on each of a phrase's n tokens; False uses 1.
+
+    ``forward(output, targets)`` returns ``{"loss_align", "loss_box", "loss_centerness"}``.
+    """
+
+    def __init__(
+        self,
+        *,
+        box_coder: BoxCoder | None = None,
+        topk: int = 9,
+        alpha: float = 0.25,
+        gamma: float = 2.0,
+        reg_weight: float = 2.0,
+        normalized_token_targets: bool = True,
+    ):
+        super().__init__()
+        self.box_coder = box_coder or BoxCoder()
+        self.topk = topk
+        self.alpha = alpha
+        self.gamma = gamma
+        self.reg_weight = reg_weight
+        self.normalized_token_targets = normalized_token_targets
+
+    def forward(self, output, targets: list[GroundingTarget]) -> dict[str, torch.Tensor]:
+        logits = torch.cat(output.logits, dim=1).float()  # (B, A, T)
+        B, A, T = logits.shape
+        deltas = torch.cat(
+            [r.flatten(2).transpose(1, 2) for r in output.box_regression], dim=1
+        ).float()  # (B, A, 4)
+        ctr = torch.cat([c.flatten(1) for c in output.centerness], dim=1).float()  # (B, A)
+        anchors = torch.cat(output.anchors)  # (A, 4)
+
+        token_targets = logits.new_zeros(B, A, T)
+        pos_b, pos_a, pos_boxes = [], [], []
+        for b, target in enumerate(targets):
+            matched = atss_assign(output.anchors, target.boxes.to(anchors), self.topk)
+            pos = (matched >= 0).nonzero().squeeze(1)
+            if pos.numel() == 0:
+                continue
+            tmap = target.token_map.to(logits)[:, :T]
+            if self.normalized_token_targets:
+                tmap = tmap / tmap.sum(1, keepdim=True).clamp_min(1.0)
+            token_targets[b, pos] = tmap[matched[pos]]
+            pos_b.append(torch.full_like(pos, b))
+            pos_a.append(pos)
+            pos_boxes.append(target.boxes.to(anchors)[matched[pos]])
+
+        num_pos = sum(p.numel() for p in pos_a)
+        norm = max(_mean_over_ranks(float(num_pos), logits.device), 1.0)
+        loss_align = token_focal_loss(logits, token_targets, output.text_mask, self.alpha, self.gamma) / norm
+        if num_pos == 0:
+            zero = deltas.sum() * 0 + ctr.sum() * 0
+            return {"loss_align": loss_align, "loss_box": zero, "loss_centerness": zero}
+        b_idx, a_idx = torch.cat(pos_b), torch.cat(pos_a)
+        gt = torch.cat(pos_boxes)
+        pos_anchors = anchors[a_idx]
+        # GLIP encodes the matched boxes and decodes them again; that round trip is the identity, so the
+        # centerness and GIoU targets use the boxes directly.
+        ctr_target = centerness_target(pos_anchors, gt)
+        pred = self.box_coder.decode(deltas[b_idx, a_idx], pos_anchors)
+        ctr_norm = max(_mean_over_ranks(float(ctr_target.sum()), logits.device), 1e-6)
+        loss_box = (giou_loss(pred, gt) * ctr_target).sum() / ctr_norm
+        loss_ctr = F.binary_cross_entropy_with_logits(ctr[b_idx, a_idx], ctr_target, reduction="sum") / norm
+        return {"loss_align": loss_align, "loss_box": loss_box * self.reg_weight, "loss_centerness": loss_ctr}

@@ -1,0 +1,258 @@
+"""Training: prompts from detection data, the loss going down, exact resume after a kill (also under
+torchrun --max-restarts), 2-process DDP on CPU, and the train/evaluate/data commands end to end."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from openglip.config import TrainConfig, tiny
+from openglip.data.collate import Collate
+from openglip.data.datasets import ShapesDataset, detection_prompt
+from openglip.data.transforms import to_model_input
+from openglip.engine.sampler import ResumableSampler
+from openglip.engine.trainer import Trainer, lr_factor
+from openglip.losses import GroundingLoss, atss_assign
+from openglip.prompts import num_tokens
+
+ENV = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
+
+
+def test_detection_prompt_fits_256_tokens_and_keeps_every_positive():
+    categories = [f"category number {i} with a fairly long name" for i in range(300)]
+    rng = np.random.default_rng(0)
+    positives = [3, 50, 299, 120, 7, 7]
+    caption, spans = detection_prompt(positives, categories, rng, num_negatives=85)
+    assert num_tokens(caption) <= 256
+    assert set(positives) <= set(spans)
+    for c, (s, e) in spans.items():
+        assert caption[s:e] == categories[c]
+    assert len(spans) > len(set(positives))  # negatives were added while they fit
+    # only allowed negatives are sampled (e.g. base classes of an open-vocabulary split)
+    _, spans2 = detection_prompt([1], categories[:10], rng, candidates=[2, 3], num_negatives=85)
+    assert set(spans2) == {1, 2, 3}
+
+
+def test_sampler_shards_and_resumes_by_position():
+    full = ResumableSampler(10, seed=3)
+    it = iter(full)
+    first = [next(it) for _ in range(25)]
+    resumed = ResumableSampler(10, seed=3, start=13)
+    it2 = iter(resumed)
+    assert [next(it2) for _ in range(12)] == first[13:]
+    assert sorted(i for e, i in first[:10]) == list(range(10)) and first[10][0] == 1
+    r0 = ResumableSampler(7, rank=0, world_size=2)
+    r1 = ResumableSampler(7, rank=1, world_size=2)
+    a, b = iter(r0), iter(r1)
+    shard0 = {next(a)[1] for _ in range(4)}
+    shard1 = {next(b)[1] for _ in range(4)}
+    assert shard0 | shard1 == set(range(7))
+
+
+def test_atss_assigns_anchors_inside_each_box():
+    from openglip.models.anchors import AnchorGenerator
+
+    gen = AnchorGenerator((32, 64, 128, 256, 512), (8, 16, 32, 64, 128))
+    anchors = gen([(16, 16), (8, 8), (4, 4), (2, 2), (1, 1)], "cpu")
+    gt = torch.tensor([[10.0, 10.0, 40.0, 40.0], [70.0, 60.0, 120.0, 125.0]])
+    matched = atss_assign(anchors, gt, topk=9)
+    allc = torch.cat(anchors)
+    centres = (allc[:, :2] + allc[:, 2:]) / 2
+    for j in range(2):
+        pos = centres[matched == j]
+        assert len(pos) >= 1
+        assert (
+            (pos[:, 0] > gt[j, 0]) & (pos[:, 0] < gt[j, 2]) & (pos[:, 1] > gt[j, 1]) & (pos[:, 1] < gt[j, 3])
+        ).all()
+    assert (matched == -1).sum() > 0.9 * len(matched)
+
+
+def test_lr_schedule_warmup_and_cosine():
+    cfg = TrainConfig(
+        max_steps=100, warmup_steps=10, warmup_factor=0.001, schedule="cosine", min_lr_ratio=0.01
+    )
+    assert lr_factor(0, cfg) == pytest.approx(0.001)
+    assert lr_factor(10, cfg) == pytest.approx(1.0)
+    assert lr_factor(100, cfg) == pytest.approx(0.01)
+    step = TrainConfig(max_steps=100, warmup_steps=0, schedule="step", milestones=(0.5, 0.8), gamma=0.1)
+    assert [lr_factor(s, step) for s in (0, 49, 50, 80)] == pytest.approx([1, 1, 0.1, 0.01])
+
+
+def _tiny_shapes(size=4, **kw):
+    cfg = tiny()
+    return ShapesDataset(
+        size=size,
+        transform=None,
+        to_tensor=partial(to_model_input, mean=cfg.pixel_mean, std=cfg.pixel_std, bgr=cfg.bgr),
+        fresh_each_epoch=False,
+        **kw,
+    )
+
+
+def test_collate_builds_token_maps_for_every_box():
+    ds = _tiny_shapes(4, grounding_ratio=0.5)
+    batch = Collate()([ds[(0, i)] for i in range(4)])
+    assert batch.pixel_values.shape[0] == 4 and batch.pixel_values.shape[-1] % 32 == 0
+    for (_, target), t in zip([ds[(0, i)] for i in range(4)], batch.targets):
+        assert t.boxes.shape[0] == len(target["boxes"]) == t.token_map.shape[0]
+        assert (t.token_map.sum(1) >= 1).all() and t.token_map.shape[1] == batch.input_ids.shape[1]
+
+
+def test_loss_falls_when_overfitting_four_images(tmp_path):
+    cfg = TrainConfig(
+        out_dir=str(tmp_path), max_steps=60, batch_size=4, lr=2e-3, text_lr=2e-3, warmup_steps=5, log_every=5,
+        checkpoint_every=0, ema_decay=0, schedule="constant", flip_prob=0.0, color_jitter=0.0,
+    )  # fmt: skip
+    trainer = Trainer(tiny(), cfg, _tiny_shapes(4, grounding_ratio=0.0, num_negatives=10), device="cpu")
+    trainer.fit()
+    losses = [json.loads(line)["loss"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert len(losses) == 12
+    assert np.mean(losses[-3:]) < 0.7 * np.mean(losses[:2]), losses
+    assert (tmp_path / "model.safetensors").exists() and (tmp_path / "checkpoints" / "last").exists()
+
+
+def test_grounding_loss_is_finite_without_positives():
+    model = __import__("openglip.models", fromlist=["build_model"]).build_model(tiny())
+    ids, mask = model.tokenize(["cat. dog."])
+    out = model(torch.zeros(1, 3, 64, 64), None, input_ids=ids, attention_mask=mask)
+    from openglip.losses import GroundingTarget
+
+    losses = GroundingLoss()(out, [GroundingTarget(torch.zeros(0, 4), torch.zeros(0, ids.shape[1]))])
+    total = sum(losses.values())
+    assert torch.isfinite(total)
+    total.backward()  # every branch stays in the graph
+
+
+def _train_cmd(out, *extra):
+    return [
+        sys.executable, "-m", "openglip.cli", "train", "tiny", "--data", "shapes", "--out", str(out), "--device", "cpu",
+        "max_steps=6", "batch_size=2", "checkpoint_every=3", "log_every=1", "warmup_steps=2", "lr=1e-3",
+        "shapes_epoch_size=8", "train_min_sizes=(96,128)", "train_max_size=160", "num_negatives=20", *extra,
+    ]  # fmt: skip
+
+
+def _losses(run: Path) -> list[tuple[int, float]]:
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [(r["step"], r["loss"]) for r in rows if "loss" in r]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    out = tmp_path_factory.mktemp("full")
+    subprocess.run(_train_cmd(out), check=True, env=ENV, capture_output=True, timeout=600)
+    return out
+
+
+def test_killed_and_resumed_run_repeats_the_losses_exactly(tmp_path, uninterrupted):
+    crash = {**ENV, "OPENGLIP_CRASH_AFTER_STEP": "4"}
+    first = subprocess.run(_train_cmd(tmp_path), env=crash, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 17, first.stderr[-2000:]
+    assert [s for s, _ in _losses(tmp_path)] == [
+        1,
+        2,
+        3,
+        4,
+    ]  # step 4 was logged, its checkpoint never written
+    second = subprocess.run(
+        [*_train_cmd(tmp_path), "--resume"],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert _losses(tmp_path) == _losses(uninterrupted)  # bit-identical, steps 1..6
+    from safetensors.torch import load_file
+
+    a = load_file(str(tmp_path / "model.safetensors"))
+    b = load_file(str(uninterrupted / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_torchrun_restart_resumes_from_the_last_checkpoint(tmp_path, uninterrupted):
+    crash = {**ENV, "OPENGLIP_CRASH_AFTER_STEP": "4"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1",
+           "--max-restarts", "1", "-m", "openglip.cli", *_train_cmd(tmp_path)[3:], "--resume"]  # fmt: skip
+    done = subprocess.run(cmd, env=crash, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (tmp_path / ".crashed").exists()  # the first attempt really died
+    assert _losses(tmp_path) == _losses(uninterrupted)
+
+
+DDP_SCRIPT = """
+import sys, torch, torch.distributed as dist
+from functools import partial
+from openglip.config import TrainConfig, tiny
+from openglip.data.datasets import ShapesDataset
+from openglip.data.transforms import to_model_input
+from openglip.engine.trainer import Trainer
+out = sys.argv[1]
+cfg = tiny()
+ds = ShapesDataset(size=8, transform=None, fresh_each_epoch=False, num_negatives=10,
+                   to_tensor=partial(to_model_input, mean=cfg.pixel_mean, std=cfg.pixel_std, bgr=cfg.bgr))
+tc = TrainConfig(out_dir=out, max_steps=3, batch_size=2, lr=1e-3, warmup_steps=1, checkpoint_every=0, log_every=1)
+trainer = Trainer(cfg, tc, ds, device="cpu")
+rank = trainer.dist.rank
+trainer.fit()
+torch.save({k: v.clone() for k, v in trainer.model.state_dict().items()}, f"{out}/rank{rank}.pt")
+"""
+
+
+def test_two_process_ddp_on_cpu_keeps_ranks_equal(tmp_path):
+    script = tmp_path / "ddp_train.py"
+    script.write_text(DDP_SCRIPT)
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        str(script),
+        str(tmp_path),
+    ]
+    done = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    a = torch.load(tmp_path / "rank0.pt", weights_only=True)
+    b = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    init = __import__("openglip.models", fromlist=["build_model"])
+    assert set(a) == set(b)
+    assert all(
+        torch.equal(a[k], b[k]) for k in a
+    )  # gradients were averaged: both ranks hold the same weights
+    torch.manual_seed(0)
+    fresh = init.build_model(tiny()).state_dict()
+    assert any(not torch.equal(a[k], fresh[k]) for k in a if a[k].dtype.is_floating_point)  # and they trained
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3]  # rank 0 alone logs
+
+
+def test_train_evaluate_and_data_commands(tmp_path, uninterrupted):
+    from openglip.cli import main
+
+    data = tmp_path / "data"
+    assert (
+        main(["data", "shapes", "--out", str(data), "--images", "6", "--split", "val", "--size", "96"]) == 0
+    )
+    coco = data / "annotations.coco.json"
+    metrics_path = tmp_path / "m.json"
+    code = main(["evaluate", "--weights", str(uninterrupted / "model.safetensors"), "--data", str(coco),
+                 "--out", str(metrics_path)])  # fmt: skip
+    assert code == 0
+    metrics = json.loads(metrics_path.read_text())["metrics"]
+    assert {"AP", "AP50", "base/AP50", "novel/AP50"} <= set(metrics)
+    assert all(0.0 <= v <= 1.0 for v in metrics.values() if v == v)
+    grounding = tmp_path / "g.json"
+    code = main(["evaluate", "--weights", str(uninterrupted / "model.safetensors"), "--data", str(data / "grounding.odvg.jsonl"),
+                 "--out", str(grounding)])  # fmt: skip
+    assert code == 0 and {"R@1", "R@5", "R@10"} <= set(json.loads(grounding.read_text())["metrics"])
+    assert main(["train", "tiny", "no_such_key=3"]) == 2
+    assert main(["train", "tiny", "--data", str(tmp_path / "missing.json")]) == 2
