@@ -31,6 +31,9 @@ class Batch:
     captions: list[str]
     image_ids: list[int]
 
+    def __len__(self) -> int:
+        return len(self.image_sizes)
+
     def to(self, device) -> Batch:
         return Batch(
             self.pixel_values.to(device, non_blocking=True),

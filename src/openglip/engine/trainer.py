@@ -91,12 +91,14 @@ def apply_freeze(model: GLIP, spec: str) -> list[str]:
     return sorted(parts)
 
 
-def build_optimizer(model: GLIP, cfg: TrainConfig) -> torch.optim.Optimizer:
+def build_optimizer(model: torch.nn.Module, cfg: TrainConfig, is_text_param=None) -> torch.optim.Optimizer:
+    """AdamW; ``is_text_param(name)`` parameters get ``cfg.text_lr``; no weight decay on biases and norms."""
+    is_text_param = is_text_param or (lambda name: name.startswith("text_encoder."))
     groups: dict[tuple[float, float], list] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        lr = cfg.text_lr if name.startswith("text_encoder.") else cfg.lr
+        lr = cfg.text_lr if is_text_param(name) else cfg.lr
         decay = 0.0 if p.ndim <= 1 or name.endswith(".bias") else cfg.weight_decay
         groups.setdefault((lr, decay), []).append(p)
     return torch.optim.AdamW(
@@ -133,11 +135,55 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+class GLIPTask:
+    """What the :class:`Trainer` needs to know about a GLIP model (the default task).
+
+    Another model family (e.g. RegionCLIP) provides an object with the same methods: ``build_model``,
+    ``load_weights``, ``freeze``, ``is_text_param``, ``collate_fn``, ``losses``, ``config_dict``, ``export``.
+    """
+
+    def __init__(self, model_cfg: ModelConfig, cfg: TrainConfig):
+        self.model_cfg = model_cfg
+        self.criterion = GroundingLoss(
+            topk=model_cfg.atss_topk,
+            alpha=model_cfg.focal_alpha,
+            gamma=model_cfg.focal_gamma,
+            normalized_token_targets=cfg.normalized_token_targets,
+        )
+
+    def build_model(self) -> torch.nn.Module:
+        return build_model(self.model_cfg)
+
+    def load_weights(self, model, path: str) -> None:
+        state, _ = read_checkpoint(path)
+        load_into(model, state)
+
+    def freeze(self, model, spec: str) -> list[str]:
+        return apply_freeze(model, spec)
+
+    def is_text_param(self, name: str) -> bool:
+        return name.startswith("text_encoder.")
+
+    def collate_fn(self):
+        return Collate(size_divisibility=self.model_cfg.size_divisibility, max_text_len=self.model_cfg.max_text_len)
+
+    def losses(self, model, batch: Batch) -> dict[str, torch.Tensor]:
+        out = model(batch.pixel_values, batch.image_sizes, input_ids=batch.input_ids, attention_mask=batch.attention_mask)
+        return self.criterion(out, batch.targets)
+
+    def config_dict(self) -> dict:
+        return config_to_dict(self.model_cfg)
+
+    def export(self, model, path) -> None:
+        save_safetensors(model, path, self.model_cfg)
+
+
 class Trainer:
     """Trains a GLIP model on a dataset of ``(image tensor, target)`` items (see :mod:`openglip.data`).
 
     Args:
-        model_cfg: the model's config (saved with every checkpoint).
+        model_cfg: the model's config (a GLIP :class:`ModelConfig`), or a task object (see :class:`GLIPTask`)
+            for another model family.
         cfg: the training config.
         dataset: training dataset addressed by ``(epoch, index)``; built from ``cfg.data`` by the caller.
         resume: continue from the newest checkpoint in ``cfg.out_dir`` when there is one.
@@ -147,17 +193,18 @@ class Trainer:
 
     def __init__(
         self,
-        model_cfg: ModelConfig,
+        model_cfg,
         cfg: TrainConfig,
         dataset,
         *,
         resume: bool = False,
         device: str | None = None,
         evaluate_fn=None,
-        model: GLIP | None = None,
+        model: torch.nn.Module | None = None,
     ):
         from ..api import resolve_device
 
+        self.task = GLIPTask(model_cfg, cfg) if isinstance(model_cfg, ModelConfig) else model_cfg
         self.model_cfg, self.cfg = model_cfg, cfg
         self.device = resolve_device(device)
         self.dist: DistInfo = init_distributed(self.device)
@@ -172,18 +219,11 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         np.random.seed(cfg.seed)
         random.seed(cfg.seed)
-        self.model = (model or build_model(model_cfg)).to(self.device)
+        self.model = (model or self.task.build_model()).to(self.device)
         if cfg.init_weights:
-            state, _ = read_checkpoint(cfg.init_weights)
-            load_into(self.model, state)
-        self.frozen = apply_freeze(self.model, cfg.freeze)
-        self.criterion = GroundingLoss(
-            topk=model_cfg.atss_topk,
-            alpha=model_cfg.focal_alpha,
-            gamma=model_cfg.focal_gamma,
-            normalized_token_targets=cfg.normalized_token_targets,
-        )
-        self.optimizer = build_optimizer(self.model, cfg)
+            self.task.load_weights(self.model, cfg.init_weights)
+        self.frozen = self.task.freeze(self.model, cfg.freeze)
+        self.optimizer = build_optimizer(self.model, cfg, self.task.is_text_param)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_factor(s, cfg))
         amp = cfg.amp if cfg.amp != "auto" else ("bf16" if self.device.type == "cuda" else "off")
         if amp not in ("off", "bf16", "fp16"):
@@ -263,7 +303,7 @@ class Trainer:
                 "step": self.step,
                 "items": self.items,
                 "rng": rngs,
-                "model_config": config_to_dict(self.model_cfg),
+                "model_config": self.task.config_dict(),
                 "train_config": dataclasses.asdict(self.cfg),
             }
             atomic_write(path, lambda tmp: torch.save(state, tmp))
@@ -273,11 +313,11 @@ class Trainer:
         barrier(self.dist)
         return path
 
-    def final_weights(self) -> GLIP:
+    def final_weights(self) -> torch.nn.Module:
         """The model to export/evaluate: the EMA weights when EMA is on."""
         if self.ema is None:
             return self.model
-        export = build_model(self.model_cfg)
+        export = self.task.build_model()
         export.load_state_dict({k: v.to("cpu") for k, v in self.ema.shadow.items()})
         return export.to(self.device).eval()
 
@@ -295,9 +335,7 @@ class Trainer:
             batch_size=self.cfg.batch_size,
             sampler=sampler,
             num_workers=self.cfg.num_workers,
-            collate_fn=Collate(
-                size_divisibility=self.model_cfg.size_divisibility, max_text_len=self.model_cfg.max_text_len
-            ),
+            collate_fn=self.task.collate_fn(),
             persistent_workers=self.cfg.num_workers > 0,
             # its own generator: starting an iterator must not draw from the global RNG (that would shift the
             # dropout masks of a resumed run against those of the uninterrupted run)
@@ -306,8 +344,9 @@ class Trainer:
 
     def _train_mode(self) -> None:
         self.model.train()
-        for m in (self.model.backbone, self.model.fpn, self.model.text_encoder, self.model.tower):
-            if not any(p.requires_grad for p in m.parameters()):
+        for m in self.model.children():
+            params = list(m.parameters())
+            if params and not any(p.requires_grad for p in params):
                 m.eval()  # frozen parts keep eval-mode normalisation and no dropout
 
     def _forward_loss(self, batch: Batch) -> dict[str, torch.Tensor]:
@@ -317,13 +356,7 @@ class Trainer:
             else contextlib.nullcontext()
         )
         with ctx:
-            out = self.ddp_model(
-                batch.pixel_values,
-                batch.image_sizes,
-                input_ids=batch.input_ids,
-                attention_mask=batch.attention_mask,
-            )
-        return self.criterion(out, batch.targets)
+            return self.task.losses(self.ddp_model, batch)
 
     def _log(self, record: dict) -> None:
         if not self.dist.is_main:
@@ -342,7 +375,7 @@ class Trainer:
         self.tb = None
         if self.dist.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
-            configs = {"model": config_to_dict(self.model_cfg), "train": dataclasses.asdict(cfg)}
+            configs = {"model": self.task.config_dict(), "train": dataclasses.asdict(cfg)}
             write_text_atomic(self.out_dir / "config.json", json.dumps(configs, indent=1))
             if cfg.tensorboard:
                 try:
@@ -370,7 +403,7 @@ class Trainer:
                 break
             sums: dict[str, float] = {}
             for micro in range(cfg.grad_accum):
-                batch = next(loader).to(self.device)
+                batch = next(loader).to(self.device)  # batches of any task provide .to(device)
                 sync = micro == cfg.grad_accum - 1 or not self.dist.enabled
                 ctx = contextlib.nullcontext() if sync else self.ddp_model.no_sync()
                 with ctx:
@@ -379,8 +412,8 @@ class Trainer:
                     self.scaler.scale(total / cfg.grad_accum).backward()
                 for k, v in losses.items():
                     sums[k] = sums.get(k, 0.0) + float(v.detach()) / cfg.grad_accum
-                self.items += len(batch.image_sizes)
-                window_items += len(batch.image_sizes)
+                self.items += len(batch)
+                window_items += len(batch)
             if not all(math.isfinite(v) for v in sums.values()):
                 raise FloatingPointError(f"non-finite loss at step {self.step}: {sums}")
             self.scaler.unscale_(self.optimizer)
@@ -422,7 +455,7 @@ class Trainer:
         bar.close()
         self.save_checkpoint()
         if self.dist.is_main:
-            save_safetensors(self.final_weights().cpu(), self.out_dir / "model.safetensors", self.model_cfg)
+            self.task.export(self.final_weights().cpu(), self.out_dir / "model.safetensors")
         result = last
         if self.evaluate_fn is not None:
             result = {**last, **self._evaluate()}
