@@ -195,10 +195,12 @@ from openglip.data.datasets import ShapesDataset
 from openglip.data.transforms import to_model_input
 from openglip.engine.trainer import Trainer
 out = sys.argv[1]
-cfg = tiny()
+import dataclasses
+cfg = dataclasses.replace(tiny(), inter_image_dim=8)  # GLIPv2's loss gathers regions/words across ranks
 ds = ShapesDataset(size=8, transform=None, fresh_each_epoch=False, num_negatives=10,
                    to_tensor=partial(to_model_input, mean=cfg.pixel_mean, std=cfg.pixel_std, bgr=cfg.bgr))
-tc = TrainConfig(out_dir=out, max_steps=3, batch_size=2, lr=1e-3, warmup_steps=1, checkpoint_every=0, log_every=1)
+tc = TrainConfig(out_dir=out, max_steps=3, batch_size=2, lr=1e-3, warmup_steps=1, checkpoint_every=0, log_every=1,
+                 inter_image_weight=0.5)
 trainer = Trainer(cfg, tc, ds, device="cpu")
 rank = trainer.dist.rank
 trainer.fit()
@@ -224,15 +226,16 @@ def test_two_process_ddp_on_cpu_keeps_ranks_equal(tmp_path):
     a = torch.load(tmp_path / "rank0.pt", weights_only=True)
     b = torch.load(tmp_path / "rank1.pt", weights_only=True)
     init = __import__("openglip.models", fromlist=["build_model"])
-    assert set(a) == set(b)
+    assert set(a) == set(b) and any(k.startswith("contrastive.") for k in a)
     assert all(
         torch.equal(a[k], b[k]) for k in a
     )  # gradients were averaged: both ranks hold the same weights
     torch.manual_seed(0)
-    fresh = init.build_model(tiny()).state_dict()
+    fresh = init.build_model(__import__("dataclasses").replace(tiny(), inter_image_dim=8)).state_dict()
     assert any(not torch.equal(a[k], fresh[k]) for k in a if a[k].dtype.is_floating_point)  # and they trained
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3]  # rank 0 alone logs
+    assert all(r["loss_inter_image"] > 0 for r in rows)
 
 
 def test_train_evaluate_and_data_commands(tmp_path, uninterrupted):

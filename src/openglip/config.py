@@ -86,6 +86,7 @@ class ModelConfig:
 
     # --- training -----------------------------------------------------------------------------------------
     atss_topk: int = 9  # ATSS candidates per level
+    inter_image_dim: int = 0  # GLIPv2 inter-image contrastive projections (0: not built; GLIPv2 uses 64)
     focal_alpha: float = 0.25
     focal_gamma: float = 2.0
 
@@ -137,6 +138,8 @@ class TrainConfig:
     shapes_epoch_size: int = 2000  # shapes: items per (virtual) epoch; every epoch renders new images
     freeze: str = "none"  # "none", or a comma list of: backbone, fpn, text, tower, all_but_head
     normalized_token_targets: bool = True  # GLIP: 1/n on each of a phrase's n tokens
+    inter_image_weight: float = 0.0  # GLIPv2 inter-image region-word loss (needs the model's inter_image_dim)
+    inter_image_regions: int = 100  # positive regions per image in the inter-image loss (GLIP: 100)
     init_weights: str | None = None  # start from these weights (fine-tuning)
     time_budget: float = 0.0  # stop after this many seconds (0: no limit)
     tensorboard: bool = False  # also write TensorBoard scalars (needs the tensorboard package)

@@ -18,9 +18,10 @@ class Batch:
         pixel_values: (B, 3, H, W) normalised, zero-padded to a multiple of ``size_divisibility``.
         image_sizes: (h, w) of each image before padding.
         input_ids, attention_mask: (B, T) tokenized captions (padded to the longest).
-        targets: per image, boxes and (M, T) token maps.
+        targets: per image, boxes, (M, T) token maps, phrase ids (and masks when the data have them).
         captions: the captions.
         image_ids: ids from the data source.
+        token_phrase_ids: (B, T) stable id of the phrase each token belongs to, -1 outside phrases.
     """
 
     pixel_values: torch.Tensor
@@ -30,6 +31,7 @@ class Batch:
     targets: list[GroundingTarget]
     captions: list[str]
     image_ids: list[int]
+    token_phrase_ids: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.image_sizes)
@@ -40,10 +42,19 @@ class Batch:
             self.image_sizes,
             self.input_ids.to(device),
             self.attention_mask.to(device),
-            [GroundingTarget(t.boxes.to(device), t.token_map.to(device)) for t in self.targets],
+            [t.to(device) for t in self.targets],
             self.captions,
             self.image_ids,
+            None if self.token_phrase_ids is None else self.token_phrase_ids.to(device),
         )
+
+
+def phrase_key(text: str) -> int:
+    """A stable 62-bit id of a phrase's normalised text (equal on every rank and in every batch)."""
+    import hashlib
+
+    norm = " ".join(text.lower().split())
+    return int.from_bytes(hashlib.sha1(norm.encode("utf-8")).digest()[:8], "little") >> 2
 
 
 class Collate:
@@ -71,13 +82,28 @@ class Collate:
         )
         T = enc["input_ids"].shape[1]
         targets = []
+        token_ids = torch.full((len(items), T), -1, dtype=torch.long)
         for b, (_, t) in enumerate(items):
+            caption = t["caption"]
             boxes = torch.as_tensor(t["boxes"], dtype=torch.float32).reshape(-1, 4)
             spans = [tuple((int(s), int(e)) for s, e in sp) for sp in t["spans"]]
-            prompt = Prompt(t["caption"], tuple(str(i) for i in range(len(spans))), tuple(spans))
+            prompt = Prompt(caption, tuple(str(i) for i in range(len(spans))), tuple(spans))
             tmap = positive_map(token_spans(enc[b], prompt), T)
             keep = tmap.sum(1) > 0
-            targets.append(GroundingTarget(boxes[keep], tmap[keep]))
+            phrase_ids = torch.tensor(
+                [phrase_key(caption[sp[0][0] : sp[0][1]]) for sp in spans], dtype=torch.long
+            )
+            # every phrase of the caption (a detection prompt's negatives too) labels its tokens
+            known = list(t.get("phrase_spans", ())) + [(caption[sp[0][0] : sp[0][1]], sp[0]) for sp in spans]
+            for text, (s, e) in known:
+                single = Prompt(caption, (text,), (((int(s), int(e)),),))
+                toks = token_spans(enc[b], single)[0]
+                if toks:
+                    token_ids[b, toks] = phrase_key(text)
+            masks = None
+            if t.get("masks") is not None:
+                masks = torch.as_tensor(t["masks"], dtype=torch.bool)[keep]
+            targets.append(GroundingTarget(boxes[keep], tmap[keep], phrase_ids[keep].reshape(-1), masks))
         return Batch(
             pixel_values,
             sizes,
@@ -86,4 +112,5 @@ class Collate:
             targets,
             captions,
             [int(t.get("image_id", 0)) for _, t in items],
+            token_ids,
         )

@@ -137,6 +137,7 @@ class GroundingDataset(Dataset):
             labels = rec.labels[keep]
             target = {"boxes": boxes, "caption": caption, "spans": [[spans[int(lab)]] for lab in labels]}
             target["labels"] = labels.copy()
+            target["phrase_spans"] = [(self.categories[c], span) for c, span in spans.items()]
         target["image_id"] = rec.image_id
         return image, target
 
@@ -216,6 +217,7 @@ class ShapesDataset(Dataset):
                 "caption": caption,
                 "spans": [[spans[int(lab)]] for lab in sample.labels],
                 "labels": sample.labels.copy(),
+                "phrase_spans": [(self.categories[c], span) for c, span in spans.items()],
             }
         target["image_id"] = world_index
         target["orig_size"] = (image.height, image.width)

@@ -177,7 +177,15 @@ class RandomHorizontalFlip:
         if target.get("masks") is not None:
             target["masks"] = np.ascontiguousarray(np.asarray(target["masks"], dtype=bool)[:, :, ::-1])
         if target.get("caption") is not None:
-            target["caption"], target["spans"] = swap_left_right(target["caption"], target.get("spans", []))
+            caption = target["caption"]
+            target["caption"], target["spans"] = swap_left_right(caption, target.get("spans", []))
+            if target.get("phrase_spans"):
+                # every phrase of a detection prompt (the negatives too) moves with the rewrite
+                named = target["phrase_spans"]
+                _, moved = swap_left_right(caption, [[span] for _, span in named])
+                target["phrase_spans"] = [
+                    (target["caption"][s:e], (s, e)) for (_, _), [(s, e)] in zip(named, moved)
+                ]
         return image, target
 
     def __repr__(self) -> str:

@@ -32,6 +32,7 @@ from ..config import ModelConfig, TrainConfig, config_to_dict
 from ..data.collate import Batch, Collate
 from ..files import atomic_write, write_text_atomic
 from ..losses import GroundingLoss
+from ..losses.contrastive import inter_image_loss
 from ..models.detector import GLIP, build_model
 from .distributed import DistInfo, barrier, cleanup, init_distributed
 from .sampler import ResumableSampler
@@ -144,6 +145,10 @@ class GLIPTask:
 
     def __init__(self, model_cfg: ModelConfig, cfg: TrainConfig):
         self.model_cfg = model_cfg
+        self.inter_image_weight = cfg.inter_image_weight
+        self.inter_image_regions = cfg.inter_image_regions
+        if cfg.inter_image_weight > 0 and model_cfg.inter_image_dim <= 0:
+            raise ValueError("inter_image_weight > 0 needs the model's projections: set inter_image_dim=64")
         self.criterion = GroundingLoss(
             topk=model_cfg.atss_topk,
             alpha=model_cfg.focal_alpha,
@@ -155,8 +160,18 @@ class GLIPTask:
         return build_model(self.model_cfg)
 
     def load_weights(self, model, path: str) -> None:
+        """Strict loading, except that GLIPv2's inter-image projections may be absent (new heads start fresh)."""
         state, _ = read_checkpoint(path)
-        load_into(model, state)
+        extra = {k[len("contrastive.") :]: v for k, v in state.items() if k.startswith("contrastive.")}
+        state = {k: v for k, v in state.items() if not k.startswith("contrastive.")}
+        head = model._modules.pop("contrastive", None)
+        try:
+            load_into(model, state)
+        finally:
+            if head is not None:
+                model.contrastive = head
+        if extra and head is not None:
+            head.load_state_dict(extra)
 
     def freeze(self, model, spec: str) -> list[str]:
         return apply_freeze(model, spec)
@@ -165,11 +180,30 @@ class GLIPTask:
         return name.startswith("text_encoder.")
 
     def collate_fn(self):
-        return Collate(size_divisibility=self.model_cfg.size_divisibility, max_text_len=self.model_cfg.max_text_len)
+        return Collate(
+            size_divisibility=self.model_cfg.size_divisibility, max_text_len=self.model_cfg.max_text_len
+        )
 
     def losses(self, model, batch: Batch) -> dict[str, torch.Tensor]:
-        out = model(batch.pixel_values, batch.image_sizes, input_ids=batch.input_ids, attention_mask=batch.attention_mask)
-        return self.criterion(out, batch.targets)
+        out = model(
+            batch.pixel_values,
+            batch.image_sizes,
+            input_ids=batch.input_ids,
+            attention_mask=batch.attention_mask,
+        )
+        matched = self.criterion.assign(out, batch.targets)
+        losses = self.criterion(out, batch.targets, matched=matched)
+        if self.inter_image_weight > 0:
+            core = model.module if hasattr(model, "module") else model
+            losses["loss_inter_image"] = self.inter_image_weight * inter_image_loss(
+                core.contrastive,
+                out,
+                batch.targets,
+                matched,
+                batch.token_phrase_ids,
+                self.inter_image_regions,
+            )
+        return losses
 
     def config_dict(self) -> dict:
         return config_to_dict(self.model_cfg)

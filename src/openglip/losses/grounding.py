@@ -25,10 +25,22 @@ class GroundingTarget:
     Attributes:
         boxes: (M, 4) x1 y1 x2 y2 in input pixels (after resize, before padding).
         token_map: (M, T) binary map of the tokens each box's phrase spans.
+        phrase_ids: (M,) stable id of each box's phrase text (GLIPv2 label propagation), or None.
+        masks: (M, H, W) bool instance masks in input pixels, or None.
     """
 
     boxes: torch.Tensor
     token_map: torch.Tensor
+    phrase_ids: torch.Tensor | None = None
+    masks: torch.Tensor | None = None
+
+    def to(self, device) -> GroundingTarget:
+        return GroundingTarget(
+            self.boxes.to(device),
+            self.token_map.to(device),
+            None if self.phrase_ids is None else self.phrase_ids.to(device),
+            None if self.masks is None else self.masks.to(device),
+        )
 
 
 def box_iou_plus_one(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -171,7 +183,14 @@ class GroundingLoss(nn.Module):
         self.reg_weight = reg_weight
         self.normalized_token_targets = normalized_token_targets
 
-    def forward(self, output, targets: list[GroundingTarget]) -> dict[str, torch.Tensor]:
+    def assign(self, output, targets: list[GroundingTarget]) -> list[torch.Tensor]:
+        """ATSS assignment of every image: per image (A,) matched box index, -1 for background."""
+        anchors = output.anchors
+        return [atss_assign(anchors, t.boxes.to(anchors[0]), self.topk) for t in targets]
+
+    def forward(
+        self, output, targets: list[GroundingTarget], matched: list[torch.Tensor] | None = None
+    ) -> dict[str, torch.Tensor]:
         logits = torch.cat(output.logits, dim=1).float()  # (B, A, T)
         B, A, T = logits.shape
         deltas = torch.cat(
@@ -179,21 +198,21 @@ class GroundingLoss(nn.Module):
         ).float()  # (B, A, 4)
         ctr = torch.cat([c.flatten(1) for c in output.centerness], dim=1).float()  # (B, A)
         anchors = torch.cat(output.anchors)  # (A, 4)
+        matched = matched if matched is not None else self.assign(output, targets)
 
         token_targets = logits.new_zeros(B, A, T)
         pos_b, pos_a, pos_boxes = [], [], []
         for b, target in enumerate(targets):
-            matched = atss_assign(output.anchors, target.boxes.to(anchors), self.topk)
-            pos = (matched >= 0).nonzero().squeeze(1)
+            pos = (matched[b] >= 0).nonzero().squeeze(1)
             if pos.numel() == 0:
                 continue
             tmap = target.token_map.to(logits)[:, :T]
             if self.normalized_token_targets:
                 tmap = tmap / tmap.sum(1, keepdim=True).clamp_min(1.0)
-            token_targets[b, pos] = tmap[matched[pos]]
+            token_targets[b, pos] = tmap[matched[b][pos]]
             pos_b.append(torch.full_like(pos, b))
             pos_a.append(pos)
-            pos_boxes.append(target.boxes.to(anchors)[matched[pos]])
+            pos_boxes.append(target.boxes.to(anchors)[matched[b][pos]])
 
         num_pos = sum(p.numel() for p in pos_a)
         norm = max(_mean_over_ranks(float(num_pos), logits.device), 1.0)

@@ -98,6 +98,7 @@ class GLIP(nn.Module):
         anchor_generator: per-level anchors.
         tokenizer: a ``transformers`` fast tokenizer used when ``forward`` gets caption strings.
         max_text_len: token limit of one caption (longer captions must be chunked by the caller).
+        contrastive: GLIPv2's inter-image contrastive projections (see :mod:`openglip.losses.contrastive`).
     """
 
     def __init__(
@@ -112,6 +113,7 @@ class GLIP(nn.Module):
         tokenizer=None,
         max_text_len: int = 256,
         config: ModelConfig | None = None,
+        contrastive: nn.Module | None = None,
     ):
         super().__init__()
         self.backbone = backbone
@@ -123,6 +125,8 @@ class GLIP(nn.Module):
         self.tokenizer = tokenizer
         self.max_text_len = max_text_len
         self.config = config
+        if contrastive is not None:  # GLIPv2's inter-image loss projections (training only)
+            self.contrastive = contrastive
 
     # -- text ---------------------------------------------------------------------------------------------
     def tokenize(self, captions: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -238,6 +242,7 @@ def build_tower(cfg: ModelConfig) -> FusionTower:
 
 def build_model(cfg: ModelConfig) -> GLIP:
     """Build a randomly initialised :class:`GLIP` (pretrained parts named in ``cfg`` are loaded)."""
+    from ..losses.contrastive import InterImageContrastive
     from ..prompts import load_tokenizer
 
     backbone = build_backbone(cfg)
@@ -266,4 +271,11 @@ def build_model(cfg: ModelConfig) -> GLIP:
         tokenizer=load_tokenizer(),
         max_text_len=cfg.max_text_len,
         config=cfg,
+        contrastive=(
+            InterImageContrastive(
+                visual_dim=cfg.fpn_channels, text_dim=cfg.text_hidden, dim=cfg.inter_image_dim
+            )
+            if cfg.inter_image_dim > 0
+            else None
+        ),
     )
