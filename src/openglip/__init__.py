@@ -10,6 +10,7 @@ Quick start::
 from .api import Detector, load_model
 from .config import ModelConfig, apply_overrides, get_preset
 from .images import ImageError
+from .prompt_tuning import TunedPrompt, load_tuned_prompt
 from .prompts import Prompt, PromptError, parse_prompt
 from .structures import Detections
 
@@ -22,9 +23,11 @@ __all__ = [
     "ModelConfig",
     "Prompt",
     "PromptError",
+    "TunedPrompt",
     "__version__",
     "apply_overrides",
     "get_preset",
     "load_model",
+    "load_tuned_prompt",
     "parse_prompt",
 ]

@@ -88,6 +88,18 @@ class Detector:
         self.precision = precision
         self._text_cache: OrderedDict[str, list[_Chunk]] = OrderedDict()
         self._text_cache_size = text_cache_size
+        self._tuned: dict[str, torch.Tensor] = {}  # caption -> prompt-tuning offset (T, Dt)
+
+    def add_tuned_prompt(self, tuned) -> None:
+        """Use a prompt-tuning offset (:class:`~openglip.prompt_tuning.TunedPrompt`) whenever its prompt is asked
+        for (same caption, e.g. the same class list in the same order)."""
+        hidden = self.model.text_encoder.hidden_size
+        if tuned.delta.shape[-1] != hidden:
+            raise ValueError(
+                f"tuned prompt was trained for a {tuned.delta.shape[-1]}-wide text encoder, this model has {hidden}"
+            )
+        self._tuned[tuned.prompt.caption] = tuned.delta.to(self.device)
+        self._text_cache.clear()
 
     # -- prompts ------------------------------------------------------------------------------------------
     def _autocast(self):
@@ -112,6 +124,13 @@ class Detector:
                 raise ValueError(f"phrases {empty} have no tokens in caption {part.caption!r}")
             with torch.no_grad(), self._autocast():
                 text = self.model.encode_text(enc["input_ids"], enc["attention_mask"])
+            delta = self._tuned.get(part.caption)
+            if delta is not None:
+                if delta.shape[0] != text.hidden.shape[1]:
+                    raise ValueError(f"tuned prompt length {delta.shape[0]} != {text.hidden.shape[1]} tokens")
+                text = TextFeatures(
+                    text.input_ids, text.attention_mask, text.hidden + delta.to(text.hidden.dtype)
+                )
             pmap = positive_map(spans, enc["input_ids"].shape[1]).to(self.device)
             chunks.append(_Chunk(text, pmap, offset))
         self._text_cache[key] = chunks

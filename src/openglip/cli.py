@@ -53,6 +53,9 @@ def _add_detect(sub):
     p.add_argument("--draw", help="write annotated images into this directory")
     p.add_argument("--batch-size", type=int, default=2, help="images per forward pass")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument(
+        "--prompt-file", help="a tuned prompt (openglip tune --mode prompt); its phrases are the prompt"
+    )
     p.set_defaults(func=cmd_detect)
 
 
@@ -82,9 +85,16 @@ def cmd_detect(args) -> int:
 
     if args.batch_size < 1:
         raise UsageError("--batch-size must be at least 1")
+    if args.prompt is None and args.prompt_file is None:
+        raise UsageError('give --prompt "cat. dog." (or --prompt-file from openglip tune)')
     if not 0.0 <= args.threshold <= 1.0:
         raise UsageError("--threshold must be between 0 and 1")
-    prompt = parse_prompt(args.prompt)
+    tuned = None
+    if args.prompt_file:
+        from .prompt_tuning import load_tuned_prompt
+
+        tuned = load_tuned_prompt(args.prompt_file)
+    prompt = tuned.prompt if tuned is not None else parse_prompt(args.prompt)
     paths = find_images(args.inputs)
     if not paths:
         raise UsageError(f"no images found in {' '.join(args.inputs)}")
@@ -109,6 +119,10 @@ def cmd_detect(args) -> int:
         )
         detector = _TeacherDetector(load_teacher("default", device=args.device))
 
+    if tuned is not None:
+        if not hasattr(detector, "add_tuned_prompt"):
+            raise UsageError("--prompt-file needs --weights (the model the prompt was tuned for)")
+        detector.add_tuned_prompt(tuned)
     results, failures = [], []
     draw_dir = Path(args.draw) if args.draw else None
     bar = tqdm(total=len(paths), desc="detect", unit="img", disable=len(paths) < 2, file=sys.stderr)
@@ -390,6 +404,7 @@ def _add_evaluate(sub):
     p.add_argument("--image-size", type=int, default=128, help="shapes: image side")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--out", help="also write the metrics (and predictions) as JSON here")
+    p.add_argument("--prompt-file", help="a tuned prompt (openglip tune --mode prompt) to apply")
     p.add_argument("--device", default=None)
     p.set_defaults(func=cmd_evaluate)
 
@@ -403,6 +418,10 @@ def cmd_evaluate(args) -> int:
     detector = load_model(args.preset, weights=args.weights, device=args.device) if args.preset else load_model(
         args.weights, device=args.device
     )  # fmt: skip
+    if args.prompt_file:
+        from .prompt_tuning import load_tuned_prompt
+
+        detector.add_tuned_prompt(load_tuned_prompt(args.prompt_file))
     predictions: list = []
     if args.data == "shapes":
         metrics = evaluate_shapes(detector, num_images=args.images, image_size=args.image_size)
@@ -412,6 +431,78 @@ def cmd_evaluate(args) -> int:
     if args.out:
         write_text_atomic(args.out, json.dumps({"metrics": metrics, "predictions": predictions}))
         print(f"wrote {args.out}", file=sys.stderr)
+    return 0
+
+
+def _add_tune(sub):
+    p = sub.add_parser(
+        "tune",
+        help="adapt a trained model to a task: prompt tuning, linear probe or full fine-tuning",
+        description="Adapt a trained model to the categories of a COCO/ODVG detection file, with its fixed prompt "
+        "(the category names in order). --mode prompt freezes the model and learns only an offset on the "
+        "prompt's token features (written to RUN/prompt.safetensors, use it with --prompt-file); linear trains "
+        "only the last layers; full trains everything (RUN/model.safetensors).",
+        epilog="example: openglip tune --mode prompt --weights base.safetensors --data novel.coco.json --shots 5 "
+        "--out runs/novel5",
+    )
+    p.add_argument("--mode", required=True, choices=["prompt", "linear", "full"])
+    p.add_argument("--weights", required=True, help="the trained model to adapt")
+    p.add_argument("--data", required=True, help="COCO .json or ODVG .jsonl detection data of the task")
+    p.add_argument("--image-root", default=None)
+    p.add_argument("--shots", type=int, default=0, help="use only this many images per category (0: all)")
+    p.add_argument("--out", required=True, help="run directory")
+    p.add_argument("--resume", action="store_true")
+    p.add_argument("--device", default=None)
+    p.add_argument("overrides", nargs="*", help="key=value TrainConfig overrides (max_steps=..., lr=...)")
+    p.set_defaults(func=cmd_tune)
+
+
+def cmd_tune(args) -> int:
+    import dataclasses
+    import logging
+    from functools import partial
+
+    from .checkpoints import read_checkpoint
+    from .config import TrainConfig, apply_overrides
+    from .data.build import read_annotations
+    from .data.datasets import GroundingDataset
+    from .data.transforms import default_train_transforms, to_model_input
+    from .engine.trainer import Trainer
+    from .engine.tune import TuneTask, few_shot
+
+    _, model_cfg = read_checkpoint(args.weights)
+    if model_cfg is None:
+        raise UsageError(f"{args.weights} carries no config; convert it first with openglip convert")
+    records, categories = read_annotations(args.data, args.image_root)
+    if args.shots:
+        records = few_shot(records, categories, args.shots)
+    if not records:
+        raise UsageError(f"{args.data}: no usable records")
+    defaults = TrainConfig(max_steps=200, lr=1e-3 if args.mode == "prompt" else 1e-4, warmup_steps=10,
+                           checkpoint_every=100, log_every=10, ema_decay=0.0, num_negatives=0, flip_prob=0.0)  # fmt: skip
+    cfg = dataclasses.replace(apply_overrides(defaults, args.overrides), out_dir=args.out)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    dataset = GroundingDataset(
+        records,
+        categories,
+        transform=default_train_transforms(
+            min_sizes=cfg.train_min_sizes,
+            max_size=cfg.train_max_size,
+            flip_p=cfg.flip_prob,
+            jitter=cfg.color_jitter,
+        ),
+        to_tensor=partial(
+            to_model_input, mean=model_cfg.pixel_mean, std=model_cfg.pixel_std, bgr=model_cfg.bgr
+        ),
+        fixed_prompt=True,
+        seed=cfg.seed,
+    )
+    task = TuneTask(model_cfg, cfg, mode=args.mode, weights=args.weights, categories=categories)
+    trainer = Trainer(task, cfg, dataset, resume=args.resume, device=args.device)
+    trainer.fit()
+    if trainer.dist.is_main:
+        out = Path(args.out) / ("prompt.safetensors" if args.mode == "prompt" else "model.safetensors")
+        print(f"{args.mode} tuning on {len(records)} images, {trainer.step} steps -> {out}", file=sys.stderr)
     return 0
 
 
@@ -526,6 +617,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_detect(sub)
     _add_train(sub)
     _add_evaluate(sub)
+    _add_tune(sub)
     _add_label(sub)
     _add_convert(sub)
     _add_data(sub)

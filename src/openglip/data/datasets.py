@@ -84,6 +84,8 @@ class GroundingDataset(Dataset):
         negative_categories: category indices allowed as negatives (e.g. base classes only); default all.
         num_negatives: negatives sampled into a detection prompt (GLIP-T: 85).
         seed: base seed of the per-item generators.
+        fixed_prompt: detection records always use every category in order, no sampling or shuffling
+            (downstream fine-tuning and prompt tuning, whose offset is tied to one prompt's tokens).
     """
 
     def __init__(
@@ -97,8 +99,15 @@ class GroundingDataset(Dataset):
         num_negatives: int = 85,
         max_tokens: int = 256,
         seed: int = 0,
+        fixed_prompt: bool = False,
     ):
         self.records = list(records)
+        self.fixed = None
+        if fixed_prompt:
+            from ..prompts import build_prompt
+
+            p = build_prompt(list(categories))
+            self.fixed = (p.caption, {i: sp[0] for i, sp in enumerate(p.spans)})
         self.categories = list(categories)
         self.transform = transform
         self.to_tensor = to_tensor
@@ -123,6 +132,8 @@ class GroundingDataset(Dataset):
         if rec.is_grounding:
             target = {"boxes": boxes, "caption": rec.caption, "spans": [list(s) for s in rec.spans]}
             target["labels"] = np.full(len(boxes), -1, dtype=np.int64)
+        elif self.fixed is not None:
+            caption, spans = self.fixed
         else:
             caption, spans = detection_prompt(
                 rec.labels.tolist(),
@@ -132,6 +143,7 @@ class GroundingDataset(Dataset):
                 num_negatives=self.num_negatives,
                 max_tokens=self.max_tokens,
             )
+        if not rec.is_grounding:
             keep = np.array([int(lab) in spans for lab in rec.labels], dtype=bool)
             boxes = boxes[keep]
             labels = rec.labels[keep]
