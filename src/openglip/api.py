@@ -139,6 +139,14 @@ class Detector:
         return chunks
 
     # -- inference ----------------------------------------------------------------------------------------
+    def _masks(self, visual, index: int, input_boxes, boxes, padded_shape, original_size) -> np.ndarray:
+        """Instance masks of one image's boxes: (K, H, W) bool in original pixels."""
+        from .models.masks import paste_masks
+
+        with torch.no_grad(), self._autocast():
+            logits = self.model.mask_head([f[index : index + 1] for f in visual], [input_boxes], padded_shape)
+        return paste_masks(logits.float(), boxes, *original_size).cpu().numpy()
+
     @torch.no_grad()
     def predict(
         self,
@@ -215,23 +223,28 @@ class Detector:
         for i, cands in enumerate(per_image):
             final = self.postprocessor.select(Candidates.cat(cands))
             (h, w), (oh, ow) = sizes[i], loaded[i][1]
-            boxes = final.boxes.float() * torch.tensor(
-                [ow / w, oh / h, ow / w, oh / h], device=final.boxes.device
-            )
-            keep = final.scores >= box_threshold
-            boxes, scores, labels = (
-                boxes[keep].cpu().numpy(),
-                final.scores[keep].float().cpu().numpy(),
-                final.labels[keep].cpu().numpy(),
-            )
+            keep = (final.scores >= box_threshold).nonzero().squeeze(1)
             if max_detections is not None:
-                boxes, scores, labels = (
-                    boxes[:max_detections],
-                    scores[:max_detections],
-                    labels[:max_detections],
-                )
+                keep = keep[:max_detections]
+            input_boxes = final.boxes[keep].float()
+            scale = torch.tensor([ow / w, oh / h, ow / w, oh / h], device=input_boxes.device)
+            boxes = input_boxes * scale
+            masks = None
+            if getattr(self.model, "mask_head", None) is not None:
+                masks = self._masks(visual, i, input_boxes, boxes, tuple(pixel_values.shape[-2:]), (oh, ow))
+            labels = final.labels[keep].cpu().numpy()
             phrases = np.array([prompts[i].phrases[k] for k in labels], dtype=object)
-            results.append(Detections(boxes, scores, labels, phrases, None, prompts[i].phrases, (oh, ow)))
+            results.append(
+                Detections(
+                    boxes.cpu().numpy(),
+                    final.scores[keep].float().cpu().numpy(),
+                    labels,
+                    phrases,
+                    masks,
+                    prompts[i].phrases,
+                    (oh, ow),
+                )
+            )
         return results
 
 

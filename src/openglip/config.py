@@ -87,6 +87,8 @@ class ModelConfig:
     # --- training -----------------------------------------------------------------------------------------
     atss_topk: int = 9  # ATSS candidates per level
     inter_image_dim: int = 0  # GLIPv2 inter-image contrastive projections (0: not built; GLIPv2 uses 64)
+    mask_head: bool = False  # GLIPv2 mask head (instance / referring segmentation)
+    mask_channels: int = 128  # width of the mask head
     focal_alpha: float = 0.25
     focal_gamma: float = 2.0
 
@@ -140,6 +142,7 @@ class TrainConfig:
     normalized_token_targets: bool = True  # GLIP: 1/n on each of a phrase's n tokens
     inter_image_weight: float = 0.0  # GLIPv2 inter-image region-word loss (needs the model's inter_image_dim)
     inter_image_regions: int = 100  # positive regions per image in the inter-image loss (GLIP: 100)
+    mask_weight: float = 1.0  # weight of the mask loss (models with a mask head, data with masks)
     init_weights: str | None = None  # start from these weights (fine-tuning)
     time_budget: float = 0.0  # stop after this many seconds (0: no limit)
     tensorboard: bool = False  # also write TensorBoard scalars (needs the tensorboard package)

@@ -79,6 +79,7 @@ def build_train_dataset(model_cfg, cfg) -> Dataset:
             grounding_ratio=cfg.grounding_ratio,
             num_negatives=cfg.num_negatives,
             seed=cfg.seed,
+            with_masks=model_cfg.mask_head,
         )
     parts = []
     for path in [p.strip() for p in cfg.data.split(",") if p.strip()]:
@@ -94,6 +95,7 @@ def build_train_dataset(model_cfg, cfg) -> Dataset:
                 num_negatives=cfg.num_negatives,
                 max_tokens=model_cfg.max_text_len,
                 seed=cfg.seed,
+                with_masks=model_cfg.mask_head,
             )
         )
     return parts[0] if len(parts) == 1 else MultiDataset(parts)

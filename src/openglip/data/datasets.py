@@ -86,6 +86,7 @@ class GroundingDataset(Dataset):
         seed: base seed of the per-item generators.
         fixed_prompt: detection records always use every category in order, no sampling or shuffling
             (downstream fine-tuning and prompt tuning, whose offset is tied to one prompt's tokens).
+        with_masks: decode the records' segmentations into ``masks`` (for models with a mask head).
     """
 
     def __init__(
@@ -100,8 +101,10 @@ class GroundingDataset(Dataset):
         max_tokens: int = 256,
         seed: int = 0,
         fixed_prompt: bool = False,
+        with_masks: bool = False,
     ):
         self.records = list(records)
+        self.with_masks = with_masks
         self.fixed = None
         if fixed_prompt:
             from ..prompts import build_prompt
@@ -143,13 +146,23 @@ class GroundingDataset(Dataset):
                 num_negatives=self.num_negatives,
                 max_tokens=self.max_tokens,
             )
+        masks = None
+        if self.with_masks and rec.masks is not None:
+            from .masks import decode_masks
+
+            masks = decode_masks(rec.masks, rec.height or image.height, rec.width or image.width)
+            if masks.shape[1:] != (image.height, image.width):
+                masks = np.stack([np.asarray(Image.fromarray(m).resize(image.size, Image.NEAREST)) for m in masks])
         if not rec.is_grounding:
             keep = np.array([int(lab) in spans for lab in rec.labels], dtype=bool)
             boxes = boxes[keep]
+            masks = None if masks is None else masks[keep]
             labels = rec.labels[keep]
             target = {"boxes": boxes, "caption": caption, "spans": [[spans[int(lab)]] for lab in labels]}
             target["labels"] = labels.copy()
             target["phrase_spans"] = [(self.categories[c], span) for c, span in spans.items()]
+        if masks is not None:
+            target["masks"] = masks
         target["image_id"] = rec.image_id
         return image, target
 
@@ -184,6 +197,7 @@ class ShapesDataset(Dataset):
         seed: int = 0,
         fresh_each_epoch: bool = True,
         max_objects: int = 5,
+        with_masks: bool = False,
     ):
         from .shapes import BASE, CATEGORIES, ShapesWorld
 
@@ -197,6 +211,7 @@ class ShapesDataset(Dataset):
         self.negative_categories = [CATEGORIES.index(n) for n in BASE] if split == "train" else None
         self.seed = seed
         self.fresh_each_epoch = fresh_each_epoch
+        self.with_masks = with_masks
 
     def __len__(self) -> int:
         return self.size
@@ -212,6 +227,7 @@ class ShapesDataset(Dataset):
             idx = [r["box_index"] for r in cap.regions]
             target = {
                 "boxes": sample.boxes[idx].copy(),
+                "masks": sample.masks[idx].copy() if self.with_masks else None,
                 "caption": cap.caption,
                 "spans": [[tuple(s) for s in r["tokens_positive"]] for r in cap.regions],
                 "labels": sample.labels[idx].copy(),
@@ -226,6 +242,7 @@ class ShapesDataset(Dataset):
             )
             target = {
                 "boxes": sample.boxes.copy(),
+                "masks": sample.masks.copy() if self.with_masks else None,
                 "caption": caption,
                 "spans": [[spans[int(lab)]] for lab in sample.labels],
                 "labels": sample.labels.copy(),

@@ -11,7 +11,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ..api import Detector
-from ..metrics import coco_detection_metrics, grounding_recall
+from ..metrics import coco_detection_metrics, grounding_recall, referring_miou
 from ..prompts import Prompt, build_prompt
 
 
@@ -19,13 +19,15 @@ from ..prompts import Prompt, build_prompt
 class GroundingItem:
     """One caption to ground: its image (path or array), caption, phrases and ground-truth boxes.
 
-    ``phrase_spans[i]`` are the character spans of phrase i; ``phrase_boxes[i]`` its (M, 4) xyxy boxes.
+    ``phrase_spans[i]`` are the character spans of phrase i; ``phrase_boxes[i]`` its (M, 4) xyxy boxes;
+    ``referent_mask`` the (H, W) mask of phrase 0 (the referent of a referring caption), when known.
     """
 
     image: object
     caption: str
     phrase_spans: list[tuple[tuple[int, int], ...]]
     phrase_boxes: list[np.ndarray]
+    referent_mask: np.ndarray | None = None
 
 
 def detect_all(
@@ -64,7 +66,48 @@ def evaluate_detection(
     results = []
     for image_info, dets in zip(gt["images"], detect_all(detector, images, prompt, batch_size=batch_size)):
         results.extend(dets.to_coco(image_info["id"], category_ids=ids))
-    return coco_detection_metrics(gt, results, splits=splits), results
+    metrics = coco_detection_metrics(gt, results, splits=splits)
+    if results and "segmentation" in results[0] and all("segmentation" in a for a in gt["annotations"]):
+        segm = coco_detection_metrics(gt, _compressed(results, gt), splits=splits, iou_type="segm")
+        metrics.update({f"mask/{k}": v for k, v in segm.items()})
+    return metrics, results
+
+
+def _compressed(results: list[dict], gt: dict) -> list[dict]:
+    """Predictions with compressed RLE (what pycocotools' loadRes expects for masks)."""
+    from pycocotools import mask as mask_utils
+
+    sizes = {img["id"]: (img["height"], img["width"]) for img in gt["images"]}
+    out = []
+    for r in results:
+        seg = r["segmentation"]
+        if isinstance(seg.get("counts"), list):
+            h, w = sizes[r["image_id"]]
+            seg = mask_utils.frPyObjects(seg, h, w)
+            seg["counts"] = seg["counts"].decode("ascii")
+        out.append({**r, "segmentation": seg})
+    return out
+
+
+def evaluate_referring_segmentation(detector: Detector, items: Sequence[GroundingItem], *, batch_size: int = 8):
+    """Referring segmentation: the mask of the best box of each caption's referent vs its mask (mIoU, oIoU)."""
+    preds, gts = [], []
+    for start in range(0, len(items), batch_size):
+        chunk = [it for it in items[start : start + batch_size] if it.referent_mask is not None]
+        if not chunk:
+            continue
+        prompts = [
+            Prompt(it.caption, tuple(it.caption[s[0][0] : s[0][1]] for s in it.phrase_spans), tuple(it.phrase_spans))
+            for it in chunk
+        ]
+        for it, dets in zip(chunk, detector.predict([it.image for it in chunk], prompts=prompts, box_threshold=0.0)):
+            mine = dets[dets.labels == 0]
+            best = mine[int(np.argmax(mine.scores))] if len(mine) else None
+            empty = np.zeros_like(it.referent_mask, dtype=bool)
+            preds.append(best.masks[0] if best is not None and best.masks is not None else empty)
+            gts.append(it.referent_mask)
+    result = referring_miou(preds, gts)
+    return {"referring_mIoU": result["mIoU"], "referring_oIoU": result["oIoU"]}
 
 
 def evaluate_grounding(
@@ -111,6 +154,7 @@ def shapes_eval_set(num_images: int = 200, *, image_size: int = 128, seed: int =
                 cap.caption,
                 [tuple(tuple(t) for t in r["tokens_positive"]) for r in cap.regions],
                 [s.boxes[r["box_index"]][None] for r in cap.regions],
+                s.masks[cap.regions[0]["box_index"]],
             )
         )
     return gt, images, items
@@ -123,4 +167,6 @@ def evaluate_shapes(
     gt, images, items = shapes_eval_set(num_images, image_size=image_size, seed=seed)
     metrics, _ = evaluate_detection(detector, gt, images)
     metrics.update(evaluate_grounding(detector, items))
+    if getattr(detector.model, "mask_head", None) is not None:
+        metrics.update(evaluate_referring_segmentation(detector, items))
     return metrics

@@ -34,6 +34,7 @@ from ..files import atomic_write, write_text_atomic
 from ..losses import GroundingLoss
 from ..losses.contrastive import inter_image_loss
 from ..models.detector import GLIP, build_model
+from ..models.masks import mask_loss
 from .distributed import DistInfo, barrier, cleanup, init_distributed
 from .sampler import ResumableSampler
 
@@ -146,6 +147,7 @@ class GLIPTask:
     def __init__(self, model_cfg: ModelConfig, cfg: TrainConfig):
         self.model_cfg = model_cfg
         self.inter_image_weight = cfg.inter_image_weight
+        self.mask_weight = cfg.mask_weight
         self.inter_image_regions = cfg.inter_image_regions
         if cfg.inter_image_weight > 0 and model_cfg.inter_image_dim <= 0:
             raise ValueError("inter_image_weight > 0 needs the model's projections: set inter_image_dim=64")
@@ -160,18 +162,25 @@ class GLIPTask:
         return build_model(self.model_cfg)
 
     def load_weights(self, model, path: str) -> None:
-        """Strict loading, except that GLIPv2's inter-image projections may be absent (new heads start fresh)."""
+        """Strict loading, except that GLIPv2's extra heads (inter-image projections, mask head) may be absent
+        from the checkpoint: new heads start fresh, heads the checkpoint has are loaded."""
         state, _ = read_checkpoint(path)
-        extra = {k[len("contrastive.") :]: v for k, v in state.items() if k.startswith("contrastive.")}
-        state = {k: v for k, v in state.items() if not k.startswith("contrastive.")}
-        head = model._modules.pop("contrastive", None)
+        heads = {
+            name: model._modules.pop(name) for name in ("contrastive", "mask_head") if name in model._modules
+        }
+        extras = {
+            name: {k[len(name) + 1 :]: v for k, v in state.items() if k.startswith(name + ".")}
+            for name in heads
+        }
+        state = {k: v for k, v in state.items() if not k.startswith(("contrastive.", "mask_head."))}
         try:
             load_into(model, state)
         finally:
-            if head is not None:
-                model.contrastive = head
-        if extra and head is not None:
-            head.load_state_dict(extra)
+            for name, head in heads.items():
+                setattr(model, name, head)
+        for name, head in heads.items():
+            if extras[name]:
+                head.load_state_dict(extras[name])
 
     def freeze(self, model, spec: str) -> list[str]:
         return apply_freeze(model, spec)
@@ -193,8 +202,13 @@ class GLIPTask:
         )
         matched = self.criterion.assign(out, batch.targets)
         losses = self.criterion(out, batch.targets, matched=matched)
+        core = model.module if hasattr(model, "module") else model
+        if getattr(core, "mask_head", None) is not None and self.mask_weight > 0:
+            shape = tuple(batch.pixel_values.shape[-2:])
+            losses["loss_mask"] = self.mask_weight * mask_loss(
+                core.mask_head, out.visual, batch.targets, shape
+            )
         if self.inter_image_weight > 0:
-            core = model.module if hasattr(model, "module") else model
             losses["loss_inter_image"] = self.inter_image_weight * inter_image_loss(
                 core.contrastive,
                 out,

@@ -99,6 +99,7 @@ class GLIP(nn.Module):
         tokenizer: a ``transformers`` fast tokenizer used when ``forward`` gets caption strings.
         max_text_len: token limit of one caption (longer captions must be chunked by the caller).
         contrastive: GLIPv2's inter-image contrastive projections (see :mod:`openglip.losses.contrastive`).
+        mask_head: optional :class:`~openglip.models.masks.MaskHead` (instance and referring segmentation).
     """
 
     def __init__(
@@ -114,6 +115,7 @@ class GLIP(nn.Module):
         max_text_len: int = 256,
         config: ModelConfig | None = None,
         contrastive: nn.Module | None = None,
+        mask_head: nn.Module | None = None,
     ):
         super().__init__()
         self.backbone = backbone
@@ -127,6 +129,8 @@ class GLIP(nn.Module):
         self.config = config
         if contrastive is not None:  # GLIPv2's inter-image loss projections (training only)
             self.contrastive = contrastive
+        if mask_head is not None:  # GLIPv2's segmentation head
+            self.mask_head = mask_head
 
     # -- text ---------------------------------------------------------------------------------------------
     def tokenize(self, captions: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -244,6 +248,7 @@ def build_model(cfg: ModelConfig) -> GLIP:
     """Build a randomly initialised :class:`GLIP` (pretrained parts named in ``cfg`` are loaded)."""
     from ..losses.contrastive import InterImageContrastive
     from ..prompts import load_tokenizer
+    from .masks import MaskHead
 
     backbone = build_backbone(cfg)
     fpn = FPN(in_channels=list(backbone.out_channels), out_channels=cfg.fpn_channels)
@@ -278,4 +283,7 @@ def build_model(cfg: ModelConfig) -> GLIP:
             if cfg.inter_image_dim > 0
             else None
         ),
+        mask_head=MaskHead(in_channels=cfg.fpn_channels, channels=cfg.mask_channels)
+        if cfg.mask_head
+        else None,
     )
