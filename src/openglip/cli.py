@@ -621,6 +621,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_label(sub)
     _add_convert(sub)
     _add_data(sub)
+    from .regionclip.cli import register as _add_regionclip
+
+    _add_regionclip(sub)
     return parser
 
 
@@ -631,10 +634,10 @@ def main(argv: list[str] | None = None) -> int:
     # key=value overrides may come after the options (argparse stops collecting positionals there)
     if (
         extra
-        and getattr(args, "command", None) == "train"
+        and getattr(args, "command", None) in ("train", "regionclip")
         and all("=" in e and not e.startswith("-") for e in extra)
     ):
-        args.overrides = [*args.overrides, *extra]
+        args.overrides = [*getattr(args, "overrides", []), *extra]
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:

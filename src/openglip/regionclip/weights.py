@@ -1,0 +1,228 @@
+"""Building RegionCLIP's models from their configs, and saving / loading their weights.
+
+Every model is saved as one safetensors file whose metadata holds ``format``, ``kind`` (``teacher``, ``rpn``,
+``student`` or ``detector``) and the JSON config needed to rebuild it, so ``load_*`` needs nothing else.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..files import atomic_write
+from .concepts import ConceptPool, TextEncoder
+from .config import RPNConfig, StudentConfig, TeacherConfig, TransferConfig, config_from_dict
+from .detector import OpenVocabDetector
+from .model import RegionStudent
+from .proposals import ProposalNetwork
+from .teacher import ContrastiveTeacher
+
+FORMAT = "openglip-regionclip"
+KINDS = ("teacher", "rpn", "student", "detector")
+
+
+def save_weights(model: nn.Module, path: str | os.PathLike, *, kind: str, config: dict) -> None:
+    """Write ``model``'s state dict and ``config`` to one safetensors file, atomically."""
+    from safetensors.torch import save_file
+
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, not {kind!r}")
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    meta = {"format": FORMAT, "kind": kind, "config": json.dumps(config)}
+    atomic_write(path, lambda tmp: save_file(state, tmp, metadata=meta))
+
+
+def read_weights(path: str | os.PathLike, kind: str) -> tuple[dict, dict[str, torch.Tensor]]:
+    """``(config, state dict)`` of a file written by :func:`save_weights`.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: not a RegionCLIP weights file, or one of another kind.
+    """
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{kind} weights {path} not found (train them with: openglip regionclip ...)")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            state = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not iterable)
+    except Exception as err:
+        raise ValueError(f"{path}: not a safetensors file ({err})") from None
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"{path}: not OpenGLIP RegionCLIP weights (format {meta.get('format')!r})")
+    if meta.get("kind") != kind:
+        raise ValueError(f"{path} holds a RegionCLIP {meta.get('kind')!r}, expected a {kind!r}")
+    return json.loads(meta["config"]), state
+
+
+def load_state(model: nn.Module, state: dict[str, torch.Tensor], where: str) -> None:
+    """``load_state_dict(strict=True)`` with an error naming the first mismatches."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    bad = [k for k in own if k in state and own[k].shape != state[k].shape]
+    if missing or unexpected or bad:
+        raise ValueError(
+            f"{where} does not fit the model: {len(missing)} missing (first {missing[:3]}), "
+            f"{len(unexpected)} unexpected (first {unexpected[:3]}), {len(bad)} with other shapes (first {bad[:3]})"
+        )
+    model.load_state_dict(state, strict=True)
+
+
+# -- builders -------------------------------------------------------------------------------------------------
+
+
+def build_teacher(
+    cfg: TeacherConfig, *, pretrained: bool | None = None, centre: torch.Tensor | None = None
+) -> ContrastiveTeacher:
+    """A teacher from its config (``pretrained`` overrides ``cfg.pretrained``)."""
+    return ContrastiveTeacher(
+        backbone=cfg.backbone,
+        pretrained=cfg.pretrained if pretrained is None else pretrained,
+        embed_dim=cfg.embed_dim,
+        init_temperature=cfg.init_temperature,
+        crop_size=cfg.crop_size,
+        crop_context=cfg.crop_context,
+        text_centre=centre,
+    )
+
+
+def build_rpn(cfg: RPNConfig, *, pretrained: bool | None = None) -> ProposalNetwork:
+    """An RPN from its config."""
+    return ProposalNetwork(
+        backbone=cfg.backbone,
+        pretrained=cfg.pretrained if pretrained is None else pretrained,
+        fpn_channels=cfg.fpn_channels,
+        anchor_sizes=tuple(cfg.anchor_sizes),
+        aspect_ratios=tuple(cfg.aspect_ratios),
+        pre_nms_top_n=cfg.pre_nms_top_n,
+        post_nms_top_n=cfg.post_nms_top_n,
+        nms_thresh=cfg.nms_thresh,
+    )
+
+
+def build_student(
+    cfg: StudentConfig, *, pretrained: bool | None = None, centre: torch.Tensor | None = None
+) -> RegionStudent:
+    """A student from the :class:`StudentConfig` fields of ``cfg`` (a pretraining or transfer config)."""
+    student = RegionStudent(
+        backbone=cfg.backbone,
+        pretrained=cfg.pretrained if pretrained is None else pretrained,
+        fpn_channels=cfg.fpn_channels,
+        roi_size=cfg.roi_size,
+        head_dim=cfg.head_dim,
+        embed_dim=cfg.embed_dim,
+        init_temperature=cfg.init_temperature,
+    )
+    if centre is not None:
+        student.text_centre.copy_(centre)
+    return student
+
+
+def student_config(cfg: StudentConfig) -> StudentConfig:
+    """The architecture part of a pretraining / transfer config."""
+    return StudentConfig(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(StudentConfig)})
+
+
+def build_detector(
+    cfg: TransferConfig,
+    *,
+    rpn_config: RPNConfig | None = None,
+    templates: tuple[str, ...] | None = None,
+    encoder: str | None = None,
+    text: TextEncoder | None = None,
+) -> OpenVocabDetector:
+    """A detector from a transfer config.
+
+    Without ``rpn_config`` the parts are loaded from the files the config names (``rpn``, ``concepts``, and
+    ``student`` when set); with it (and ``templates``/``encoder``) an empty detector of that shape is built, to
+    receive an exported state dict.
+    """
+    if rpn_config is None:
+        rpn = load_rpn(_need(cfg.rpn, "rpn"))
+        pool = ConceptPool.load(_need(cfg.concepts, "concepts"))
+        templates, encoder = pool.templates, pool.encoder
+        student = build_student(cfg, pretrained=cfg.pretrained and not cfg.student)
+        if cfg.student:
+            _, state = read_weights(cfg.student, "student")
+            load_state(student, state, cfg.student)
+        student.text_centre.copy_(pool.centre)  # the pool's space, whatever the student was pretrained with
+    else:
+        rpn = build_rpn(rpn_config, pretrained=False)
+        student = build_student(cfg, pretrained=False)
+    # the detector uses neither the global image embedding nor the student's temperature
+    student.image_proj.requires_grad_(False)
+    student.logit_scale.requires_grad_(False)
+    return OpenVocabDetector(
+        rpn=rpn,
+        student=student,
+        temperature=cfg.temperature,
+        rois_per_image=cfg.rois_per_image,
+        positive_fraction=cfg.positive_fraction,
+        fg_iou=cfg.fg_iou,
+        score_thresh=cfg.score_thresh,
+        nms_thresh=cfg.nms_thresh,
+        detections_per_image=cfg.detections_per_image,
+        multiply_rpn_score=cfg.multiply_rpn_score,
+        min_size=cfg.min_size,
+        max_size=cfg.max_size,
+        templates=tuple(templates),
+        encoder=str(encoder),
+        text=text,
+    )
+
+
+def _need(path: str, what: str) -> str:
+    if not path:
+        raise ValueError(f"no {what} file given: set {what}=PATH")
+    return path
+
+
+# -- loaders --------------------------------------------------------------------------------------------------
+
+
+def load_teacher(path: str | os.PathLike) -> ContrastiveTeacher:
+    """A trained teacher (eval mode, frozen)."""
+    cfg, state = read_weights(path, "teacher")
+    teacher = build_teacher(config_from_dict(TeacherConfig, cfg["teacher"]), pretrained=False)
+    load_state(teacher, state, str(path))
+    return teacher.requires_grad_(False).eval()
+
+
+def load_rpn(path: str | os.PathLike) -> ProposalNetwork:
+    """A trained RPN (eval mode, frozen)."""
+    cfg, state = read_weights(path, "rpn")
+    rpn = build_rpn(config_from_dict(RPNConfig, cfg["rpn"]), pretrained=False)
+    load_state(rpn, state, str(path))
+    return rpn.requires_grad_(False).eval()
+
+
+def load_student(path: str | os.PathLike) -> tuple[RegionStudent, dict]:
+    """A pretrained student (eval mode) and its saved config (``{"pretrain": {...}, "templates", "encoder"}``)."""
+    cfg, state = read_weights(path, "student")
+    fields = {f.name for f in dataclasses.fields(StudentConfig)}
+    arch = config_from_dict(StudentConfig, {k: v for k, v in cfg["pretrain"].items() if k in fields})
+    student = build_student(arch, pretrained=False)
+    load_state(student, state, str(path))
+    return student.eval(), cfg
+
+
+def load_detector(path: str | os.PathLike, *, text: TextEncoder | None = None) -> OpenVocabDetector:
+    """A transferred detector, ready for :meth:`OpenVocabDetector.predict` (eval mode)."""
+    cfg, state = read_weights(path, "detector")
+    detector = build_detector(
+        config_from_dict(TransferConfig, cfg["transfer"]),
+        rpn_config=config_from_dict(RPNConfig, cfg["rpn"]),
+        templates=tuple(cfg["templates"]),
+        encoder=cfg["encoder"],
+        text=text,
+    )
+    load_state(detector, state, str(path))
+    return detector.eval()

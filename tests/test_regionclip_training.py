@@ -1,0 +1,234 @@
+"""RegionCLIP stages through the project's Trainer with tiny models: teacher, RPN, pretraining and transfer run,
+checkpoint and resume exactly; the transferred detector predicts novel class names; evaluation and the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from openglip.data.shapes import NOVEL, ShapesWorld
+from openglip.regionclip import ConceptPool, load_detector, load_student
+from openglip.regionclip.config import PretrainConfig, RPNConfig, TeacherConfig, TransferConfig
+from openglip.regionclip.evaluate import evaluate_predictor, evaluate_zero_shot
+from openglip.regionclip.tasks import TransferTask
+from openglip.regionclip.train import default_train_config, run_pretrain, run_rpn, run_teacher, run_transfer
+from openglip.structures import Detections
+
+from .test_regionclip_units import HashText
+
+ENV = {**os.environ, "PYTHONWARNINGS": "ignore"}
+TINY = dict(backbone="tiny_cnn", pretrained=False)
+STUDENT = dict(TINY, fpn_channels=16, roi_size=3, head_dim=32, embed_dim=16, image_size=64, epoch_size=16)
+
+
+def _train(stage: str, out: Path, **changes):
+    steps = dict(
+        max_steps=4, batch_size=2, checkpoint_every=2, log_every=1, warmup_steps=0, schedule="constant"
+    )
+    return default_train_config(stage, str(out), **{**steps, **changes})
+
+
+def _losses(run: Path) -> list[tuple[int, float]]:
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [(r["step"], r["loss"]) for r in rows if "loss" in r]
+
+
+@pytest.fixture(scope="module")
+def parts(tmp_path_factory):
+    """A stub-text concept pool, a 2-step teacher and a 2-step RPN (tiny CNNs on 64 px images)."""
+    root = tmp_path_factory.mktemp("regionclip")
+    text = HashText(16)
+    world = ShapesWorld(split="all", image_size=64, seed=21)
+    captions = [c.caption for i in range(30) for c in world.sample(i).captions]
+    from openglip.prompts import rule_based_noun_phrases
+
+    pool = ConceptPool.build(
+        captions, text=text, extractor=rule_based_noun_phrases, templates=("a {}.", "a photo of a {}.")
+    )
+    pool.save(root / "concepts.safetensors")
+    concepts = str(root / "concepts.safetensors")
+    teacher_cfg = TeacherConfig(
+        **TINY, embed_dim=16, crop_size=16, concepts=concepts, image_size=64, epoch_size=8
+    )
+    teacher = run_teacher(
+        teacher_cfg,
+        _train("teacher", root / "teacher", max_steps=2, checkpoint_every=0),
+        text=text,
+        device="cpu",
+    )
+    rpn_cfg = RPNConfig(**TINY, fpn_channels=16, image_size=64, epoch_size=8, post_nms_top_n=20)
+    rpn = run_rpn(rpn_cfg, _train("rpn", root / "rpn", max_steps=2, checkpoint_every=0), device="cpu")
+    return {"root": root, "text": text, "concepts": concepts, "teacher": str(teacher), "rpn": str(rpn)}
+
+
+def _pretrain_cfg(parts, **changes) -> PretrainConfig:
+    return PretrainConfig(
+        **STUDENT,
+        concepts=parts["concepts"],
+        teacher=parts["teacher"],
+        rpn=parts["rpn"],
+        regions_per_image=4,
+        **changes,
+    )
+
+
+def test_teacher_and_rpn_runs_write_weights_and_losses(parts):
+    for stage, keys in (("teacher", {"image_text"}), ("rpn", {"rpn_objectness", "rpn_box"})):
+        rows = [
+            json.loads(line) for line in (parts["root"] / stage / "metrics.jsonl").read_text().splitlines()
+        ]
+        assert [r["step"] for r in rows] == [1, 2] and keys <= set(rows[0])
+        assert all(np.isfinite(r["loss"]) for r in rows)
+    teacher = load_file(parts["teacher"])
+    assert torch.allclose(teacher["text_centre"], ConceptPool.load(parts["concepts"]).centre)
+
+
+def test_pretraining_resumes_exactly(parts, tmp_path):
+    cfg = _pretrain_cfg(parts)
+    full = run_pretrain(cfg, _train("pretrain", tmp_path / "full"), text=parts["text"], device="cpu")
+    rows = [json.loads(line) for line in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
+    assert {"region_text", "image_text", "distill"} <= set(rows[0]) and all(r["distill"] >= 0 for r in rows)
+    # stop after 2 steps (a checkpoint), then resume to 4: the same losses and weights as the uninterrupted run
+    run_pretrain(cfg, _train("pretrain", tmp_path / "cut", max_steps=2), text=parts["text"], device="cpu")
+    resumed = run_pretrain(
+        cfg, _train("pretrain", tmp_path / "cut"), text=parts["text"], resume=True, device="cpu"
+    )
+    assert _losses(tmp_path / "cut") == _losses(tmp_path / "full") and len(_losses(tmp_path / "full")) == 4
+    a, b = load_file(str(full)), load_file(str(resumed))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    student, saved = load_student(full)
+    assert saved["encoder"] == "hash-stub" and student.region_proj.out_features == 16
+
+
+def test_pretraining_with_random_crops_and_without_distillation(parts, tmp_path):
+    cfg = _pretrain_cfg(parts, region_source="random", distill_weight=0.0)
+    run_pretrain(
+        cfg, _train("pretrain", tmp_path, max_steps=2, checkpoint_every=0), text=parts["text"], device="cpu"
+    )
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["distill"] == 0.0 and r["region_text"] > 0 for r in rows)
+    with pytest.raises(ValueError, match="region_source"):
+        run_pretrain(
+            _pretrain_cfg(parts, region_source="boxes"), _train("pretrain", tmp_path), text=parts["text"]
+        )
+
+
+def test_transfer_resumes_exactly_and_detects_novel_names(parts, tmp_path):
+    pretrain = run_pretrain(
+        _pretrain_cfg(parts),
+        _train("pretrain", tmp_path / "student", max_steps=2),
+        text=parts["text"],
+        device="cpu",
+    )
+    cfg = TransferConfig(
+        **STUDENT,
+        concepts=parts["concepts"],
+        rpn=parts["rpn"],
+        student=str(pretrain),
+        rois_per_image=16,
+        min_size=64,
+    )
+    full = run_transfer(cfg, _train("transfer", tmp_path / "full"), text=parts["text"], device="cpu")
+    rows = [json.loads(line) for line in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
+    assert {"cls", "box"} <= set(rows[0])
+    run_transfer(cfg, _train("transfer", tmp_path / "cut", max_steps=2), text=parts["text"], device="cpu")
+    run_transfer(cfg, _train("transfer", tmp_path / "cut"), text=parts["text"], resume=True, device="cpu")
+    assert _losses(tmp_path / "cut") == _losses(tmp_path / "full")
+
+    detector = load_detector(full, text=parts["text"])
+    detector.score_thresh = 0.0  # an untrained tiny detector: keep every box
+    images = [ShapesWorld(split="val", image_size=64, seed=5).sample(i).image for i in range(2)]
+    dets = detector.predict(images, list(NOVEL[:3]))
+    assert len(dets) == 2 and all(isinstance(d, Detections) for d in dets)
+    assert len(dets[0]) > 0 and set(dets[0].labels) <= {0, 1, 2}
+    assert set(dets[0].phrases) <= set(NOVEL[:3]) and dets[0].image_size == (64, 64)
+    assert (dets[0].xyxy >= 0).all() and (dets[0].xyxy <= 64).all()
+    assert len(detector.predict(images[0], ["pink elephant"])) == 1  # any name, one image
+    # the pretrained student initialises the box head
+    built = TransferTask(cfg, text=parts["text"]).build_model()
+    student = load_file(str(pretrain))
+    assert all(
+        torch.equal(built.student.state_dict()[k], v) for k, v in student.items() if k != "text_centre"
+    )
+
+    metrics = evaluate_predictor(detector.predict, num_images=3, image_size=64)
+    assert {"AP50", "base/AP50", "novel/AP50"} <= set(metrics)
+    zero = evaluate_zero_shot(pretrain, parts["rpn"], text=parts["text"], num_images=3, image_size=64)
+    assert 0.0 <= zero["AP50"] <= 1.0
+
+
+def test_cli_pretraining_survives_a_kill_and_resumes_exactly(tmp_path, capsys):
+    """The real commands (MiniLM text, tiny CNNs): concepts, teacher, rpn and a reference pretraining in this process,
+    then a pretraining killed after step 3 and resumed, in subprocesses (as a crashed job would be)."""
+    from openglip.regionclip.cli import main
+
+    tiny = [
+        "backbone=tiny_cnn",
+        "pretrained=false",
+        "image_size=64",
+        "epoch_size=8",
+        "batch_size=2",
+        "warmup_steps=0",
+    ]
+    concepts = str(tmp_path / "concepts.safetensors")
+    assert main(["concepts", "--out", str(tmp_path), "num_images=20", "min_count=1", "image_size=64"]) == 0
+    assert "concept pool:" in capsys.readouterr().out
+    assert (
+        main(
+            [
+                "teacher",
+                "--out",
+                str(tmp_path / "teacher"),
+                "--concepts",
+                concepts,
+                *tiny,
+                "crop_size=16",
+                "max_steps=1",
+            ]
+        )
+        == 0
+    )
+    assert main(["rpn", "--out", str(tmp_path / "rpn"), *tiny, "fpn_channels=16", "max_steps=1"]) == 0
+    pretrain = ["--concepts", concepts, "--teacher", str(tmp_path / "teacher" / "model.safetensors"), "--rpn",
+                str(tmp_path / "rpn" / "model.safetensors"), *tiny, "fpn_channels=16", "roi_size=3", "head_dim=32",
+                "max_steps=4", "checkpoint_every=2", "log_every=1", "regions_per_image=3", "--device", "cpu"]  # fmt: skip
+    assert main(["pretrain", "--out", str(tmp_path / "full"), *pretrain]) == 0
+
+    env = {**ENV, "OMP_NUM_THREADS": str(torch.get_num_threads())}  # the same kernels as this process
+    cmd = [
+        sys.executable,
+        "-m",
+        "openglip.regionclip.cli",
+        "pretrain",
+        "--out",
+        str(tmp_path / "cut"),
+        *pretrain,
+    ]
+    first = subprocess.run(
+        cmd, env={**env, "OPENGLIP_CRASH_AFTER_STEP": "3"}, capture_output=True, text=True, timeout=300
+    )
+    assert first.returncode == 17, first.stderr[-2000:]
+    assert [s for s, _ in _losses(tmp_path / "cut")] == [
+        1,
+        2,
+        3,
+    ]  # step 3 logged, its checkpoint never written
+    second = subprocess.run([*cmd, "--resume"], env=env, capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert _losses(tmp_path / "cut") == _losses(tmp_path / "full")
+
+    assert (
+        main(["pretrain", "--out", str(tmp_path / "x"), "--concepts", str(tmp_path / "nope.safetensors")])
+        == 2
+    )
+    assert "nope.safetensors" in capsys.readouterr().err
+    assert main(["pretrain", "--out", str(tmp_path / "x"), "max_stesp=3"]) == 2
+    assert "did you mean max_steps" in capsys.readouterr().err
