@@ -232,3 +232,45 @@ def test_cli_pretraining_survives_a_kill_and_resumes_exactly(tmp_path, capsys):
     assert "nope.safetensors" in capsys.readouterr().err
     assert main(["pretrain", "--out", str(tmp_path / "x"), "max_stesp=3"]) == 2
     assert "did you mean max_steps" in capsys.readouterr().err
+
+
+DDP_PRETRAIN = """
+import sys, torch
+sys.path.insert(0, sys.argv[2])
+from tests.test_regionclip_units import HashText
+from openglip.engine.trainer import Trainer
+from openglip.regionclip import ConceptPool, load_rpn, load_teacher
+from openglip.regionclip.config import PretrainConfig
+from openglip.regionclip.data import ShapesCaptions
+from openglip.regionclip.tasks import PretrainTask
+from openglip.regionclip.train import default_train_config
+out, concepts, teacher, rpn = sys.argv[1], sys.argv[3], sys.argv[4], sys.argv[5]
+cfg = PretrainConfig(backbone="tiny_cnn", pretrained=False, fpn_channels=16, roi_size=3, head_dim=32, embed_dim=16,
+                     image_size=64, epoch_size=16, concepts=concepts, teacher=teacher, rpn=rpn, regions_per_image=4)
+task = PretrainTask(cfg, pool=ConceptPool.load(concepts), text=HashText(16), teacher=load_teacher(teacher),
+                    rpn=load_rpn(rpn))
+data = ShapesCaptions(size=16, image_size=64, seed=21)
+tc = default_train_config("pretrain", out, max_steps=3, batch_size=2, checkpoint_every=0, log_every=1, warmup_steps=0)
+trainer = Trainer(task, tc, data, device="cpu")
+trainer.fit()
+torch.save({k: v.clone() for k, v in trainer.model.state_dict().items()}, f"{out}/rank{trainer.dist.rank}.pt")
+"""
+
+
+def test_pretraining_under_torchrun_keeps_two_ranks_equal(parts, tmp_path):
+    script = tmp_path / "ddp_pretrain.py"
+    script.write_text(DDP_PRETRAIN)
+    repo = str(Path(__file__).resolve().parents[1])
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script),
+           str(tmp_path), repo, parts["concepts"], parts["teacher"], parts["rpn"]]  # fmt: skip
+    done = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    a = torch.load(tmp_path / "rank0.pt", weights_only=True)
+    b = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # gradients were averaged
+    fresh = load_file(str(tmp_path / "model.safetensors"))
+    assert all(torch.equal(fresh[k], a[k]) for k in fresh)  # rank 0 exported what both ranks hold
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3] and all(
+        r["region_text"] > 0 for r in rows
+    )  # rank 0 logs alone
