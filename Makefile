@@ -38,6 +38,8 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/speed.py
 	$(BIN)/python benchmarks/shapes.py
 	$(BIN)/python benchmarks/real_photos.py
+	$(BIN)/python benchmarks/glipv2.py
+	$(BIN)/python benchmarks/regionclip.py
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache
