@@ -17,6 +17,7 @@ ground-truth regions and the RPN's recall, each for base and novel objects. Fini
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import shutil
 import sys
@@ -110,6 +111,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--images", type=int, default=200, help="val images for every evaluation")
     parser.add_argument("--backbone", default="efficientnet_lite0", help="backbone of every network")
     parser.add_argument("--variants", default="abcd", help="which ablation rows to run")
+    parser.add_argument(
+        "--held-out-word",
+        default="hexagon",
+        help="also transfer without any class containing this word ('' skips)",
+    )
     parser.add_argument("--fresh", action="store_true", help="delete --out first")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = parser.parse_args(argv)
@@ -206,6 +212,47 @@ def main(argv: list[str] | None = None) -> int:
         zero = evaluate_zero_shot(students["b"], rpn, text=text, num_images=args.images)
         rows["(b) pretrained student, zero-shot (no transfer)"] = summary(zero)
 
+    # The paper's premise in its pure form: a concept that captions name but no box label does. Every class with
+    # the held-out word is removed from transfer (its objects become background); pretraining saw it in captions.
+    held_rows = {}
+    if args.held_out_word and "b" in students:
+        from openglip.data.shapes import BASE, CATEGORIES
+
+        word = args.held_out_word
+        held = [c for c in CATEGORIES if word in c.split()]
+        if not held:
+            parser.error(f"no shapes category contains the word {word!r}")
+        seen = [c for c in BASE if c not in held]
+        splits = {"held": held, "other": [c for c in CATEGORIES if c not in held]}
+        runs = (("a", "", "none"), ("b", students["b"], "none"), ("b", students["b"], "backbone,head"))
+        for key, student, freeze in runs:
+            run = (
+                root / f"detector_{key}_no_{word}"
+                if freeze == "none"
+                else root / f"detector_{key}_no_{word}_frozen"
+            )
+            detector = stage(
+                run / "model.safetensors",
+                lambda student=student, run=run, freeze=freeze: run_transfer(
+                    TransferConfig(**arch, **paths, student=student),
+                    dataclasses.replace(train_cfg("transfer", run), freeze=freeze),
+                    text=text,
+                    device="cpu",
+                    classes=seen,
+                ),
+                f"transfer ({key}) without {word} boxes, frozen: {freeze}",
+                timings,
+            )
+            print(f"evaluating ({key}) without {word} boxes ...", flush=True)
+            m = evaluate_detector(detector, text=text, num_images=args.images, extra_splits=splits)
+            title = VARIANTS[key][0] + ("" if freeze == "none" else f", {freeze} frozen")
+            held_rows[f"({key}) {title}"] = {"held": m["held/AP50"], "other": m["other/AP50"]}
+        m = evaluate_zero_shot(students["b"], rpn, text=text, num_images=args.images, extra_splits=splits)
+        held_rows["(b) pretrained student, zero-shot (no transfer)"] = {
+            "held": m["held/AP50"],
+            "other": m["other/AP50"],
+        }
+
     t_acc = teacher_accuracy(teacher, pool_path, text, args.images)
     recall = proposal_recall(rpn, args.images)
 
@@ -217,6 +264,18 @@ def main(argv: list[str] | None = None) -> int:
     print(f"|{'-' * (width + 2)}|-----------:|----------:|---------:|")
     for name, m in rows.items():
         print(f"| {name:<{width}} | {m['novel AP50']:10.3f} | {m['base AP50']:9.3f} | {m['all AP50']:8.3f} |")
+    if held_rows:
+        print()
+        print(
+            f"Held-out word {word!r}: no box of its {len(held)} classes in transfer ({len(seen)} training classes);"
+        )
+        print("captions (and so pretraining) name it. AP50 on the val split:")
+        width = max(len(k) for k in held_rows)
+        head = f"{word} classes AP50"
+        print(f"| {'variant':<{width}} | {head} | other classes AP50 |")
+        print(f"|{'-' * (width + 2)}|{'-' * (len(head) + 1)}:|-------------------:|")
+        for name, m in held_rows.items():
+            print(f"| {name:<{width}} | {m['held']:{len(head)}.3f} | {m['other']:18.3f} |")
     print()
     diagnostics = {
         "teacher 48-way accuracy on ground-truth boxes": t_acc,

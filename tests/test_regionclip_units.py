@@ -195,3 +195,37 @@ def test_openglip_cli_has_the_regionclip_stages(capsys):
     assert "either --detector" in capsys.readouterr().err
     assert main(["regionclip", "evaluate", "--student", "s.safetensors"]) == 2
     assert "--rpn" in capsys.readouterr().err
+
+
+def test_shapes_evaluation_reports_extra_splits_and_perfect_predictions_score_one():
+    from openglip.data.shapes import CATEGORIES, ShapesWorld
+    from openglip.regionclip.evaluate import VAL_SEED, evaluate_predictor
+    from openglip.structures import Detections
+
+    world = ShapesWorld(split="val", image_size=64, seed=VAL_SEED)
+    truth = {}
+    for i in range(6):
+        s = world.sample(i)
+        truth[s.image.tobytes()] = s
+
+    def oracle(images, names):  # the ground truth of each image, looked up by its pixels
+        out = []
+        for image in images:
+            s = truth[image.tobytes()]
+            out.append(
+                Detections(
+                    xyxy=s.boxes,
+                    scores=np.ones(len(s.boxes)),
+                    labels=s.labels,
+                    phrases=[names[k] for k in s.labels],
+                    prompt_phrases=tuple(names),
+                )
+            )
+        return out
+
+    hexagons = [c for c in CATEGORIES if c.endswith("hexagon")]
+    m = evaluate_predictor(oracle, num_images=6, image_size=64, extra_splits={"hexagon": hexagons})
+    assert m["AP50"] == pytest.approx(1.0) and m["novel/AP50"] == pytest.approx(1.0)
+    assert m["hexagon/AP50"] == pytest.approx(1.0)  # the 6 images hold 2 hexagons
+    with pytest.raises(ValueError, match="pink elephant"):
+        evaluate_predictor(oracle, num_images=2, image_size=64, extra_splits={"x": ["pink elephant"]})

@@ -35,11 +35,16 @@ def evaluate_predictor(
     seed: int = VAL_SEED,
     batch_size: int = 16,
     class_names: Sequence[str] = CATEGORIES,
+    extra_splits: dict[str, Sequence[str]] | None = None,
 ) -> dict[str, float]:
     """Box metrics of ``predict(images, class_names)`` on the val split.
 
+    Args:
+        extra_splits: more category splits to report, by category name (e.g. ``{"hexagon": [...]}``).
+
     Returns:
-        pycocotools' keys (``AP``, ``AP50`` ...) plus ``base/AP50``, ``novel/AP50`` (and ``/AP``, ``/AP75``).
+        pycocotools' keys (``AP``, ``AP50`` ...) plus ``base/AP50``, ``novel/AP50`` (and ``/AP``, ``/AP75``) and
+        the same for every extra split.
     """
     gt, images = shapes_val(num_images, image_size=image_size, seed=seed)
     if list(class_names) != [c["name"] for c in gt["categories"]]:
@@ -53,6 +58,14 @@ def evaluate_predictor(
     splits: dict[str, list[int]] = {}
     for c in gt["categories"]:
         splits.setdefault(c["split"], []).append(c["id"])
+    ids = {c["name"]: c["id"] for c in gt["categories"]}
+    for name, members in (extra_splits or {}).items():
+        unknown = sorted(set(members) - set(ids))
+        if unknown or not members:
+            raise ValueError(
+                f"split {name!r}: not shapes categories {unknown}" if unknown else f"split {name!r} is empty"
+            )
+        splits[name] = [ids[m] for m in members]
     return coco_detection_metrics(gt, results, splits=splits)
 
 

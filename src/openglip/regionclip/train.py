@@ -127,9 +127,15 @@ def run_transfer(
     resume: bool = False,
     device=None,
     evaluate_fn: Callable | None = None,
+    classes: list[str] | None = None,
 ) -> Path:
-    """Train the open-vocabulary detector on the shapes "train" split (base categories only)."""
-    task = TransferTask(cfg, text=_text(text, device))
+    """Train the open-vocabulary detector on the shapes "train" split (base categories only).
+
+    ``classes`` narrows the training classes further (default: all 40 base categories); boxes of other
+    categories are dropped, so their objects count as background, as unannotated novel objects do in COCO's
+    open-vocabulary split.
+    """
+    task = TransferTask(cfg, text=_text(text, device), classes=classes)
     dataset = ShapesBoxes(
         size=cfg.epoch_size, classes=task.classes, split="train", image_size=cfg.image_size,
         max_objects=cfg.max_objects, seed=cfg.data_seed,
