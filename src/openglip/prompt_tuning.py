@@ -57,7 +57,9 @@ def load_tuned_prompt(path: str | os.PathLike) -> TunedPrompt:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
             if meta.get("format") != "openglip-tuned-prompt":
-                raise ValueError(f"{path} is not an OpenGLIP tuned prompt (written by openglip tune --mode prompt)")
+                raise ValueError(
+                    f"{path} is not an OpenGLIP tuned prompt (written by openglip tune --mode prompt)"
+                )
             delta = f.get_tensor("delta")
     except FileNotFoundError:
         raise FileNotFoundError(f"tuned prompt not found: {path}") from None

@@ -152,7 +152,9 @@ class GroundingDataset(Dataset):
 
             masks = decode_masks(rec.masks, rec.height or image.height, rec.width or image.width)
             if masks.shape[1:] != (image.height, image.width):
-                masks = np.stack([np.asarray(Image.fromarray(m).resize(image.size, Image.NEAREST)) for m in masks])
+                masks = np.stack(
+                    [np.asarray(Image.fromarray(m).resize(image.size, Image.NEAREST)) for m in masks]
+                )
         if not rec.is_grounding:
             keep = np.array([int(lab) in spans for lab in rec.labels], dtype=bool)
             boxes = boxes[keep]

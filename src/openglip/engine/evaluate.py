@@ -89,7 +89,9 @@ def _compressed(results: list[dict], gt: dict) -> list[dict]:
     return out
 
 
-def evaluate_referring_segmentation(detector: Detector, items: Sequence[GroundingItem], *, batch_size: int = 8):
+def evaluate_referring_segmentation(
+    detector: Detector, items: Sequence[GroundingItem], *, batch_size: int = 8
+):
     """Referring segmentation: the mask of the best box of each caption's referent vs its mask (mIoU, oIoU)."""
     preds, gts = [], []
     for start in range(0, len(items), batch_size):
@@ -97,10 +99,16 @@ def evaluate_referring_segmentation(detector: Detector, items: Sequence[Groundin
         if not chunk:
             continue
         prompts = [
-            Prompt(it.caption, tuple(it.caption[s[0][0] : s[0][1]] for s in it.phrase_spans), tuple(it.phrase_spans))
+            Prompt(
+                it.caption,
+                tuple(it.caption[s[0][0] : s[0][1]] for s in it.phrase_spans),
+                tuple(it.phrase_spans),
+            )
             for it in chunk
         ]
-        for it, dets in zip(chunk, detector.predict([it.image for it in chunk], prompts=prompts, box_threshold=0.0)):
+        for it, dets in zip(
+            chunk, detector.predict([it.image for it in chunk], prompts=prompts, box_threshold=0.0)
+        ):
             mine = dets[dets.labels == 0]
             best = mine[int(np.argmax(mine.scores))] if len(mine) else None
             empty = np.zeros_like(it.referent_mask, dtype=bool)
