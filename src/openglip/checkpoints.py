@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from .config import ModelConfig, config_from_dict, config_to_json, get_preset
-from .files import atomic_write
+from .files import atomic_write, read_safetensors
 
 DERIVED = "<derived>"  # marker for official buffers that OpenGLIP computes instead of loading
 
@@ -262,14 +262,10 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], M
     if path.stat().st_size == 0:
         raise CheckpointError(f"checkpoint is empty (0 bytes): {path}")
     if path.suffix == ".safetensors":
-        from safetensors import safe_open
-
         try:
-            with safe_open(str(path), framework="pt") as f:
-                meta = f.metadata() or {}
-                state = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not a dict)
-        except Exception as err:
-            raise CheckpointError(f"cannot read safetensors file {path}: {err}") from None
+            meta, state = read_safetensors(path)
+        except ValueError as err:
+            raise CheckpointError(str(err)) from None
         cfg = config_from_dict(json.loads(meta["openglip_config"])) if "openglip_config" in meta else None
         return state, cfg
     try:

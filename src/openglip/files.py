@@ -22,6 +22,23 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], object]) -> Non
         raise
 
 
+def read_safetensors(path: str | os.PathLike) -> tuple[dict[str, str], dict]:
+    """``(metadata, tensors)`` of a safetensors file (CPU torch tensors).
+
+    Raises:
+        ValueError: the file cannot be read as safetensors (the message names it).
+    """
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not iterable)
+    except Exception as err:
+        raise ValueError(f"cannot read safetensors file {path}: {err}") from None
+    return meta, tensors
+
+
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     """Write ``text`` (UTF-8) to ``path`` atomically."""
     atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))

@@ -22,7 +22,7 @@ from typing import Protocol
 import torch
 import torch.nn.functional as F
 
-from ..files import atomic_write
+from ..files import atomic_write, read_safetensors
 from .config import TEMPLATES, TEXT_ENCODER
 
 _ARTICLES = ("a", "an", "the")
@@ -208,19 +208,12 @@ class ConceptPool:
             FileNotFoundError: no such file.
             ValueError: the file is not a concept pool.
         """
-        from safetensors import safe_open
-
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(
                 f"concept pool {path} not found; build it with: openglip regionclip concepts --out DIR"
             )
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                meta = f.metadata() or {}
-                tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not iterable)
-        except Exception as err:
-            raise ValueError(f"{path}: not a safetensors file ({err})") from None
+        meta, tensors = read_safetensors(path)
         if meta.get("format") != _FORMAT:
             raise ValueError(f"{path}: not an OpenGLIP concept pool (format {meta.get('format')!r})")
         header = json.loads(meta["header"])

@@ -20,7 +20,7 @@ from torchvision.ops import box_iou, clip_boxes_to_image
 
 from ..structures import Detections
 from .concepts import TextEncoder
-from .inference import NameEmbedder, as_list, prepare_images, select_detections, to_detections
+from .inference import NameEmbedder, detect_in_batches, with_objectness
 from .model import RegionStudent
 from .proposals import ProposalNetwork
 
@@ -166,29 +166,22 @@ class OpenVocabDetector(nn.Module):
         Returns:
             One :class:`Detections` per image, boxes in original pixels, at most ``detections_per_image``.
         """
-        images = as_list(images)
         was_training = self.training
         self.eval()
         centre = self.student.text_centre
         text = self.names(class_names, centre)  # (C, D)
-        results: list[Detections] = []
-        for start in range(0, len(images), batch_size):
-            batch, scales, sizes = prepare_images(
-                images[start : start + batch_size], min_size=self.min_size, max_size=self.max_size
-            )
-            out = self(batch.to(centre.device), text)
-            probs = out.logits.softmax(-1)[:, :-1]  # (R, C)
-            if self.multiply_rpn_score:
-                probs = (probs * torch.cat(out.objectness)[:, None]).sqrt()
+
+        def score(batch: torch.Tensor):
+            out = self(batch, text)
+            probs = with_objectness(out.logits.softmax(-1)[:, :-1], out.objectness, self.multiply_rpn_score)
             counts = [len(r) for r in out.regions]
-            for i, (regions, deltas, p) in enumerate(
-                zip(out.regions, out.box_deltas.split(counts), probs.split(counts))
-            ):
+            for regions, deltas, p in zip(out.regions, out.box_deltas.split(counts), probs.split(counts)):
                 boxes = self.box_coder.decode_single(deltas, regions)
-                boxes = clip_boxes_to_image(boxes, tuple(batch.shape[-2:]))
-                b, s, lab = select_detections(
-                    boxes, p, score_thresh=self.score_thresh, nms_thresh=self.nms_thresh, limit=self.limit
-                )
-                results.append(to_detections(b, s, lab, list(class_names), scales[i], sizes[i]))
+                yield clip_boxes_to_image(boxes, tuple(batch.shape[-2:])), p
+
+        results = detect_in_batches(
+            images, class_names, score, batch_size=batch_size, min_size=self.min_size, max_size=self.max_size,
+            device=centre.device, score_thresh=self.score_thresh, nms_thresh=self.nms_thresh, limit=self.limit,
+        )  # fmt: skip
         self.train(was_training)
         return results

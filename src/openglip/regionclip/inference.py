@@ -4,7 +4,7 @@ embeddings against class names, no detection training)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -114,6 +114,41 @@ def to_detections(
     )
 
 
+def with_objectness(probs: torch.Tensor, objectness: list[torch.Tensor], multiply: bool) -> torch.Tensor:
+    """Class probabilities ``(R, C)`` of the regions, times the RPN's objectness geometrically
+    (``sqrt(p * objectness)``) when ``multiply``."""
+    return (probs * torch.cat(objectness)[:, None]).sqrt() if multiply else probs
+
+
+def detect_in_batches(
+    images,
+    class_names: Sequence[str],
+    score: Callable[[torch.Tensor], Iterable[tuple[torch.Tensor, torch.Tensor]]],
+    *,
+    batch_size: int,
+    min_size: int,
+    max_size: int,
+    device: torch.device,
+    score_thresh: float,
+    nms_thresh: float,
+    limit: int,
+) -> list[Detections]:
+    """The predict loop of RegionCLIP's detectors: prepare each batch, ``score(batch)`` -> per image ``(boxes
+    (R_i, 4) in model pixels, class scores (R_i, C))``, per-class NMS, boxes back to original pixels."""
+    images, names = as_list(images), list(class_names)
+    results: list[Detections] = []
+    for start in range(0, len(images), batch_size):
+        batch, scales, sizes = prepare_images(
+            images[start : start + batch_size], min_size=min_size, max_size=max_size
+        )
+        for i, (boxes, scores) in enumerate(score(batch.to(device))):
+            b, s, lab = select_detections(
+                boxes, scores, score_thresh=score_thresh, nms_thresh=nms_thresh, limit=limit
+            )
+            results.append(to_detections(b, s, lab, names, scales[i], sizes[i]))
+    return results
+
+
 class ZeroShotDetector(nn.Module):
     """A pretrained student used as a detector without transfer: each RPN proposal's region embedding against the
     class names, ``score = softmax_c(scale * cos)`` (times the objectness, geometrically, when
@@ -155,30 +190,20 @@ class ZeroShotDetector(nn.Module):
     def predict(self, images, class_names: Sequence[str], *, batch_size: int = 16) -> list[Detections]:
         """Detections of ``class_names`` in one image or a list (paths, PIL images, arrays); labels index
         ``class_names``."""
-        images = as_list(images)
         device = self.student.text_centre.device
         text = self.names(class_names, self.student.text_centre)  # (C, D)
-        out: list[Detections] = []
-        for start in range(0, len(images), batch_size):
-            batch, scales, sizes = prepare_images(
-                images[start : start + batch_size], min_size=self.min_size, max_size=self.max_size
-            )
-            batch = batch.to(device)
+
+        def score(batch: torch.Tensor):
             proposals, objectness, _ = self.rpn(batch)
             res = self.student(batch, proposals)
             probs = (res.logit_scale * res.region_emb @ text.t()).softmax(-1)  # (R, C)
-            if self.multiply_rpn_score:
-                probs = (probs * torch.cat(objectness)[:, None]).sqrt()
-            for i, per_image in enumerate(probs.split([len(p) for p in proposals])):
-                b, s, lab = select_detections(
-                    proposals[i],
-                    per_image,
-                    score_thresh=self.score_thresh,
-                    nms_thresh=self.nms_thresh,
-                    limit=self.limit,
-                )
-                out.append(to_detections(b, s, lab, list(class_names), scales[i], sizes[i]))
-        return out
+            probs = with_objectness(probs, objectness, self.multiply_rpn_score)
+            return zip(proposals, probs.split([len(p) for p in proposals]))
+
+        return detect_in_batches(
+            images, class_names, score, batch_size=batch_size, min_size=self.min_size, max_size=self.max_size,
+            device=device, score_thresh=self.score_thresh, nms_thresh=self.nms_thresh, limit=self.limit,
+        )  # fmt: skip
 
 
 def as_list(images) -> list:

@@ -18,7 +18,7 @@ from .concepts import ConceptPool, TextEncoder, load_text_encoder
 from .config import ConceptConfig, PretrainConfig, RPNConfig, TeacherConfig, TransferConfig
 from .data import ShapesBoxes, ShapesCaptions
 from .tasks import PretrainTask, RPNTask, TeacherTask, TransferTask
-from .weights import load_rpn, load_teacher
+from .weights import load_rpn, load_teacher, required_path
 
 _COMMON = dict(checkpoint_every=100, log_every=10, schedule="cosine", warmup_factor=0.01, ema_decay=0.0)
 STAGE_DEFAULTS: dict[str, dict] = {
@@ -73,7 +73,7 @@ def run_teacher(
     device=None,
 ) -> Path:
     """Train the teacher on 1-2-object shapes images with listing captions (split "all")."""
-    pool = ConceptPool.load(_required(cfg.concepts, "concepts"))
+    pool = ConceptPool.load(required_path(cfg.concepts, "concepts"))
     dataset = ShapesCaptions(
         size=cfg.epoch_size, split="all", image_size=cfg.image_size, min_objects=cfg.min_objects,
         max_objects=cfg.max_objects, seed=cfg.data_seed, caption="listing",
@@ -108,9 +108,9 @@ def run_pretrain(
     device=None,
 ) -> Path:
     """Region-text pretraining on the caption corpus (shapes split "all", every category)."""
-    pool = ConceptPool.load(_required(cfg.concepts, "concepts"))
-    teacher = load_teacher(_required(cfg.teacher, "teacher"))
-    rpn = load_rpn(_required(cfg.rpn, "rpn")) if cfg.region_source == "rpn" else None
+    pool = ConceptPool.load(required_path(cfg.concepts, "concepts"))
+    teacher = load_teacher(required_path(cfg.teacher, "teacher"))
+    rpn = load_rpn(required_path(cfg.rpn, "rpn")) if cfg.region_source == "rpn" else None
     dataset = ShapesCaptions(
         size=cfg.epoch_size, split="all", image_size=cfg.image_size, max_objects=cfg.max_objects, seed=cfg.data_seed,
         caption=cfg.caption, random_regions=cfg.regions_per_image if cfg.region_source == "random" else 0,
@@ -141,11 +141,3 @@ def run_transfer(
         max_objects=cfg.max_objects, seed=cfg.data_seed,
     )  # fmt: skip
     return _fit(task, train_cfg, dataset, resume=resume, device=device, evaluate_fn=evaluate_fn)
-
-
-def _required(path: str, what: str) -> str:
-    if not path:
-        raise ValueError(f"no {what} file given: set {what}=PATH")
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"{what} file {path} not found")
-    return path

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..files import atomic_write
+from ..files import atomic_write, read_safetensors
 from .concepts import ConceptPool, TextEncoder
 from .config import RPNConfig, StudentConfig, TeacherConfig, TransferConfig, config_from_dict
 from .detector import OpenVocabDetector
@@ -44,17 +44,10 @@ def read_weights(path: str | os.PathLike, kind: str) -> tuple[dict, dict[str, to
         FileNotFoundError: no such file.
         ValueError: not a RegionCLIP weights file, or one of another kind.
     """
-    from safetensors import safe_open
-
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{kind} weights {path} not found (train them with: openglip regionclip ...)")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-            state = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not iterable)
-    except Exception as err:
-        raise ValueError(f"{path}: not a safetensors file ({err})") from None
+    meta, state = read_safetensors(path)
     if meta.get("format") != FORMAT:
         raise ValueError(f"{path}: not OpenGLIP RegionCLIP weights (format {meta.get('format')!r})")
     if meta.get("kind") != kind:
@@ -146,8 +139,8 @@ def build_detector(
     receive an exported state dict.
     """
     if rpn_config is None:
-        rpn = load_rpn(_need(cfg.rpn, "rpn"))
-        pool = ConceptPool.load(_need(cfg.concepts, "concepts"))
+        rpn = load_rpn(required_path(cfg.rpn, "rpn"))
+        pool = ConceptPool.load(required_path(cfg.concepts, "concepts"))
         templates, encoder = pool.templates, pool.encoder
         student = build_student(cfg, pretrained=cfg.pretrained and not cfg.student)
         if cfg.student:
@@ -179,7 +172,8 @@ def build_detector(
     )
 
 
-def _need(path: str, what: str) -> str:
+def required_path(path: str, what: str) -> str:
+    """``path`` itself; a ``ValueError`` naming the config key when it is empty (the loaders report missing files)."""
     if not path:
         raise ValueError(f"no {what} file given: set {what}=PATH")
     return path
