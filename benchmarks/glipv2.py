@@ -23,6 +23,8 @@ from pathlib import Path
 
 import torch
 
+from _table import print_table
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
@@ -129,15 +131,6 @@ def few_shot_rows(base_path: Path, work: Path, shots_list, tune_steps: int, eval
     return rows
 
 
-def print_table(title, header, rows):
-    print(f"\n{title}")
-    widths = [max(len(str(r[i])) for r in [*rows, header]) for i in range(len(header))]
-    print(" | ".join(h.ljust(w) for h, w in zip(header, widths)))
-    print("-|-".join("-" * w for w in widths))
-    for r in rows:
-        print(" | ".join(str(c).ljust(w) for c, w in zip(r, widths)))
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -163,23 +156,23 @@ def main() -> None:
         ("+ inter-image loss", f"{m1['novel/AP50']:.3f}", f"{m1['base/AP50']:.3f}", f"{m1['R@1']:.3f}", f"{t1:.0f} s"),
     ]  # fmt: skip
     print_table(
-        "(a) inter-image region-word loss",
         ("training", "novel AP50", "base AP50", "R@1", "train time"),
         rows_a,
+        "(a) inter-image region-word loss",
     )
     masked, t2 = train_shapes(out / "masks", args.steps, mask_head=True)
     m2 = shapes_metrics(masked, args.images)
     rows_b = [("mask head", f"{m2.get('mask/AP', 0.0):.3f}", f"{m2.get('mask/AP50', 0.0):.3f}", f"{m2['AP50']:.3f}",
                f"{m2['referring_mIoU']:.3f}", f"{t2:.0f} s")]  # fmt: skip
     print_table(
-        "(b) segmentation",
         ("model", "mask AP", "mask AP50", "box AP50", "referring mIoU", "train time"),
         rows_b,
+        "(b) segmentation",
     )
     shots = [int(s) for s in args.shots.split(",") if s]
     rows_c = few_shot_rows(base_path, out / "fewshot", shots, args.tune_steps, args.images)
-    print_table("(c) few-shot transfer to the 8 novel combinations (novel-only prompt and eval)",
-                ("method", "shots/class", "novel AP50", "vs full fine-tuning"), rows_c)  # fmt: skip
+    print_table(("method", "shots/class", "novel AP50", "vs full fine-tuning"), rows_c,
+                "(c) few-shot transfer to the 8 novel combinations (novel-only prompt and eval)")  # fmt: skip
 
 
 if __name__ == "__main__":

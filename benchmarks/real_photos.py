@@ -17,6 +17,8 @@ from pathlib import Path
 
 import torch
 
+from _table import print_table
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
@@ -66,11 +68,7 @@ def main() -> None:
     metrics = coco_detection_metrics(gt, results)
     print(f"zero-shot teacher ({args.teacher}) on {len(entries)} photos, {len(gt['annotations'])} boxes")
     header = ("photo", "phrase", "top score", "top IoU")
-    widths = [max(len(str(r[i])) for r in [*rows, header]) for i in range(4)]
-    print(" | ".join(h.ljust(w) for h, w in zip(header, widths)))
-    print("-|-".join("-" * w for w in widths))
-    for r in rows:
-        print(" | ".join(str(c).ljust(w) for c, w in zip(r, widths)))
+    print_table(header, rows)
     print()
     summary = [
         ("AP50 (goal >= 0.5)", f"{metrics['AP50']:.3f}"),

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import torch
 
+from _table import print_table
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
@@ -110,11 +112,7 @@ def main() -> None:
     rows = [] if args.skip_cpu else shapes_rows(args.budget or DEFAULT_BUDGET, args.images, args.threads)
     rows += gpu_rows()
     header = ("measure", "value", "note")
-    widths = [max(len(str(r[i])) for r in [*rows, header]) for i in range(3)]
-    print(" | ".join(h.ljust(w) for h, w in zip(header, widths)))
-    print("-|-".join("-" * w for w in widths))
-    for r in rows:
-        print(" | ".join(str(c).ljust(w) for c, w in zip(r, widths)))
+    print_table(header, rows)
 
 
 if __name__ == "__main__":

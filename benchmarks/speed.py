@@ -19,6 +19,8 @@ from pathlib import Path
 
 import torch
 
+from _table import print_table
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
@@ -138,11 +140,7 @@ def main() -> None:
     rows = [] if args.skip_cpu else cpu_benchmark(args.threads, args.repeats)
     rows += gpu_benchmark(args.repeats)
     header = ("case", "result", "comparison", "runs (s)")
-    widths = [max(len(str(r[i])) for r in [*rows, header]) for i in range(4)]
-    print(" | ".join(h.ljust(w) for h, w in zip(header, widths)))
-    print("-|-".join("-" * w for w in widths))
-    for r in rows:
-        print(" | ".join(str(c).ljust(w) for c, w in zip(r, widths)))
+    print_table(header, rows)
 
 
 if __name__ == "__main__":
