@@ -32,6 +32,7 @@ from .weights import (
     build_teacher,
     load_state,
     read_weights,
+    required_path,
     save_weights,
 )
 
@@ -233,14 +234,9 @@ class TransferTask(_Task):
     def __init__(self, cfg: TransferConfig, *, text: TextEncoder, classes: list[str] | None = None):
         self.cfg, self.text = cfg, text
         self.classes = list(BASE if classes is None else classes)
-        self.pool = ConceptPool.load(cfg.concepts) if cfg.concepts else None
-        if self.pool is None:
-            raise ValueError("transfer needs the concept pool: set concepts=PATH")
-        self.rpn_cfg = (
-            config_from_dict(RPNConfig, read_weights(cfg.rpn, "rpn")[0]["rpn"]) if cfg.rpn else None
-        )
-        if self.rpn_cfg is None:
-            raise ValueError("transfer needs a trained RPN: set rpn=PATH")
+        self.pool = ConceptPool.load(required_path(cfg.concepts, "concepts"))
+        saved, _ = read_weights(required_path(cfg.rpn, "rpn"), "rpn")
+        self.rpn_cfg = config_from_dict(RPNConfig, saved["rpn"])
         self.class_emb = self.pool.embed(self.classes, text)  # (C, D)
 
     def build_model(self):
