@@ -18,12 +18,13 @@ from pathlib import Path
 import torch
 
 from .config import ModelConfig, config_from_dict, config_to_json, get_preset
+from .errors import OpenGLIPError
 from .files import atomic_write, read_safetensors
 
 DERIVED = "<derived>"  # marker for official buffers that OpenGLIP computes instead of loading
 
 
-class CheckpointError(ValueError):
+class CheckpointError(OpenGLIPError):
     """A checkpoint that cannot be read or does not match the model."""
 
 

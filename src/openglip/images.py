@@ -11,12 +11,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .errors import OpenGLIPError
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 MAX_PIXELS = 250_000_000  # refuse images above 250 megapixels (a decompression bomb or a mistake)
 _WORK_SIDE = 4096  # huge images are decoded/reduced to about this size first; the model uses <= 1333
 
 
-class ImageError(ValueError):
+class ImageError(OpenGLIPError):
     """An image that cannot be used, with the reason and where it came from."""
 
 

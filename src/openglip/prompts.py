@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .errors import OpenGLIPError
+
 SEPARATOR = ". "  # GLIP joins class names with ". "
 
 
@@ -43,7 +45,7 @@ class Prompt:
         return len(self.phrases)
 
 
-class PromptError(ValueError):
+class PromptError(OpenGLIPError):
     """Raised for an empty prompt or a prompt in which no phrase can be found."""
 
 

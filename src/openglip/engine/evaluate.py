@@ -6,11 +6,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
 from ..api import Detector
+from ..errors import DataError
 from ..metrics import coco_detection_metrics, grounding_recall, referring_miou
 from ..prompts import Prompt, build_prompt
 
@@ -178,3 +180,43 @@ def evaluate_shapes(
     if getattr(detector.model, "mask_head", None) is not None:
         metrics.update(evaluate_referring_segmentation(detector, items))
     return metrics
+
+
+def evaluate_file(detector, path: str, image_root: str | None, batch_size: int) -> tuple[dict, list]:
+    """Metrics of ``detector`` on one annotation file: box AP for detection data (COCO JSON, ODVG detection
+    lines), phrase-grounding recall for grounding data. Returns (metrics, COCO results list)."""
+    from ..data.build import read_annotations
+    from ..data.coco import coco_category_info
+
+    records, categories = read_annotations(path, image_root)
+    if not records:
+        raise DataError(f"{path}: no usable records")
+    if records[0].is_grounding:
+        items = []
+        for rec in records:
+            groups: dict = {}
+            for box, spans in zip(rec.boxes, rec.spans):
+                groups.setdefault(tuple(tuple(s) for s in spans), []).append(box)
+            items.append(
+                GroundingItem(
+                    rec.file_name, rec.caption, list(groups), [np.stack(v) for v in groups.values()]
+                )
+            )
+        return evaluate_grounding(detector, items, batch_size=batch_size), []
+    cats = coco_category_info(path) if Path(path).suffix == ".json" else [
+        {"id": i + 1, "name": n} for i, n in enumerate(categories)
+    ]  # fmt: skip
+    gt = {"images": [], "annotations": [], "categories": cats}
+    ann_id = 1
+    for i, rec in enumerate(records):
+        gt["images"].append(
+            {"id": i + 1, "file_name": rec.file_name, "height": rec.height, "width": rec.width}
+        )
+        for box, label in zip(rec.boxes.tolist(), rec.labels.tolist()):
+            x1, y1, x2, y2 = box
+            gt["annotations"].append(
+                {"id": ann_id, "image_id": i + 1, "category_id": cats[label]["id"], "bbox": [x1, y1, x2 - x1, y2 - y1],
+                 "area": (x2 - x1) * (y2 - y1), "iscrowd": 0}
+            )  # fmt: skip
+            ann_id += 1
+    return evaluate_detection(detector, gt, [r.file_name for r in records], batch_size=batch_size)

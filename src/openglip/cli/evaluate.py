@@ -1,0 +1,58 @@
+"""``openglip evaluate``: COCO AP / grounding recall of a model."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+
+def _add_evaluate(sub):
+    p = sub.add_parser(
+        "evaluate",
+        help="COCO AP / grounding recall of a model",
+        description="Evaluate a model: COCO box AP (AP, AP50, AP75, per base/novel split when the categories carry "
+        "a 'split' field) on a COCO/ODVG detection file, phrase-grounding Recall@1/5/10 on a grounding file, or "
+        "both on the built-in shapes world's val split.",
+    )
+    p.add_argument(
+        "--weights", required=True, help="checkpoint (.safetensors from openglip train, or official .pth)"
+    )
+    p.add_argument("--preset", default=None, help="preset when the weights carry no config")
+    p.add_argument("--data", default="shapes", help='"shapes" or an annotation file')
+    p.add_argument("--image-root", default=None)
+    p.add_argument("--images", type=int, default=200, help="shapes: number of val images")
+    p.add_argument("--image-size", type=int, default=128, help="shapes: image side")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--out", help="also write the metrics (and predictions) as JSON here")
+    p.add_argument("--prompt-file", help="a tuned prompt (openglip tune --mode prompt) to apply")
+    p.add_argument("--device", default=None)
+    p.set_defaults(func=cmd_evaluate)
+
+
+def cmd_evaluate(args) -> int:
+    from ..api import load_model
+    from ..engine.evaluate import evaluate_file, evaluate_shapes
+    from ..files import write_text_atomic
+    from ..metrics import format_table
+
+    detector = load_model(args.preset, weights=args.weights, device=args.device) if args.preset else load_model(
+        args.weights, device=args.device
+    )  # fmt: skip
+    if args.prompt_file:
+        from ..prompt_tuning import load_tuned_prompt
+
+        detector.add_tuned_prompt(load_tuned_prompt(args.prompt_file))
+    predictions: list = []
+    if args.data == "shapes":
+        metrics = evaluate_shapes(detector, num_images=args.images, image_size=args.image_size)
+    else:
+        metrics, predictions = evaluate_file(detector, args.data, args.image_root, args.batch_size)
+    print(format_table(metrics, title=f"{detector.config.name} on {args.data}"))
+    if args.out:
+        write_text_atomic(args.out, json.dumps({"metrics": metrics, "predictions": predictions}))
+        print(f"wrote {args.out}", file=sys.stderr)
+    return 0
+
+
+def register(sub) -> None:
+    _add_evaluate(sub)
