@@ -18,7 +18,6 @@ import dataclasses
 import json
 import sys
 import time
-from functools import partial
 from pathlib import Path
 
 import torch
@@ -33,12 +32,15 @@ def train_shapes(out: Path, steps: int, **model_changes):
     from openglip.data.build import build_train_dataset
     from openglip.demo import demo_configs
     from openglip.engine.trainer import Trainer
+    from openglip.tasks import GLIPTask
 
     model_cfg, train_cfg = demo_configs(budget=0.0, out=str(out), steps=steps)
     model_cfg = dataclasses.replace(model_cfg, **model_changes)
     if model_cfg.inter_image_dim:
         train_cfg = dataclasses.replace(train_cfg, inter_image_weight=1.0)
-    trainer = Trainer(model_cfg, train_cfg, build_train_dataset(model_cfg, train_cfg), device="cpu")
+    trainer = Trainer(
+        GLIPTask(model_cfg, train_cfg), train_cfg, build_train_dataset(model_cfg, train_cfg), device="cpu"
+    )
     start = time.time()
     trainer.fit()
     return trainer.final_weights().cpu().eval(), time.time() - start
@@ -86,19 +88,14 @@ def novel_task(root: Path, seed: int, num_images: int):
 
 def few_shot_rows(base_path: Path, work: Path, shots_list, tune_steps: int, eval_images: int) -> list[tuple]:
     from openglip.api import Detector, load_model
-    from openglip.checkpoints import read_checkpoint
     from openglip.config import TrainConfig
     from openglip.data.build import read_annotations
-    from openglip.data.datasets import GroundingDataset
-    from openglip.data.transforms import default_train_transforms, to_model_input
     from openglip.engine.evaluate import evaluate_detection
-    from openglip.engine.trainer import Trainer
-    from openglip.engine.tune import TuneTask, few_shot
     from openglip.prompt_tuning import load_tuned_prompt
+    from openglip.tasks.tune import few_shot, tune
 
     train_file, _, _ = novel_task(work / "novel_train", seed=77, num_images=300)
     _, gt, images = novel_task(work / "novel_eval", seed=1234, num_images=eval_images)
-    _, model_cfg = read_checkpoint(base_path)
     records, categories = read_annotations(train_file)
     zero = evaluate_detection(load_model(str(base_path), device="cpu"), gt, images)[0]["AP50"]
     rows = [("zero-shot (no tuning)", "-", f"{zero:.3f}", "")]
@@ -111,13 +108,7 @@ def few_shot_rows(base_path: Path, work: Path, shots_list, tune_steps: int, eval
                               lr={"prompt": 1e-2, "linear": 1e-3, "full": 1e-4}[mode], freeze="text",
                               checkpoint_every=0, log_every=10, ema_decay=0.0, normalized_token_targets=False,
                               train_min_sizes=(112, 128, 144), train_max_size=240)  # fmt: skip
-            ds = GroundingDataset(
-                chosen, categories, fixed_prompt=True, seed=shots,
-                transform=default_train_transforms(min_sizes=cfg.train_min_sizes, max_size=cfg.train_max_size),
-                to_tensor=partial(to_model_input, mean=model_cfg.pixel_mean, std=model_cfg.pixel_std, bgr=False),
-            )  # fmt: skip
-            task = TuneTask(model_cfg, cfg, mode=mode, weights=str(base_path), categories=categories)
-            Trainer(task, cfg, ds, device="cpu").fit()
+            tune(str(base_path), chosen, categories, mode=mode, cfg=cfg, device="cpu")
             if mode == "prompt":
                 det = load_model(str(base_path), device="cpu")
                 det.add_tuned_prompt(load_tuned_prompt(out / "prompt.safetensors"))

@@ -49,7 +49,7 @@ def main() -> None:
         image = load_photo(entry)
         prompt = prompt_for(entry)
         t0 = time.time()
-        dets = teacher.ground([image], [prompt])[0]
+        dets = teacher.predict(image, prompt, box_threshold=0.0)
         times.append(time.time() - t0)
         for i in range(len(dets)):
             x1, y1, x2, y2 = (float(v) for v in dets.xyxy[i])

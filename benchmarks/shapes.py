@@ -30,11 +30,14 @@ def shapes_rows(budget: float, images: int, threads: int) -> list[tuple]:
     from openglip.demo import demo_configs
     from openglip.engine.evaluate import evaluate_shapes
     from openglip.engine.trainer import Trainer
+    from openglip.tasks import GLIPTask
 
     torch.set_num_threads(threads)
     with tempfile.TemporaryDirectory() as out:
         model_cfg, train_cfg = demo_configs(budget, out)
-        trainer = Trainer(model_cfg, train_cfg, build_train_dataset(model_cfg, train_cfg), device="cpu")
+        trainer = Trainer(
+            GLIPTask(model_cfg, train_cfg), train_cfg, build_train_dataset(model_cfg, train_cfg), device="cpu"
+        )
         start = time.time()
         trainer.fit()
         seconds = time.time() - start

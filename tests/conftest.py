@@ -24,13 +24,26 @@ def reference_dir(name: str) -> Path | None:
     return None
 
 
+IN_CI = os.environ.get("OPENGLIP_CI") == "1"  # set by .ci/run: nothing may skip there
+
+
 def require_reference(name: str) -> Path:
     path = reference_dir(name)
     if path is None:
-        if os.environ.get("OPENGLIP_REQUIRE_REFERENCE") == "1":
+        if IN_CI or os.environ.get("OPENGLIP_REQUIRE_REFERENCE") == "1":
             pytest.fail(f"reference data shared/reference/{name} not found (required in CI)")
         pytest.skip(f"reference data shared/reference/{name} not found")
     return path
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """In CI a skipped test is a failed test: a missing dependency or reference file must not pass unnoticed."""
+    outcome = yield
+    report = outcome.get_result()
+    if IN_CI and report.skipped:
+        report.outcome = "failed"
+        report.longrepr = f"skipped in CI (not allowed there): {report.longrepr}"
 
 
 @pytest.fixture(autouse=True)

@@ -15,6 +15,7 @@ from openglip.data.mdetr import read_mdetr, write_mdetr
 from openglip.data.odvg import read_odvg, write_odvg
 from openglip.data.records import ImageRecord
 from openglip.data.shapes import CATEGORIES, NOVEL, write_dataset
+from openglip.errors import DataError
 
 
 def _image(folder, name, size=(60, 80)):
@@ -118,9 +119,9 @@ def test_unreadable_files_raise(tmp_path):
     (tmp_path / "coco.jsonl").write_text(json.dumps({"images": [], "categories": []}) + "\n")
     with pytest.raises(ValueError, match=r"coco\.jsonl.*ODVG"):
         read_odvg(tmp_path / "coco.jsonl")
-    with pytest.raises(FileNotFoundError, match=r"nope\.json"):
+    with pytest.raises(DataError, match=r"nope\.json"):
         read_coco(tmp_path / "nope.json")
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(DataError):
         read_odvg(tmp_path / "nope.jsonl")
 
 

@@ -12,9 +12,10 @@ from openglip.config import TrainConfig, tiny
 from openglip.data.collate import Collate, phrase_key
 from openglip.data.datasets import ShapesDataset
 from openglip.data.transforms import to_model_input
-from openglip.engine.trainer import GLIPTask
-from openglip.losses.contrastive import InterImageContrastive, inter_image_loss, soft_cross_entropy
+from openglip.losses.contrastive import inter_image_loss, region_word_loss, soft_cross_entropy
+from openglip.models.contrastive import InterImageContrastive
 from openglip.models.detector import build_model
+from openglip.tasks import GLIPTask
 
 
 def _identity_module() -> InterImageContrastive:
@@ -36,13 +37,13 @@ def test_two_image_case_has_the_hand_computed_value_and_propagates_labels():
     region_ids = torch.tensor([A, B])
     words = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0]], requires_grad=True)
     word_ids = torch.tensor([A, B, A])
-    loss = module.loss(regions, region_ids, words, word_ids)
+    loss = region_word_loss(module, regions, region_ids, words, word_ids)
     e = math.e
     region_side = (math.log(2 * e + 1) - 1) + (math.log(e + 2) - 1)  # region A: 2 positives of 3 words
     word_side = 3 * (math.log(e + 1) - 1)
     assert abs(loss.item() - (region_side + word_side) / 2) < 1e-6
     # without label propagation (word 3 marked as outside any phrase) the value changes
-    alone = module.loss(regions, region_ids, words, torch.tensor([A, B, -1]))
+    alone = region_word_loss(module, regions, region_ids, words, torch.tensor([A, B, -1]))
     assert abs(alone.item() - loss.item()) > 1e-3
     loss.backward()
     assert regions.grad.abs().sum() > 0 and words.grad.abs().sum() > 0

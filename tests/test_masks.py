@@ -14,8 +14,9 @@ from openglip import Detections
 from openglip.config import TrainConfig, tiny
 from openglip.data.masks import decode_masks, decode_segmentation
 from openglip.engine.evaluate import evaluate_detection, evaluate_referring_segmentation, shapes_eval_set
+from openglip.losses.masks import mask_targets
 from openglip.models import build_model
-from openglip.models.masks import mask_targets, paste_masks
+from openglip.models.masks import paste_masks
 from openglip.structures import mask_to_rle
 
 
@@ -101,6 +102,7 @@ def test_mask_loss_falls_when_overfitting(tmp_path):
     from openglip.data.datasets import ShapesDataset
     from openglip.data.transforms import to_model_input
     from openglip.engine.trainer import Trainer
+    from openglip.tasks import GLIPTask
 
     cfg = dataclasses.replace(tiny(), mask_head=True, mask_channels=32)
     ds = ShapesDataset(
@@ -109,7 +111,7 @@ def test_mask_loss_falls_when_overfitting(tmp_path):
     )  # fmt: skip
     tc = TrainConfig(out_dir=str(tmp_path), max_steps=30, batch_size=2, lr=2e-3, text_lr=2e-3, warmup_steps=2,
                      log_every=5, checkpoint_every=0, ema_decay=0.0, schedule="constant")  # fmt: skip
-    Trainer(cfg, tc, ds, device="cpu").fit()
+    Trainer(GLIPTask(cfg, tc), tc, ds, device="cpu").fit()
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     losses = [r["loss_mask"] for r in rows]
     assert losses[-1] < 0.7 * losses[0], losses

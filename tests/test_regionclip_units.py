@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from openglip.errors import UsageError
 from openglip.regionclip.concepts import ConceptPool, count_phrases, normalize_phrase, template_embeddings
 from openglip.regionclip.data import ShapesBoxes, ShapesCaptions, collate_regions
 from openglip.regionclip.proposals import random_crops, top_regions
@@ -86,7 +87,7 @@ def test_concept_pool_file_round_trip_and_errors(tmp_path):
     assert back.names == pool.names and back.counts == pool.counts
     assert back.templates == TEMPLATES and back.encoder == "hash-stub"
     assert torch.equal(back.embeddings, pool.embeddings) and torch.equal(back.centre, pool.centre)
-    with pytest.raises(FileNotFoundError, match="regionclip concepts"):
+    with pytest.raises(UsageError, match="regionclip concepts"):
         ConceptPool.load(tmp_path / "missing.safetensors")
     (tmp_path / "junk.safetensors").write_text("not a pool")
     with pytest.raises(ValueError, match=r"junk\.safetensors"):

@@ -18,10 +18,12 @@ from openglip.config import TrainConfig, tiny
 from openglip.data.collate import Collate
 from openglip.data.datasets import ShapesDataset, detection_prompt
 from openglip.data.transforms import to_model_input
+from openglip.engine.optim import lr_factor
 from openglip.engine.sampler import ResumableSampler
-from openglip.engine.trainer import Trainer, lr_factor
+from openglip.engine.trainer import Trainer
 from openglip.losses import GroundingLoss, atss_assign
 from openglip.prompts import num_tokens
+from openglip.tasks import GLIPTask
 
 ENV = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
 
@@ -111,7 +113,9 @@ def test_loss_falls_when_overfitting_four_images(tmp_path):
         out_dir=str(tmp_path), max_steps=60, batch_size=4, lr=2e-3, text_lr=2e-3, warmup_steps=5, log_every=5,
         checkpoint_every=0, ema_decay=0, schedule="constant", flip_prob=0.0, color_jitter=0.0,
     )  # fmt: skip
-    trainer = Trainer(tiny(), cfg, _tiny_shapes(4, grounding_ratio=0.0, num_negatives=10), device="cpu")
+    trainer = Trainer(
+        GLIPTask(tiny(), cfg), cfg, _tiny_shapes(4, grounding_ratio=0.0, num_negatives=10), device="cpu"
+    )
     trainer.fit()
     losses = [json.loads(line)["loss"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert len(losses) == 12
@@ -194,6 +198,7 @@ from openglip.config import TrainConfig, tiny
 from openglip.data.datasets import ShapesDataset
 from openglip.data.transforms import to_model_input
 from openglip.engine.trainer import Trainer
+from openglip.tasks import GLIPTask
 out = sys.argv[1]
 import dataclasses
 cfg = dataclasses.replace(tiny(), inter_image_dim=8)  # GLIPv2's loss gathers regions/words across ranks
@@ -201,7 +206,7 @@ ds = ShapesDataset(size=8, transform=None, fresh_each_epoch=False, num_negatives
                    to_tensor=partial(to_model_input, mean=cfg.pixel_mean, std=cfg.pixel_std, bgr=cfg.bgr))
 tc = TrainConfig(out_dir=out, max_steps=3, batch_size=2, lr=1e-3, warmup_steps=1, checkpoint_every=0, log_every=1,
                  inter_image_weight=0.5)
-trainer = Trainer(cfg, tc, ds, device="cpu")
+trainer = Trainer(GLIPTask(cfg, tc), tc, ds, device="cpu")
 rank = trainer.dist.rank
 trainer.fit()
 torch.save({k: v.clone() for k, v in trainer.model.state_dict().items()}, f"{out}/rank{rank}.pt")

@@ -15,8 +15,8 @@ from openglip.config import TrainConfig
 from openglip.data.build import read_annotations
 from openglip.data.shapes import write_dataset
 from openglip.engine.trainer import Trainer
-from openglip.engine.tune import LINEAR_PROBE, TuneTask, few_shot
 from openglip.prompt_tuning import load_tuned_prompt
+from openglip.tasks.tune import LINEAR_PROBE, TuneTask, few_shot
 
 
 @pytest.fixture(scope="module")

@@ -13,6 +13,7 @@ import torch
 
 from .checkpoints import load_into, resolve_config
 from .config import ModelConfig
+from .device import resolve_device
 from .images import load_image
 from .models.detector import GLIP, TextFeatures, build_model
 from .models.postprocess import Candidates, PostProcessor
@@ -28,15 +29,6 @@ class _Chunk:
     text: TextFeatures  # (1, T) on the model's device
     pmap: torch.Tensor  # (P_chunk, T) binary
     offset: int  # index of the chunk's first phrase in the whole prompt
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    if device is None or device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' was asked for but no CUDA GPU is available; use --device cpu")
-    return device
 
 
 class Detector:

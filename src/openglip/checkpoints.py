@@ -22,6 +22,7 @@ from .errors import OpenGLIPError
 from .files import atomic_write, read_safetensors
 
 DERIVED = "<derived>"  # marker for official buffers that OpenGLIP computes instead of loading
+MODEL_CONFIG_KEY = "model_config"  # where training checkpoints keep the model config (written by the Trainer)
 
 
 class CheckpointError(OpenGLIPError):
@@ -196,8 +197,11 @@ def guess_preset(state: Mapping[str, torch.Tensor]) -> str | None:
     return None
 
 
-def convert_official(state: Mapping[str, torch.Tensor], model) -> dict[str, torch.Tensor]:
-    """Rename an official GLIP state dict to OpenGLIP names, checking that it matches ``model`` exactly.
+def convert_official(
+    state: Mapping[str, torch.Tensor], model, optional: tuple[str, ...] = ()
+) -> dict[str, torch.Tensor]:
+    """Rename an official GLIP state dict to OpenGLIP names, checking that it matches ``model`` exactly
+    (model keys starting with one of the ``optional`` prefixes may be missing).
 
     Raises:
         CheckpointError: unknown keys, keys left unmapped, missing parameters or shape mismatches, naming the
@@ -222,7 +226,7 @@ def convert_official(state: Mapping[str, torch.Tensor], model) -> dict[str, torc
                 f"{key}: checkpoint {tuple(value.shape)} vs model {tuple(expected[ours].shape)}"
             )
         out[ours] = value
-    missing = [k for k in expected if k not in out]
+    missing = [k for k in expected if k not in out and not k.startswith(optional)]
     _raise_if_mismatch(missing, unexpected, mismatched, bad_derived, state, model)
     return out
 
@@ -254,7 +258,8 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], M
     """Read a checkpoint file: returns (state dict, embedded config or None).
 
     Accepts an OpenGLIP ``.safetensors`` file, an official GLIP ``.pth`` (state under ``"model"``, keys with
-    ``module.``), a training checkpoint of OpenGLIP (state under ``"model"`` with a ``"config"``), or a plain
+    ``module.``), an OpenGLIP training checkpoint (``RUN/checkpoints/step_*.pt``: state under ``"model"``, the
+    model config under ``"model_config"``, as :class:`~openglip.engine.trainer.Trainer` writes them), or a plain
     state dict.
     """
     path = Path(path)
@@ -267,7 +272,11 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], M
             meta, state = read_safetensors(path)
         except ValueError as err:
             raise CheckpointError(str(err)) from None
-        cfg = config_from_dict(json.loads(meta["openglip_config"])) if "openglip_config" in meta else None
+        cfg = (
+            config_from_dict(json.loads(meta["openglip_config"]), where=str(path))
+            if "openglip_config" in meta
+            else None
+        )
         return state, cfg
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
@@ -275,20 +284,25 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], M
         raise CheckpointError(f"cannot read checkpoint {path}: {type(err).__name__}: {err}") from None
     cfg = None
     if isinstance(obj, dict) and "model" in obj and isinstance(obj["model"], Mapping):
-        if isinstance(obj.get("config"), dict):
-            cfg = config_from_dict(obj["config"])
+        if isinstance(obj.get(MODEL_CONFIG_KEY), dict):
+            cfg = config_from_dict(obj[MODEL_CONFIG_KEY], where=str(path))
         obj = obj["model"]
     if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise CheckpointError(f"{path} does not contain a state dict of tensors")
     return {k.removeprefix("module."): v for k, v in obj.items()}, cfg
 
 
-def load_into(model, state: Mapping[str, torch.Tensor]) -> None:
-    """Load an official or OpenGLIP state dict into ``model`` with strict semantics."""
+def load_into(model, state: Mapping[str, torch.Tensor], *, optional: tuple[str, ...] = ()) -> None:
+    """Load an official or OpenGLIP state dict into ``model`` with strict semantics.
+
+    Args:
+        optional: key prefixes of parts the checkpoint may lack (e.g. GLIPv2 heads added for fine-tuning): such
+            parts keep their fresh initialisation when absent and are loaded when present.
+    """
     if is_official_state_dict(state):
-        state = convert_official(state, model)
+        state = convert_official(state, model, optional)
     expected = model.state_dict()
-    missing = [k for k in expected if k not in state]
+    missing = [k for k in expected if k not in state and not k.startswith(optional)]
     unexpected = [k for k in state if k not in expected]
     mismatched = [
         f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(expected[k].shape)}"
@@ -296,7 +310,7 @@ def load_into(model, state: Mapping[str, torch.Tensor]) -> None:
         if k in expected and tuple(v.shape) != tuple(expected[k].shape)
     ]
     _raise_if_mismatch(missing, unexpected, mismatched, [], state, model)
-    model.load_state_dict(state, strict=True)
+    model.load_state_dict(state, strict=not optional)
 
 
 def save_safetensors(model, path: str | os.PathLike, config: ModelConfig | None = None) -> None:

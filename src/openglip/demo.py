@@ -99,8 +99,7 @@ def photos(argv: list[str]) -> int:
             continue
         phrases = list(parse_prompt(prompt).phrases)
         t0 = time.time()
-        dets = teacher.ground([image], [phrases])[0]
-        dets = dets[dets.scores >= args.threshold]
+        dets = teacher.predict(image, phrases, box_threshold=args.threshold)
         took = time.time() - t0
         print(
             f"{entry['file_hint']} ({entry['loader']}), prompt {prompt!r}: {len(dets)} boxes in {took:.1f} s"
@@ -132,6 +131,7 @@ def shapes(argv: list[str]) -> int:
     from .engine.evaluate import evaluate_shapes, shapes_eval_set
     from .engine.trainer import Trainer
     from .metrics import format_table
+    from .tasks import GLIPTask
     from .visualize import draw_detections
 
     logging.basicConfig(level=logging.WARNING)
@@ -141,7 +141,9 @@ def shapes(argv: list[str]) -> int:
         f"fine-tuning {model_cfg.name} on the shapes world for {args.steps} steps (novel combinations held out)"
     )
     start = time.time()
-    trainer = Trainer(model_cfg, train_cfg, build_train_dataset(model_cfg, train_cfg), device="cpu")
+    trainer = Trainer(
+        GLIPTask(model_cfg, train_cfg), train_cfg, build_train_dataset(model_cfg, train_cfg), device="cpu"
+    )
     trainer.fit()
     train_time = time.time() - start
     detector = Detector(trainer.final_weights().cpu(), device="cpu")

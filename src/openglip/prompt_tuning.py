@@ -17,7 +17,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .files import atomic_write
+from .errors import UsageError
+from .files import atomic_write, read_safetensors
 from .prompts import Prompt, build_prompt
 
 
@@ -50,26 +51,22 @@ class TunedPrompt:
 
 
 def load_tuned_prompt(path: str | os.PathLike) -> TunedPrompt:
-    """Read a tuned prompt written by :meth:`TunedPrompt.save` (``openglip tune --mode prompt``)."""
-    from safetensors import safe_open
+    """Read a tuned prompt written by :meth:`TunedPrompt.save` (``openglip tune --mode prompt``).
 
+    Raises:
+        UsageError: the file is missing, unreadable or not a tuned prompt.
+    """
+    if not os.path.isfile(path):
+        raise UsageError(f"tuned prompt not found: {path}")
     try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-            if meta.get("format") != "openglip-tuned-prompt":
-                raise ValueError(
-                    f"{path} is not an OpenGLIP tuned prompt (written by openglip tune --mode prompt)"
-                )
-            delta = f.get_tensor("delta")
-    except FileNotFoundError:
-        raise FileNotFoundError(f"tuned prompt not found: {path}") from None
-    except ValueError:
-        raise
-    except Exception as err:
-        raise ValueError(f"cannot read tuned prompt {path}: {err}") from None
+        meta, tensors = read_safetensors(path)
+    except ValueError as err:
+        raise UsageError(f"cannot read tuned prompt {path}: {err}") from None
+    if meta.get("format") != "openglip-tuned-prompt" or "delta" not in tensors:
+        raise UsageError(f"{path} is not an OpenGLIP tuned prompt (written by openglip tune --mode prompt)")
     spans = tuple(tuple(tuple(s) for s in sp) for sp in json.loads(meta["spans"]))
     prompt = Prompt(meta["caption"], tuple(json.loads(meta["phrases"])), spans)
-    return TunedPrompt(prompt, delta, meta.get("model", ""))
+    return TunedPrompt(prompt, tensors["delta"], meta.get("model", ""))
 
 
 class PromptTunedGLIP(nn.Module):
@@ -92,7 +89,7 @@ class PromptTunedGLIP(nn.Module):
 
         T = self.prompt_ids.shape[0]
         if input_ids.shape[1] != T or not bool((input_ids == self.prompt_ids.to(input_ids.device)).all()):
-            raise ValueError("prompt tuning needs every caption of the batch to be the tuned prompt")
+            raise UsageError("prompt tuning needs every caption of the batch to be the tuned prompt")
         with torch.no_grad():
             hidden = self.glip.text_encoder(input_ids, attention_mask)
         text = TextFeatures(input_ids, attention_mask, hidden + self.delta)

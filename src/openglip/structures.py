@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 
@@ -121,6 +122,29 @@ class Detections:
             class_id=self.labels.copy(),
             data={"class_name": self.phrases.astype(str)},
         )
+
+
+@runtime_checkable
+class Predictor(Protocol):
+    """Anything that finds a prompt's phrases in images: the trained :class:`~openglip.api.Detector`, the
+    zero-shot default teacher, RegionCLIP's detector. ``openglip detect``, ``openglip label`` (the teacher step)
+    and evaluation all take a predictor.
+
+    ``prompt`` is shared by every image; ``prompts`` gives one per image. A prompt is a caption
+    (``"cat. red car."``), a list of phrases or a :class:`~openglip.prompts.Prompt`. Returns one
+    :class:`Detections` for a single image and a list for a list of images; ``labels`` index the phrases of
+    that image's prompt.
+    """
+
+    def predict(
+        self,
+        images,
+        prompt=None,
+        *,
+        prompts=None,
+        box_threshold: float = 0.3,
+        batch_size: int = 4,
+    ) -> Detections | list[Detections]: ...
 
 
 def mask_to_rle(mask: np.ndarray) -> dict:

@@ -37,22 +37,6 @@ def _add_detect(sub):
     p.set_defaults(func=cmd_detect)
 
 
-class _TeacherDetector:
-    """Lets ``detect`` drive a teacher like a detector (same predict call)."""
-
-    def __init__(self, teacher):
-        self.teacher = teacher
-
-    def predict(self, images, prompt, box_threshold=0.3):
-        single = not isinstance(images, list)
-        items = [images] if single else images
-        out = [
-            d[d.scores >= box_threshold]
-            for d in self.teacher.ground(items, [list(prompt.phrases)] * len(items))
-        ]
-        return out[0] if single else out
-
-
 def cmd_detect(args) -> int:
     from tqdm import tqdm
 
@@ -95,7 +79,7 @@ def cmd_detect(args) -> int:
             "no box training; pass --weights for a trained GLIP)",
             file=sys.stderr,
         )
-        detector = _TeacherDetector(load_teacher("default", device=args.device))
+        detector = load_teacher("default", device=args.device)
 
     if tuned is not None:
         if not hasattr(detector, "add_tuned_prompt"):

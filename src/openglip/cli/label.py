@@ -36,9 +36,9 @@ def _add_label(sub):
 
 
 def cmd_label(args) -> int:
-    from ..api import resolve_device
     from ..data.captions import read_captions
-    from ..engine.distributed import cleanup, init_distributed
+    from ..device import resolve_device
+    from ..distributed import cleanup, init_distributed
     from ..engine.label import label_pairs
     from ..prompts import get_extractor
     from ..teachers import load_teacher

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from torch.utils.data import Dataset
 
+from ..errors import DataError
 from .datasets import GroundingDataset, ShapesDataset
 from .records import ImageRecord
 from .transforms import default_train_transforms, to_model_input
@@ -22,14 +23,14 @@ def read_annotations(path: str | Path, image_root: str | None = None) -> tuple[l
 
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"annotation file not found: {path}")
+        raise DataError(f"annotation file not found: {path}")
     if path.suffix == ".jsonl":
         records, categories, _ = read_odvg(path, image_root)
         return records, categories
     try:
         head = json.loads(path.read_text())
     except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: not valid JSON ({err})") from None
+        raise DataError(f"{path}: not valid JSON ({err})") from None
     anns = head.get("annotations", []) if isinstance(head, dict) else []
     if anns and "tokens_positive" in anns[0]:
         records, categories, _ = read_mdetr(path, image_root)
@@ -85,7 +86,7 @@ def build_train_dataset(model_cfg, cfg) -> Dataset:
     for path in [p.strip() for p in cfg.data.split(",") if p.strip()]:
         records, categories = read_annotations(path, cfg.image_root)
         if not records:
-            raise ValueError(f"{path}: no usable records (see the skipped-entry counts above)")
+            raise DataError(f"{path}: no usable records (see the skipped-entry counts above)")
         parts.append(
             GroundingDataset(
                 records,

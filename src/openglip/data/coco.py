@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from ..errors import DataError
 from ..files import write_text_atomic
 from .records import ImageRecord, SkipReport
 
@@ -32,11 +33,11 @@ def load_json(path: str | os.PathLike) -> Any:
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"annotation file not found: {path}")
+        raise DataError(f"annotation file not found: {path}")
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{path}: not a valid JSON file ({err})") from None
+        raise DataError(f"{path}: not a valid JSON file ({err})") from None
 
 
 def resolve_image(file_name: str, image_root: str | os.PathLike) -> str:
@@ -152,10 +153,10 @@ def coco_category_info(json_path_or_dict: str | os.PathLike | dict) -> list[dict
 def _categories(data: Any, where: str) -> list[dict]:
     cats = data.get("categories") if isinstance(data, dict) else None
     if not isinstance(cats, list) or not all(isinstance(c, dict) and "id" in c and "name" in c for c in cats):
-        raise ValueError(f"{where}: not a COCO file (expected a 'categories' list of {{id, name}} dicts)")
+        raise DataError(f"{where}: not a COCO file (expected a 'categories' list of {{id, name}} dicts)")
     ids = [c["id"] for c in cats]
     if len(set(ids)) != len(ids):
-        raise ValueError(f"{where}: repeated category ids")
+        raise DataError(f"{where}: repeated category ids")
     return [dict(c) for c in sorted(cats, key=lambda c: c["id"])]
 
 
@@ -182,10 +183,10 @@ def read_coco(
     root = Path(json_path).parent if image_root is None else Path(image_root)
     report = SkipReport(source=str(json_path))
     if not isinstance(data, dict) or not isinstance(data.get("images"), list):
-        raise ValueError(f"{json_path}: not a COCO detection file (expected an 'images' list)")
+        raise DataError(f"{json_path}: not a COCO detection file (expected an 'images' list)")
     anns = data.get("annotations", [])
     if not isinstance(anns, list):
-        raise ValueError(f"{json_path}: 'annotations' must be a list")
+        raise DataError(f"{json_path}: 'annotations' must be a list")
     cats = _categories(data, str(json_path))
     cat_index = {c["id"]: i for i, c in enumerate(cats)}
 
@@ -273,7 +274,7 @@ def write_coco(
     for image_id, rec in zip(assign_image_ids(records), records):
         bad = [int(v) for v in rec.labels if not 0 <= v < len(cats)]
         if bad:
-            raise ValueError(
+            raise DataError(
                 f"write_coco: {rec.file_name} has labels {bad} outside the {len(cats)} categories"
             )
         name = relative_name(rec.file_name, folder)

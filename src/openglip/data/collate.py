@@ -6,8 +6,32 @@ from dataclasses import dataclass
 
 import torch
 
-from ..losses.grounding import GroundingTarget
 from ..prompts import Prompt, load_tokenizer, positive_map, token_spans
+
+
+@dataclass
+class GroundingTarget:
+    """Ground truth of one image.
+
+    Attributes:
+        boxes: (M, 4) x1 y1 x2 y2 in input pixels (after resize, before padding).
+        token_map: (M, T) binary map of the tokens each box's phrase spans.
+        phrase_ids: (M,) stable id of each box's phrase text (GLIPv2 label propagation), or None.
+        masks: (M, H, W) bool instance masks in input pixels, or None.
+    """
+
+    boxes: torch.Tensor
+    token_map: torch.Tensor
+    phrase_ids: torch.Tensor | None = None
+    masks: torch.Tensor | None = None
+
+    def to(self, device) -> GroundingTarget:
+        return GroundingTarget(
+            self.boxes.to(device),
+            self.token_map.to(device),
+            None if self.phrase_ids is None else self.phrase_ids.to(device),
+            None if self.masks is None else self.masks.to(device),
+        )
 
 
 @dataclass

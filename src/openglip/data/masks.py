@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image, ImageDraw
 
+from ..errors import DataError
+
 
 def decode_segmentation(segmentation, height: int, width: int) -> np.ndarray:
     """One COCO ``segmentation`` -> (height, width) bool mask.
@@ -38,7 +40,7 @@ def decode_segmentation(segmentation, height: int, width: int) -> np.ndarray:
         if isinstance(rle["counts"], str):
             rle["counts"] = rle["counts"].encode("ascii")
         return mask_utils.decode(rle).astype(bool)
-    raise ValueError(f"unsupported segmentation of type {type(segmentation).__name__}")
+    raise DataError(f"unsupported segmentation of type {type(segmentation).__name__}")
 
 
 def decode_masks(segmentations, height: int, width: int) -> np.ndarray:

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import DataError
 from ..files import write_text_atomic
 from .coco import (
     assign_image_ids,
@@ -49,9 +50,9 @@ def read_mdetr(
     images = data.get("images") if isinstance(data, dict) else None
     anns = data.get("annotations", []) if isinstance(data, dict) else None
     if not isinstance(images, list) or not isinstance(anns, list):
-        raise ValueError(f"{json_path}: not a COCO-style file (expected 'images' and 'annotations' lists)")
+        raise DataError(f"{json_path}: not a COCO-style file (expected 'images' and 'annotations' lists)")
     if images and not any(isinstance(im, dict) and "caption" in im for im in images):
-        raise ValueError(f"{json_path}: not an MDETR grounding file (images have no 'caption')")
+        raise DataError(f"{json_path}: not an MDETR grounding file (images have no 'caption')")
 
     by_image: dict[Any, list[dict]] = {}
     entries = []
@@ -132,7 +133,7 @@ def write_mdetr(path: str | os.PathLike, records: Sequence[ImageRecord]) -> None
     images, anns = [], []
     for image_id, rec in zip(assign_image_ids(records), records):
         if rec.caption is None:
-            raise ValueError(f"write_mdetr: {rec.file_name} is a detection record (no caption)")
+            raise DataError(f"write_mdetr: {rec.file_name} is a detection record (no caption)")
         name = relative_name(rec.file_name, folder)
         images.append(
             {

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import DataError
 from ..files import write_text_atomic
 from .coco import clean_boxes, clean_spans, image_size, parse_box, relative_name, resolve_image
 from .records import ImageRecord, SkipReport, log
@@ -34,11 +35,11 @@ def iter_jsonl(path: str | os.PathLike, report: SkipReport) -> Iterator[tuple[in
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"annotation file not found: {path}")
+        raise DataError(f"annotation file not found: {path}")
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except UnicodeDecodeError as err:
-        raise ValueError(f"{path}: not a UTF-8 JSONL file ({err})") from None
+        raise DataError(f"{path}: not a UTF-8 JSONL file ({err})") from None
     good = bad = 0
     for number, line in enumerate(lines, start=1):
         if not line.strip():
@@ -58,7 +59,7 @@ def iter_jsonl(path: str | os.PathLike, report: SkipReport) -> Iterator[tuple[in
         good += 1
         yield number, obj
     if bad and not good:
-        raise ValueError(f"{path}: not a JSONL file (none of its {bad} lines is a JSON object)")
+        raise DataError(f"{path}: not a JSONL file (none of its {bad} lines is a JSON object)")
 
 
 def _detection(
@@ -168,7 +169,7 @@ def read_odvg(
         labels = np.full(len(spans), -1, dtype=np.int64)
         records.append(ImageRecord(**head, boxes=boxes, labels=labels, caption=caption, spans=spans))
     if kinds == {None}:
-        raise ValueError(f"{jsonl_path}: not an ODVG file (no line has 'detection' or 'grounding')")
+        raise DataError(f"{jsonl_path}: not an ODVG file (no line has 'detection' or 'grounding')")
     categories = [names.get(i, "") for i in range(max(names, default=-1) + 1)]
     missing = [i for i, n in enumerate(categories) if not n]
     if missing:

@@ -17,9 +17,10 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from ..distributed import DistInfo, barrier
 from ..files import write_text_atomic
 from ..images import ImageError, load_image
-from .distributed import DistInfo, barrier
+from ..structures import Predictor
 
 
 @dataclass
@@ -81,7 +82,7 @@ def _record(file_name: str, root: Path, size, caption: str, spans, dets, thresho
 
 def label_pairs(
     pairs: Sequence[tuple[str, str]],
-    teacher,
+    teacher: Predictor,
     out_path: str | os.PathLike,
     *,
     extractor: Callable[[str], list[tuple[int, int]]],
@@ -117,7 +118,7 @@ def label_pairs(
                 keep.append((file_name, caption))
             spans = [extractor(caption) for _, caption in keep]
             phrases = [[caption[s:e] for s, e in sp] for (_, caption), sp in zip(keep, spans)]
-            results = teacher.ground(images, phrases) if images else []
+            results = teacher.predict(images, prompts=phrases, box_threshold=0.0) if images else []
             lines = []
             for (file_name, caption), size, sp, dets in zip(keep, sizes, spans, results):
                 rec = _record(file_name, root, size, caption, sp, dets, threshold)

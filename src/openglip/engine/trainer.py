@@ -1,5 +1,6 @@
-"""The training loop: AdamW with a separate text-encoder learning rate, warm-up + cosine/step decay, gradient
-clipping and accumulation, AMP, EMA, atomic checkpoints with exact resume, DDP under ``torchrun``.
+"""The training loop, generic over tasks (:mod:`openglip.tasks`): AdamW with the task's parameter groups, warm-up
++ cosine/step decay, gradient clipping and accumulation, AMP, EMA, atomic checkpoints with exact resume, DDP under
+``torchrun``. It imports no model family: what is trained, and how, is the task's business.
 
 Run directory::
 
@@ -19,6 +20,7 @@ import logging
 import math
 import os
 import random
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -27,15 +29,13 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from ..checkpoints import load_into, read_checkpoint, save_safetensors
-from ..config import ModelConfig, TrainConfig, config_to_dict
-from ..data.collate import Batch, Collate
+from ..checkpoints import MODEL_CONFIG_KEY
+from ..config import TrainConfig
+from ..device import resolve_device
+from ..distributed import DistInfo, barrier, cleanup, init_distributed
+from ..errors import UsageError
 from ..files import atomic_write, write_text_atomic
-from ..losses import GroundingLoss
-from ..losses.contrastive import inter_image_loss
-from ..models.detector import GLIP, build_model
-from ..models.masks import mask_loss
-from .distributed import DistInfo, barrier, cleanup, init_distributed
+from .optim import build_optimizer, lr_factor
 from .sampler import ResumableSampler
 
 log = logging.getLogger("openglip.train")
@@ -73,57 +73,14 @@ class ModelEMA:
             self.shadow[k].copy_(v)
 
 
-def apply_freeze(model: GLIP, spec: str) -> list[str]:
-    """Freeze the parts named in ``spec`` ("backbone", "fpn", "text", "tower", "all_but_head")."""
-    parts = {p.strip() for p in spec.split(",") if p.strip() and p.strip() != "none"}
-    known = {"backbone", "fpn", "text", "tower", "all_but_head"}
-    if parts - known:
-        raise ValueError(f"unknown freeze option(s) {sorted(parts - known)}; choose from {sorted(known)}")
-    modules = {
-        "backbone": [model.backbone],
-        "fpn": [model.fpn],
-        "text": [model.text_encoder],
-        "tower": [model.tower],
-    }
-    if "all_but_head" in parts:
-        parts = {"backbone", "fpn", "text", "tower"}
-    for name in parts:
-        for m in modules[name]:
-            m.requires_grad_(False)
-    return sorted(parts)
-
-
-def build_optimizer(model: torch.nn.Module, cfg: TrainConfig, is_text_param=None) -> torch.optim.Optimizer:
-    """AdamW; ``is_text_param(name)`` parameters get ``cfg.text_lr``; no weight decay on biases and norms."""
-    is_text_param = is_text_param or (lambda name: name.startswith("text_encoder."))
-    groups: dict[tuple[float, float], list] = {}
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        lr = cfg.text_lr if is_text_param(name) else cfg.lr
-        decay = 0.0 if p.ndim <= 1 or name.endswith(".bias") else cfg.weight_decay
-        groups.setdefault((lr, decay), []).append(p)
-    return torch.optim.AdamW(
-        [{"params": ps, "lr": lr, "weight_decay": wd} for (lr, wd), ps in groups.items()]
-    )
-
-
-def lr_factor(step: int, cfg: TrainConfig) -> float:
-    if step < cfg.warmup_steps:
-        alpha = step / max(cfg.warmup_steps, 1)
-        return cfg.warmup_factor * (1 - alpha) + alpha
-    if cfg.schedule == "constant":
-        return 1.0
-    if cfg.schedule == "step":
-        return cfg.gamma ** sum(step >= m * cfg.max_steps for m in cfg.milestones)
-    if cfg.schedule == "cosine":
-        progress = (step - cfg.warmup_steps) / max(cfg.max_steps - cfg.warmup_steps, 1)
-        return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
-    raise ValueError(f"unknown schedule {cfg.schedule!r}; use cosine, step or constant")
-
-
 def _rng_state() -> dict:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    """Every RNG's state in types ``torch.load(weights_only=True)`` accepts (tensors, ints, floats, tuples)."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)),
+        "python": random.getstate(),
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -131,163 +88,98 @@ def _rng_state() -> dict:
 
 def _set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
     random.setstate(state["python"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-class GLIPTask:
-    """What the :class:`Trainer` needs to know about a GLIP model (the default task).
-
-    Another model family (e.g. RegionCLIP) provides an object with the same methods: ``build_model``,
-    ``load_weights``, ``freeze``, ``is_text_param``, ``collate_fn``, ``losses``, ``config_dict``, ``export``.
-    """
-
-    def __init__(self, model_cfg: ModelConfig, cfg: TrainConfig):
-        self.model_cfg = model_cfg
-        self.inter_image_weight = cfg.inter_image_weight
-        self.mask_weight = cfg.mask_weight
-        self.inter_image_regions = cfg.inter_image_regions
-        if cfg.inter_image_weight > 0 and model_cfg.inter_image_dim <= 0:
-            raise ValueError("inter_image_weight > 0 needs the model's projections: set inter_image_dim=64")
-        self.criterion = GroundingLoss(
-            topk=model_cfg.atss_topk,
-            alpha=model_cfg.focal_alpha,
-            gamma=model_cfg.focal_gamma,
-            normalized_token_targets=cfg.normalized_token_targets,
-        )
-
-    def build_model(self) -> torch.nn.Module:
-        return build_model(self.model_cfg)
-
-    def load_weights(self, model, path: str) -> None:
-        """Strict loading, except that GLIPv2's extra heads (inter-image projections, mask head) may be absent
-        from the checkpoint: new heads start fresh, heads the checkpoint has are loaded."""
-        state, _ = read_checkpoint(path)
-        heads = {
-            name: model._modules.pop(name) for name in ("contrastive", "mask_head") if name in model._modules
-        }
-        extras = {
-            name: {k[len(name) + 1 :]: v for k, v in state.items() if k.startswith(name + ".")}
-            for name in heads
-        }
-        state = {k: v for k, v in state.items() if not k.startswith(("contrastive.", "mask_head."))}
-        try:
-            load_into(model, state)
-        finally:
-            for name, head in heads.items():
-                setattr(model, name, head)
-        for name, head in heads.items():
-            if extras[name]:
-                head.load_state_dict(extras[name])
-
-    def freeze(self, model, spec: str) -> list[str]:
-        return apply_freeze(model, spec)
-
-    def is_text_param(self, name: str) -> bool:
-        return name.startswith("text_encoder.")
-
-    def collate_fn(self):
-        return Collate(
-            size_divisibility=self.model_cfg.size_divisibility, max_text_len=self.model_cfg.max_text_len
-        )
-
-    def losses(self, model, batch: Batch) -> dict[str, torch.Tensor]:
-        out = model(
-            batch.pixel_values,
-            batch.image_sizes,
-            input_ids=batch.input_ids,
-            attention_mask=batch.attention_mask,
-        )
-        matched = self.criterion.assign(out, batch.targets)
-        losses = self.criterion(out, batch.targets, matched=matched)
-        core = model.module if hasattr(model, "module") else model
-        if getattr(core, "mask_head", None) is not None and self.mask_weight > 0:
-            shape = tuple(batch.pixel_values.shape[-2:])
-            losses["loss_mask"] = self.mask_weight * mask_loss(
-                core.mask_head, out.visual, batch.targets, shape
-            )
-        if self.inter_image_weight > 0:
-            losses["loss_inter_image"] = self.inter_image_weight * inter_image_loss(
-                core.contrastive,
-                out,
-                batch.targets,
-                matched,
-                batch.token_phrase_ids,
-                self.inter_image_regions,
-            )
-        return losses
-
-    def config_dict(self) -> dict:
-        return config_to_dict(self.model_cfg)
-
-    def export(self, model, path) -> None:
-        save_safetensors(model, path, self.model_cfg)
+RUN_FILES = ("checkpoints", "metrics.jsonl", "config.json", "model.safetensors", "tb", ".crashed")
 
 
 class Trainer:
-    """Trains a GLIP model on a dataset of ``(image tensor, target)`` items (see :mod:`openglip.data`).
+    """Trains whatever a task object describes (see :class:`openglip.tasks.Task`) on a dataset of items
+    addressed by ``(epoch, index)`` keys (see :mod:`openglip.data`).
 
     Args:
-        model_cfg: the model's config (a GLIP :class:`ModelConfig`), or a task object (see :class:`GLIPTask`)
-            for another model family.
+        task: the model family: builds, loads, freezes, batches, computes losses, evaluates and exports.
         cfg: the training config.
-        dataset: training dataset addressed by ``(epoch, index)``; built from ``cfg.data`` by the caller.
-        resume: continue from the newest checkpoint in ``cfg.out_dir`` when there is one.
+        dataset: the training dataset; built from ``cfg.data`` by the caller.
+        resume: continue from the newest checkpoint in ``cfg.out_dir``.
+        overwrite: delete a previous run's files in ``cfg.out_dir`` and start again. Without ``resume`` or
+            ``overwrite`` a directory that already holds a run is refused: two runs never mix in one folder.
         device: "cpu", "cuda" or None (GPU when available).
-        evaluate_fn: optional ``(model, step) -> dict`` called at ``eval_every`` steps and at the end.
+        model: an already built model to train instead of ``task.build_model()``.
     """
 
     def __init__(
         self,
-        model_cfg,
+        task,
         cfg: TrainConfig,
         dataset,
         *,
         resume: bool = False,
+        overwrite: bool = False,
         device: str | None = None,
-        evaluate_fn=None,
         model: torch.nn.Module | None = None,
     ):
-        from ..api import resolve_device
-
-        self.task = GLIPTask(model_cfg, cfg) if isinstance(model_cfg, ModelConfig) else model_cfg
-        self.model_cfg, self.cfg = model_cfg, cfg
+        self.task, self.cfg = task, cfg
         self.device = resolve_device(device)
         self.dist: DistInfo = init_distributed(self.device)
         if self.dist.enabled and self.device.type == "cuda":
             self.device = torch.device("cuda", self.dist.local_rank)
         self.out_dir = Path(cfg.out_dir)
         self.ckpt_dir = self.out_dir / "checkpoints"
-        self.evaluate_fn = evaluate_fn
+        self._prepare_run_dir(resume=resume, overwrite=overwrite)
         if self.device.type == "cpu":
             # denormal floats appear in training and make CPU kernels ~50x slower; flushing them costs nothing
             torch.set_flush_denormal(True)
         torch.manual_seed(cfg.seed)
         np.random.seed(cfg.seed)
         random.seed(cfg.seed)
-        self.model = (model or self.task.build_model()).to(self.device)
+        self.model = (model or task.build_model()).to(self.device)
         if cfg.init_weights:
-            self.task.load_weights(self.model, cfg.init_weights)
-        self.frozen = self.task.freeze(self.model, cfg.freeze)
-        self.optimizer = build_optimizer(self.model, cfg, self.task.is_text_param)
+            task.load_weights(self.model, cfg.init_weights)
+        self.frozen = task.freeze(self.model, cfg.freeze)
+        self.optimizer = build_optimizer(task.param_groups(self.model, cfg), self.device)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_factor(s, cfg))
         amp = cfg.amp if cfg.amp != "auto" else ("bf16" if self.device.type == "cuda" else "off")
         if amp not in ("off", "bf16", "fp16"):
-            raise ValueError(f"amp must be auto, bf16, fp16 or off, not {cfg.amp!r}")
+            raise UsageError(f"amp must be auto, bf16, fp16 or off, not {cfg.amp!r}")
         self.amp_dtype = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=amp == "fp16")
         self.ema = ModelEMA(self.model, cfg.ema_decay) if cfg.ema_decay > 0 else None
         self.dataset = dataset
         self.step = 0
         self.items = 0  # items this rank has consumed (the sampler position)
+        self.result: dict = {}
         if resume:
             self._resume()
         self.ddp_model = self.model
         if self.dist.enabled:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.ddp_model = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+
+    def _prepare_run_dir(self, *, resume: bool, overwrite: bool) -> None:
+        """Refuse to mix two runs in one directory; clean up what a kill mid-write left behind."""
+        if resume and overwrite:
+            raise UsageError("give --resume or --overwrite, not both")
+        existing = [name for name in RUN_FILES if (self.out_dir / name).exists()]
+        if existing and not resume and not overwrite:
+            raise UsageError(
+                f"{self.out_dir} already holds a run ({', '.join(existing)}); use --resume to continue it, "
+                "--overwrite to start again there, or a new --out"
+            )
+        if self.dist.is_main:
+            if overwrite:
+                for name in existing:
+                    path = self.out_dir / name
+                    shutil.rmtree(path) if path.is_dir() else path.unlink()
+            # temporary files of a checkpoint write that a kill interrupted (the checkpoint itself is intact)
+            for orphan in self.ckpt_dir.glob(".*.tmp"):
+                orphan.unlink(missing_ok=True)
+        barrier(self.dist)
 
     # -- checkpoints ----------------------------------------------------------------------------------------
     def latest_checkpoint(self) -> Path | None:
@@ -305,7 +197,7 @@ class Trainer:
             if self.dist.is_main:
                 log.info("no checkpoint in %s: starting a new run", self.ckpt_dir)
             return
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
@@ -351,7 +243,7 @@ class Trainer:
                 "step": self.step,
                 "items": self.items,
                 "rng": rngs,
-                "model_config": self.task.config_dict(),
+                MODEL_CONFIG_KEY: self.task.config_dict(),
                 "train_config": dataclasses.asdict(self.cfg),
             }
             atomic_write(path, lambda tmp: torch.save(state, tmp))
@@ -397,7 +289,7 @@ class Trainer:
             if params and not any(p.requires_grad for p in params):
                 m.eval()  # frozen parts keep eval-mode normalisation and no dropout
 
-    def _forward_loss(self, batch: Batch) -> dict[str, torch.Tensor]:
+    def _forward_loss(self, batch) -> dict[str, torch.Tensor]:
         ctx = (
             torch.autocast(self.device.type, dtype=self.amp_dtype)
             if self.amp_dtype
@@ -493,7 +385,7 @@ class Trainer:
                 window_t, window_items = time.time(), 0
             if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
                 self.save_checkpoint()
-            if cfg.eval_every and self.step % cfg.eval_every == 0 and self.evaluate_fn is not None:
+            if cfg.eval_every and self.step % cfg.eval_every == 0:
                 self._evaluate()
             if crash_after and self.step >= crash_after and self.dist.is_main:
                 marker = self.out_dir / ".crashed"
@@ -504,19 +396,17 @@ class Trainer:
         self.save_checkpoint()
         if self.dist.is_main:
             self.task.export(self.final_weights().cpu(), self.out_dir / "model.safetensors")
-        result = last
-        if self.evaluate_fn is not None:
-            result = {**last, **self._evaluate()}
+        self.result = {**last, **self._evaluate()}
         cleanup(self.dist)
-        return result
+        return self.result
 
     def _evaluate(self) -> dict:
         if not self.dist.is_main:
             barrier(self.dist)
             return {}
-        model = self.final_weights()
-        metrics = self.evaluate_fn(model, self.step)
-        self._log({"step": self.step, **{f"eval/{k}": v for k, v in metrics.items()}})
+        metrics = self.task.evaluate(self.final_weights(), self.step)
+        if metrics:
+            self._log({"step": self.step, **{f"eval/{k}": v for k, v in metrics.items()}})
         self._train_mode()
         barrier(self.dist)
         return metrics

@@ -16,7 +16,9 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from torch import nn
+
+from ..distributed import mean_over_ranks
+from ..models.contrastive import InterImageContrastive
 
 
 def soft_cross_entropy(logits: torch.Tensor, positives: torch.Tensor) -> torch.Tensor:
@@ -62,53 +64,35 @@ def gather_padded(x: torch.Tensor, ids: torch.Tensor) -> tuple[torch.Tensor, tor
     return feats, all_ids
 
 
-class InterImageContrastive(nn.Module):
-    """Projections and temperature of the inter-image loss (they live in the model, next to the head).
+def region_word_loss(
+    module: InterImageContrastive,
+    regions: torch.Tensor,
+    region_ids: torch.Tensor,
+    words: torch.Tensor,
+    word_ids: torch.Tensor,
+) -> torch.Tensor:
+    """Inter-image loss over the batch (and all ranks).
 
     Args:
-        visual_dim: D, channels of the pre-fusion visual features.
-        text_dim: Dt, channels of the pre-fusion text features.
-        dim: d, joint space (GLIP: 64).
+        regions: (R, D) pre-fusion features of positive regions.
+        region_ids: (R,) phrase id of each region's phrase (same phrase text -> same id across images).
+        words: (W, Dt) pre-fusion features of the real tokens of every caption.
+        word_ids: (W,) phrase id of the phrase each token belongs to, -1 for tokens outside any phrase.
+
+    Returns:
+        The loss, summed over both directions and halved (normalise it by the number of positives).
     """
-
-    def __init__(self, *, visual_dim: int, text_dim: int, dim: int = 64):
-        super().__init__()
-        self.image_proj = nn.Linear(visual_dim, dim)
-        self.text_proj = nn.Linear(text_dim, dim)
-        self.log_scale = nn.Parameter(torch.zeros(1))
-        for lin in (self.image_proj, self.text_proj):
-            nn.init.xavier_uniform_(lin.weight)
-            nn.init.zeros_(lin.bias)
-
-    def loss(
-        self,
-        regions: torch.Tensor,
-        region_ids: torch.Tensor,
-        words: torch.Tensor,
-        word_ids: torch.Tensor,
-    ) -> torch.Tensor:
-        """Inter-image loss over the batch (and all ranks).
-
-        Args:
-            regions: (R, D) pre-fusion features of positive regions.
-            region_ids: (R,) phrase id of each region's phrase (same phrase text -> same id across images).
-            words: (W, Dt) pre-fusion features of the real tokens of every caption.
-            word_ids: (W,) phrase id of the phrase each token belongs to, -1 for tokens outside any phrase.
-
-        Returns:
-            The loss, summed over both directions and halved (normalise it by the number of positives).
-        """
-        r = F.normalize(self.image_proj(regions), dim=-1)
-        w = F.normalize(self.text_proj(words), dim=-1)
-        r_all, r_ids = gather_padded(r, region_ids)
-        w_all, w_ids = gather_padded(w, word_ids)
-        scale = self.log_scale.exp()
-        # each rank scores its own regions against every word, and its own words against every region
-        region_logits = r @ w_all.t() / scale  # (R_local, W_all)
-        word_logits = w @ r_all.t() / scale  # (W_local, R_all)
-        pos_r = (region_ids[:, None] == w_ids[None, :]) & (w_ids[None, :] >= 0)
-        pos_w = (word_ids[:, None] == r_ids[None, :]) & (word_ids[:, None] >= 0)
-        return (soft_cross_entropy(region_logits, pos_r) + soft_cross_entropy(word_logits, pos_w)) / 2
+    r = F.normalize(module.image_proj(regions), dim=-1)
+    w = F.normalize(module.text_proj(words), dim=-1)
+    r_all, r_ids = gather_padded(r, region_ids)
+    w_all, w_ids = gather_padded(w, word_ids)
+    scale = module.log_scale.exp()
+    # each rank scores its own regions against every word, and its own words against every region
+    region_logits = r @ w_all.t() / scale  # (R_local, W_all)
+    word_logits = w @ r_all.t() / scale  # (W_local, R_all)
+    pos_r = (region_ids[:, None] == w_ids[None, :]) & (w_ids[None, :] >= 0)
+    pos_w = (word_ids[:, None] == r_ids[None, :]) & (word_ids[:, None] >= 0)
+    return (soft_cross_entropy(region_logits, pos_r) + soft_cross_entropy(word_logits, pos_w)) / 2
 
 
 def inter_image_loss(
@@ -137,9 +121,5 @@ def inter_image_loss(
     real = output.text_mask > 0
     words = output.text[real]
     word_ids = token_phrase_ids.to(real.device)[:, : real.shape[1]][real]
-    count = float(regions.shape[0])
-    if dist.is_available() and dist.is_initialized():
-        t = torch.tensor([count], device=feats.device)
-        dist.all_reduce(t)
-        count = float(t.item()) / dist.get_world_size()
-    return module.loss(regions.float(), region_ids, words.float(), word_ids) / max(count, 1.0)
+    count = mean_over_ranks(float(regions.shape[0]), feats.device)
+    return region_word_loss(module, regions.float(), region_ids, words.float(), word_ids) / max(count, 1.0)

@@ -6,41 +6,15 @@ Shapes: B images, A anchors over all levels, M ground-truth boxes of an image, T
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from ..data.collate import GroundingTarget
+from ..distributed import mean_over_ranks
 from ..models.anchors import BoxCoder
 
 INF = 1e8
-
-
-@dataclass
-class GroundingTarget:
-    """Ground truth of one image.
-
-    Attributes:
-        boxes: (M, 4) x1 y1 x2 y2 in input pixels (after resize, before padding).
-        token_map: (M, T) binary map of the tokens each box's phrase spans.
-        phrase_ids: (M,) stable id of each box's phrase text (GLIPv2 label propagation), or None.
-        masks: (M, H, W) bool instance masks in input pixels, or None.
-    """
-
-    boxes: torch.Tensor
-    token_map: torch.Tensor
-    phrase_ids: torch.Tensor | None = None
-    masks: torch.Tensor | None = None
-
-    def to(self, device) -> GroundingTarget:
-        return GroundingTarget(
-            self.boxes.to(device),
-            self.token_map.to(device),
-            None if self.phrase_ids is None else self.phrase_ids.to(device),
-            None if self.masks is None else self.masks.to(device),
-        )
 
 
 def box_iou_plus_one(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -143,15 +117,6 @@ def token_focal_loss(
     return loss.sum()
 
 
-def _mean_over_ranks(value: float, device) -> float:
-    """Average a scalar over DDP ranks (GLIP normalises by the number of positives per GPU)."""
-    if dist.is_available() and dist.is_initialized():
-        t = torch.tensor([value], dtype=torch.float64, device=device)
-        dist.all_reduce(t)
-        return float(t.item()) / dist.get_world_size()
-    return value
-
-
 class GroundingLoss(nn.Module):
     """GLIP's loss on :class:`~openglip.models.detector.GLIPOutput`.
 
@@ -215,7 +180,7 @@ class GroundingLoss(nn.Module):
             pos_boxes.append(target.boxes.to(anchors)[matched[b][pos]])
 
         num_pos = sum(p.numel() for p in pos_a)
-        norm = max(_mean_over_ranks(float(num_pos), logits.device), 1.0)
+        norm = max(mean_over_ranks(float(num_pos), logits.device), 1.0)
         loss_align = token_focal_loss(logits, token_targets, output.text_mask, self.alpha, self.gamma) / norm
         if num_pos == 0:
             zero = deltas.sum() * 0 + ctr.sum() * 0
@@ -227,7 +192,7 @@ class GroundingLoss(nn.Module):
         # centerness and GIoU targets use the boxes directly.
         ctr_target = centerness_target(pos_anchors, gt)
         pred = self.box_coder.decode(deltas[b_idx, a_idx], pos_anchors)
-        ctr_norm = max(_mean_over_ranks(float(ctr_target.sum()), logits.device), 1e-6)
+        ctr_norm = max(mean_over_ranks(float(ctr_target.sum()), logits.device), 1e-6)
         loss_box = (giou_loss(pred, gt) * ctr_target).sum() / ctr_norm
         loss_ctr = F.binary_cross_entropy_with_logits(ctr[b_idx, a_idx], ctr_target, reduction="sum") / norm
         return {"loss_align": loss_align, "loss_box": loss_box * self.reg_weight, "loss_centerness": loss_ctr}

@@ -246,8 +246,8 @@ def build_tower(cfg: ModelConfig) -> FusionTower:
 
 def build_model(cfg: ModelConfig) -> GLIP:
     """Build a randomly initialised :class:`GLIP` (pretrained parts named in ``cfg`` are loaded)."""
-    from ..losses.contrastive import InterImageContrastive
     from ..prompts import load_tokenizer
+    from .contrastive import InterImageContrastive
     from .masks import MaskHead
 
     backbone = build_backbone(cfg)

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torchvision.models.detection.roi_heads import paste_masks_in_image
-from torchvision.ops import MultiScaleRoIAlign, roi_align
+from torchvision.ops import MultiScaleRoIAlign
 
 
 class MaskHead(nn.Module):
@@ -54,35 +54,6 @@ class MaskHead(nn.Module):
         x = self.pool(feats, [b.to(visual[0].dtype) for b in boxes], [tuple(image_shape)] * len(boxes))
         x = F.relu(self.deconv(self.convs(x)))
         return self.predictor(x)
-
-
-def mask_targets(masks: torch.Tensor, boxes: torch.Tensor, size: int) -> torch.Tensor:
-    """Crop-and-resize (M, H, W) binary masks to their boxes: (M, size, size) float targets in {0, 1}."""
-    if masks.shape[0] == 0:
-        return masks.new_zeros(0, size, size, dtype=torch.float32)
-    rois = torch.cat(
-        [torch.arange(len(boxes), device=boxes.device, dtype=boxes.dtype)[:, None], boxes], dim=1
-    )
-    out = roi_align(
-        masks[:, None].float(), rois, (size, size), spatial_scale=1.0, sampling_ratio=2, aligned=True
-    )
-    return (out[:, 0] >= 0.5).float()
-
-
-def mask_loss(head: MaskHead, visual, targets, image_shape, max_per_image: int = 32) -> torch.Tensor:
-    """Binary cross-entropy of the head on the ground-truth boxes of every image that has masks."""
-    boxes, masks = [], []
-    for t in targets:
-        if t.masks is None or t.boxes.shape[0] == 0:
-            boxes.append(t.boxes.new_zeros(0, 4))
-            continue
-        keep = torch.arange(min(len(t.boxes), max_per_image), device=t.boxes.device)
-        boxes.append(t.boxes[keep])
-        masks.append(mask_targets(t.masks[keep], t.boxes[keep], 2 * head.roi_size))
-    if not masks:
-        return sum(p.sum() for p in head.parameters()) * 0.0
-    logits = head(visual, boxes, image_shape)[:, 0]
-    return F.binary_cross_entropy_with_logits(logits.float(), torch.cat(masks))
 
 
 def paste_masks(logits: torch.Tensor, boxes: torch.Tensor, height: int, width: int, threshold: float = 0.5):

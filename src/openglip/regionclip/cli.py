@@ -22,6 +22,8 @@ import json
 import sys
 from pathlib import Path
 
+from ..errors import UsageError
+
 
 def _common(p: argparse.ArgumentParser, *, trains: bool) -> None:
     p.add_argument("overrides", nargs="*", help="key=value overrides of the stage config or TrainConfig")
@@ -84,12 +86,12 @@ def _stage(stage: str, cfg, args, **paths):
     """The stage config and TrainConfig from the defaults, the path options and the overrides."""
     import dataclasses
 
-    from .config import split_overrides
+    from ..config import split_overrides
     from .train import default_train_config
 
     cfg = dataclasses.replace(cfg, **{k: v for k, v in paths.items() if v})
     train_cfg = default_train_config(stage, args.out)
-    return split_overrides(cfg, train_cfg, list(args.overrides))
+    return tuple(split_overrides(args.overrides, cfg, train_cfg))
 
 
 def _print(metrics: dict, title: str) -> None:
@@ -118,7 +120,7 @@ def cmd_concepts(args) -> int:
 
 
 def _done(path: Path, stage: str) -> int:
-    from ..engine.distributed import init_distributed
+    from ..distributed import init_distributed
 
     if init_distributed(__import__("torch").device("cpu")).is_main:
         print(f"{stage} weights: {path}")
@@ -176,11 +178,11 @@ def cmd_evaluate(args) -> int:
     from .evaluate import evaluate_detector, evaluate_zero_shot, summary
 
     if bool(args.detector) == bool(args.student):
-        raise ValueError("give either --detector FILE or --student FILE --rpn FILE")
+        raise UsageError("give either --detector FILE or --student FILE --rpn FILE")
     if args.student and not args.rpn:
-        raise ValueError("zero-shot evaluation of --student needs the proposals of --rpn FILE")
+        raise UsageError("zero-shot evaluation of --student needs the proposals of --rpn FILE")
     if args.images < 1:
-        raise ValueError("--images must be at least 1")
+        raise UsageError("--images must be at least 1")
     if args.detector:
         metrics, title = evaluate_detector(args.detector, num_images=args.images), f"detector {args.detector}"
     else:
@@ -195,20 +197,10 @@ def cmd_evaluate(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m openglip.regionclip.cli STAGE ...`` (the same commands without the ``openglip`` front end)."""
-    parser = argparse.ArgumentParser(prog="openglip")
-    register(parser.add_subparsers(dest="command"))
-    args, extra = parser.parse_known_args(["regionclip", *(sys.argv[1:] if argv is None else argv)])
-    # key=value overrides may come after the options (argparse stops collecting positionals there)
-    if extra and all("=" in e and not e.startswith("-") for e in extra):
-        args.overrides = [*getattr(args, "overrides", []), *extra]
-    elif extra:
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    try:
-        return args.func(args)
-    except (ValueError, FileNotFoundError) as err:
-        print(f"openglip: error: {str(err).strip().splitlines()[0]}", file=sys.stderr)
-        return 2
+    """``python -m openglip.regionclip.cli STAGE ...``: the same as ``openglip regionclip STAGE ...``."""
+    from ..cli import main as openglip_main
+
+    return openglip_main(["regionclip", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ from typing import Protocol
 import torch
 import torch.nn.functional as F
 
+from ..errors import UsageError
 from ..files import atomic_write, read_safetensors
 from .config import TEMPLATES, TEXT_ENCODER
 
@@ -65,7 +66,7 @@ class MiniLMText:
 def load_text_encoder(name: str = TEXT_ENCODER, *, device: str | torch.device = "cpu") -> TextEncoder:
     """The text encoder called ``name`` (only MiniLM-L6 ships with OpenGLIP)."""
     if name != TEXT_ENCODER:
-        raise ValueError(f"unknown text encoder {name!r}; available: {TEXT_ENCODER}")
+        raise UsageError(f"unknown text encoder {name!r}; available: {TEXT_ENCODER}")
     return MiniLMText(device=device)
 
 
@@ -91,7 +92,7 @@ def count_phrases(captions: Iterable[str], extractor: Callable[[str], list[tuple
 def template_embeddings(text: TextEncoder, names: Sequence[str], templates: Sequence[str]) -> torch.Tensor:
     """Prompt-averaged embeddings ``normalize(mean_t text(t.format(name)))``, (N, D), not centred."""
     if not templates:
-        raise ValueError("need at least one prompt template")
+        raise UsageError("need at least one prompt template")
     per_template = torch.stack([text.sentences([t.format(n) for n in names]).float() for t in templates])
     return F.normalize(per_template.mean(0), dim=-1)  # (N, D)
 
@@ -119,11 +120,11 @@ class ConceptPool:
     def __post_init__(self):
         c = len(self.names)
         if len(self.counts) != c or self.embeddings.shape[0] != c:
-            raise ValueError(
+            raise UsageError(
                 f"ConceptPool: {c} names, {len(self.counts)} counts, {self.embeddings.shape[0]} embeddings"
             )
         if self.centre.shape != self.embeddings.shape[1:]:
-            raise ValueError(
+            raise UsageError(
                 f"ConceptPool: centre {tuple(self.centre.shape)} vs embeddings {tuple(self.embeddings.shape)}"
             )
 
@@ -152,7 +153,7 @@ class ConceptPool:
         counts = count_phrases(captions, extractor)
         kept = sorted(((n, c) for n, c in counts.items() if c >= min_count), key=lambda nc: (-nc[1], nc[0]))
         if not kept:
-            raise ValueError(
+            raise UsageError(
                 f"no noun phrase occurs at least {min_count} times in the captions "
                 f"({len(counts)} distinct phrases found); lower min_count or give more captions"
             )
@@ -175,7 +176,7 @@ class ConceptPool:
             ValueError: ``text`` is not the encoder that built the pool.
         """
         if text.name != self.encoder:
-            raise ValueError(f"the concept pool was embedded by {self.encoder!r}, not by {text.name!r}")
+            raise UsageError(f"the concept pool was embedded by {self.encoder!r}, not by {text.name!r}")
         raw = template_embeddings(text, list(names), self.templates)
         return F.normalize(raw - self.centre.to(raw.device), dim=-1)
 
@@ -210,12 +211,12 @@ class ConceptPool:
         """
         path = Path(path)
         if not path.is_file():
-            raise FileNotFoundError(
+            raise UsageError(
                 f"concept pool {path} not found; build it with: openglip regionclip concepts --out DIR"
             )
         meta, tensors = read_safetensors(path)
         if meta.get("format") != _FORMAT:
-            raise ValueError(f"{path}: not an OpenGLIP concept pool (format {meta.get('format')!r})")
+            raise UsageError(f"{path}: not an OpenGLIP concept pool (format {meta.get('format')!r})")
         header = json.loads(meta["header"])
         return cls(
             names=list(header["names"]),

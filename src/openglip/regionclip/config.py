@@ -1,6 +1,6 @@
 """RegionCLIP configurations: one frozen dataclass per stage (concept pool, teacher, RPN, pretraining,
 transfer). Training hyper-parameters (steps, lr, batch size, EMA ...) stay in :class:`openglip.config.TrainConfig`;
-``key=value`` overrides go to whichever of the two holds the key (see :func:`split_overrides`).
+``key=value`` overrides go to whichever of the two holds the key (see :func:`openglip.config.split_overrides`).
 
 The pretraining and transfer configs inherit the student's architecture fields from :class:`StudentConfig`, so
 a pretrained student's weights fit the detector built from a transfer config with the same fields.
@@ -8,11 +8,7 @@ a pretrained student's weights fit the detector built from a transfer config wit
 
 from __future__ import annotations
 
-import dataclasses
-import difflib
 from dataclasses import dataclass
-
-from ..config import TrainConfig, apply_overrides
 
 TEMPLATES: tuple[str, ...] = (
     "a photo of a {}.",
@@ -132,43 +128,3 @@ class TransferConfig(StudentConfig):
     max_objects: int = 5
     data_seed: int = 0
     epoch_size: int = 4000
-
-
-def split_overrides(stage_cfg, train_cfg: TrainConfig, overrides: list[str]):
-    """Apply ``key=value`` strings to a stage config and a :class:`TrainConfig` (a key goes where it exists).
-
-    Returns:
-        ``(stage_cfg, train_cfg)`` with the overrides applied.
-
-    Raises:
-        ValueError: a malformed override or a key that neither config has (close matches are named).
-    """
-    stage_keys = {f.name for f in dataclasses.fields(stage_cfg)}
-    train_keys = {f.name for f in dataclasses.fields(train_cfg)}
-    mine, theirs = [], []
-    for item in overrides:
-        if "=" not in item:
-            raise ValueError(f"override {item!r} is not of the form key=value")
-        key = item.split("=", 1)[0].strip()
-        if key in stage_keys:
-            mine.append(item)
-        elif key in train_keys:
-            theirs.append(item)
-        else:
-            close = difflib.get_close_matches(key, stage_keys | train_keys, n=3)
-            hint = f" (did you mean {', '.join(close)}?)" if close else ""
-            raise ValueError(f"unknown config key {key!r} for {type(stage_cfg).__name__}/TrainConfig{hint}")
-    return apply_overrides(stage_cfg, mine), apply_overrides(train_cfg, theirs)
-
-
-def config_from_dict(cls, data: dict):
-    """Rebuild a stage config saved with :func:`dataclasses.asdict` (lists become tuples).
-
-    Raises:
-        ValueError: keys the config class does not have.
-    """
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise ValueError(f"unknown {cls.__name__} keys: {unknown}")
-    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})

@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 from tqdm import tqdm
 
 from ..data.shapes import CATEGORIES, ShapesWorld, to_coco
+from ..errors import UsageError
 from ..metrics import coco_detection_metrics
 from ..structures import Detections
 from .concepts import TextEncoder
@@ -48,7 +49,7 @@ def evaluate_predictor(
     """
     gt, images = shapes_val(num_images, image_size=image_size, seed=seed)
     if list(class_names) != [c["name"] for c in gt["categories"]]:
-        raise ValueError("class_names must be the 48 shapes categories in their order")
+        raise UsageError("class_names must be the 48 shapes categories in their order")
     results = []
     for start in tqdm(
         range(0, len(images), batch_size), desc="evaluate", unit="batch", disable=len(images) <= batch_size
@@ -62,7 +63,7 @@ def evaluate_predictor(
     for name, members in (extra_splits or {}).items():
         unknown = sorted(set(members) - set(ids))
         if unknown or not members:
-            raise ValueError(
+            raise UsageError(
                 f"split {name!r}: not shapes categories {unknown}" if unknown else f"split {name!r} is empty"
             )
         splits[name] = [ids[m] for m in members]

@@ -8,13 +8,16 @@ frozen helpers (text encoder, teacher, RPN used for pretraining regions) live on
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 
 import torch
 from torch import nn
 
+from ..config import TrainConfig, config_from_dict
 from ..data.shapes import BASE
+from ..engine.optim import freeze_parts, param_groups
 from .concepts import ConceptPool, TextEncoder
-from .config import PretrainConfig, RPNConfig, TeacherConfig, TransferConfig, config_from_dict
+from .config import PretrainConfig, RPNConfig, TeacherConfig, TransferConfig
 from .data import RegionBatch, collate_regions
 from .losses import (
     box_regression_loss,
@@ -37,17 +40,6 @@ from .weights import (
 )
 
 
-def freeze_parts(parts: dict[str, nn.Module], spec: str) -> list[str]:
-    """Freeze the comma-separated parts named in ``spec`` (``"none"``: nothing); returns their names."""
-    names = {p.strip() for p in spec.split(",") if p.strip() and p.strip() != "none"}
-    unknown = names - set(parts)
-    if unknown:
-        raise ValueError(f"unknown freeze option(s) {sorted(unknown)}; choose from {sorted(parts)} or none")
-    for name in names:
-        parts[name].requires_grad_(False)
-    return sorted(names)
-
-
 def same_caption(captions: list[str], device) -> torch.Tensor:
     """``(B, B)`` bool: captions ``i`` and ``j`` are the same text (both are positives of both images)."""
     ids = {c: i for i, c in enumerate(dict.fromkeys(captions))}
@@ -60,8 +52,13 @@ class _Task:
 
     kind = ""
 
-    def is_text_param(self, name: str) -> bool:
-        return False  # the text encoder is frozen and outside the trained model
+    evaluator = None  # optional (model, step) -> metrics
+
+    def param_groups(self, model: nn.Module, cfg: TrainConfig) -> list[dict]:
+        return param_groups(model, cfg)  # the text encoder is frozen and outside the trained model
+
+    def evaluate(self, model: nn.Module, step: int) -> dict[str, float]:
+        return self.evaluator(model, step) if self.evaluator is not None else {}
 
     def collate_fn(self):
         return collate_regions
@@ -227,16 +224,24 @@ class TransferTask(_Task):
         cfg: the transfer config (names the RPN, concept pool and optional pretrained student files).
         text: the text encoder of the pool.
         classes: the training class names (default: the shapes base categories).
+        evaluator: optional ``(model, step) -> metrics`` run at ``eval_every`` steps and at the end.
     """
 
     kind = "detector"
 
-    def __init__(self, cfg: TransferConfig, *, text: TextEncoder, classes: list[str] | None = None):
-        self.cfg, self.text = cfg, text
+    def __init__(
+        self,
+        cfg: TransferConfig,
+        *,
+        text: TextEncoder,
+        classes: list[str] | None = None,
+        evaluator: Callable | None = None,
+    ):
+        self.cfg, self.text, self.evaluator = cfg, text, evaluator
         self.classes = list(BASE if classes is None else classes)
         self.pool = ConceptPool.load(required_path(cfg.concepts, "concepts"))
         saved, _ = read_weights(required_path(cfg.rpn, "rpn"), "rpn")
-        self.rpn_cfg = config_from_dict(RPNConfig, saved["rpn"])
+        self.rpn_cfg = config_from_dict(saved["rpn"], RPNConfig)
         self.class_emb = self.pool.embed(self.classes, text)  # (C, D)
 
     def build_model(self):

@@ -56,10 +56,10 @@ def run_concepts(cfg: ConceptConfig, out_path: str | Path, *, text: TextEncoder 
     return pool
 
 
-def _fit(task, train_cfg: TrainConfig, dataset, *, resume: bool, device, evaluate_fn=None) -> Path:
+def _fit(task, train_cfg: TrainConfig, dataset, *, resume: bool, device) -> Path:
     from ..engine.trainer import Trainer
 
-    trainer = Trainer(task, train_cfg, dataset, resume=resume, device=device, evaluate_fn=evaluate_fn)
+    trainer = Trainer(task, train_cfg, dataset, resume=resume, device=device)
     trainer.fit()
     return Path(train_cfg.out_dir) / "model.safetensors"
 
@@ -135,9 +135,9 @@ def run_transfer(
     categories are dropped, so their objects count as background, as unannotated novel objects do in COCO's
     open-vocabulary split.
     """
-    task = TransferTask(cfg, text=_text(text, device), classes=classes)
+    task = TransferTask(cfg, text=_text(text, device), classes=classes, evaluator=evaluate_fn)
     dataset = ShapesBoxes(
         size=cfg.epoch_size, classes=task.classes, split="train", image_size=cfg.image_size,
         max_objects=cfg.max_objects, seed=cfg.data_seed,
     )  # fmt: skip
-    return _fit(task, train_cfg, dataset, resume=resume, device=device, evaluate_fn=evaluate_fn)
+    return _fit(task, train_cfg, dataset, resume=resume, device=device)

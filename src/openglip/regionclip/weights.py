@@ -14,9 +14,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..config import config_from_dict
+from ..errors import UsageError
 from ..files import atomic_write, read_safetensors
 from .concepts import ConceptPool, TextEncoder
-from .config import RPNConfig, StudentConfig, TeacherConfig, TransferConfig, config_from_dict
+from .config import RPNConfig, StudentConfig, TeacherConfig, TransferConfig
 from .detector import OpenVocabDetector
 from .model import RegionStudent
 from .proposals import ProposalNetwork
@@ -31,7 +33,7 @@ def save_weights(model: nn.Module, path: str | os.PathLike, *, kind: str, config
     from safetensors.torch import save_file
 
     if kind not in KINDS:
-        raise ValueError(f"kind must be one of {KINDS}, not {kind!r}")
+        raise UsageError(f"kind must be one of {KINDS}, not {kind!r}")
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     meta = {"format": FORMAT, "kind": kind, "config": json.dumps(config)}
     atomic_write(path, lambda tmp: save_file(state, tmp, metadata=meta))
@@ -46,12 +48,12 @@ def read_weights(path: str | os.PathLike, kind: str) -> tuple[dict, dict[str, to
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{kind} weights {path} not found (train them with: openglip regionclip ...)")
+        raise UsageError(f"{kind} weights {path} not found (train them with: openglip regionclip ...)")
     meta, state = read_safetensors(path)
     if meta.get("format") != FORMAT:
-        raise ValueError(f"{path}: not OpenGLIP RegionCLIP weights (format {meta.get('format')!r})")
+        raise UsageError(f"{path}: not OpenGLIP RegionCLIP weights (format {meta.get('format')!r})")
     if meta.get("kind") != kind:
-        raise ValueError(f"{path} holds a RegionCLIP {meta.get('kind')!r}, expected a {kind!r}")
+        raise UsageError(f"{path} holds a RegionCLIP {meta.get('kind')!r}, expected a {kind!r}")
     return json.loads(meta["config"]), state
 
 
@@ -62,7 +64,7 @@ def load_state(model: nn.Module, state: dict[str, torch.Tensor], where: str) -> 
     unexpected = [k for k in state if k not in own]
     bad = [k for k in own if k in state and own[k].shape != state[k].shape]
     if missing or unexpected or bad:
-        raise ValueError(
+        raise UsageError(
             f"{where} does not fit the model: {len(missing)} missing (first {missing[:3]}), "
             f"{len(unexpected)} unexpected (first {unexpected[:3]}), {len(bad)} with other shapes (first {bad[:3]})"
         )
@@ -175,7 +177,7 @@ def build_detector(
 def required_path(path: str, what: str) -> str:
     """``path`` itself; a ``ValueError`` naming the config key when it is empty (the loaders report missing files)."""
     if not path:
-        raise ValueError(f"no {what} file given: set {what}=PATH")
+        raise UsageError(f"no {what} file given: set {what}=PATH")
     return path
 
 
@@ -185,7 +187,7 @@ def required_path(path: str, what: str) -> str:
 def load_teacher(path: str | os.PathLike) -> ContrastiveTeacher:
     """A trained teacher (eval mode, frozen)."""
     cfg, state = read_weights(path, "teacher")
-    teacher = build_teacher(config_from_dict(TeacherConfig, cfg["teacher"]), pretrained=False)
+    teacher = build_teacher(config_from_dict(cfg["teacher"], TeacherConfig), pretrained=False)
     load_state(teacher, state, str(path))
     return teacher.requires_grad_(False).eval()
 
@@ -193,7 +195,7 @@ def load_teacher(path: str | os.PathLike) -> ContrastiveTeacher:
 def load_rpn(path: str | os.PathLike) -> ProposalNetwork:
     """A trained RPN (eval mode, frozen)."""
     cfg, state = read_weights(path, "rpn")
-    rpn = build_rpn(config_from_dict(RPNConfig, cfg["rpn"]), pretrained=False)
+    rpn = build_rpn(config_from_dict(cfg["rpn"], RPNConfig), pretrained=False)
     load_state(rpn, state, str(path))
     return rpn.requires_grad_(False).eval()
 
@@ -202,7 +204,7 @@ def load_student(path: str | os.PathLike) -> tuple[RegionStudent, dict]:
     """A pretrained student (eval mode) and its saved config (``{"pretrain": {...}, "templates", "encoder"}``)."""
     cfg, state = read_weights(path, "student")
     fields = {f.name for f in dataclasses.fields(StudentConfig)}
-    arch = config_from_dict(StudentConfig, {k: v for k, v in cfg["pretrain"].items() if k in fields})
+    arch = config_from_dict({k: v for k, v in cfg["pretrain"].items() if k in fields}, StudentConfig)
     student = build_student(arch, pretrained=False)
     load_state(student, state, str(path))
     return student.eval(), cfg
@@ -212,8 +214,8 @@ def load_detector(path: str | os.PathLike, *, text: TextEncoder | None = None) -
     """A transferred detector, ready for :meth:`OpenVocabDetector.predict` (eval mode)."""
     cfg, state = read_weights(path, "detector")
     detector = build_detector(
-        config_from_dict(TransferConfig, cfg["transfer"]),
-        rpn_config=config_from_dict(RPNConfig, cfg["rpn"]),
+        config_from_dict(cfg["transfer"], TransferConfig),
+        rpn_config=config_from_dict(cfg["rpn"], RPNConfig),
         templates=tuple(cfg["templates"]),
         encoder=cfg["encoder"],
         text=text,

@@ -30,7 +30,7 @@ from torchvision.ops import batched_nms
 
 from ..images import load_image
 from ..models.text_encoder import TextEncoder
-from ..prompts import load_tokenizer
+from ..prompts import load_tokenizer, parse_prompt
 from ..structures import Detections
 
 TEMPLATES = ("a photo of a {}.", "a {}.", "a close-up photo of the {}.")
@@ -123,6 +123,8 @@ class ZeroShotTeacher:
         topk_classes: ImageNet classes kept in the ConSE embedding.
         context: fraction of the box size added around a crop before classification.
         proposals: "auto" (YOLOv3-tiny when installed), "yolo" or "windows".
+        per_phrase: boxes kept per phrase after per-phrase NMS.
+        nms_iou: IoU threshold of that NMS.
     """
 
     def __init__(
@@ -133,12 +135,15 @@ class ZeroShotTeacher:
         topk_classes: int = 10,
         context: float = 0.1,
         proposals: str = "auto",
+        per_phrase: int = 20,
+        nms_iou: float = 0.5,
     ):
-        from ..api import resolve_device
+        from ..device import resolve_device
         from ..models.efficientnet import EfficientNetLite, load_pretrained
 
         self.device = resolve_device(device)
         self.max_proposals = max_proposals
+        self.per_phrase, self.nms_iou = per_phrase, nms_iou
         self.topk_classes = topk_classes
         self.context = context
         self.classifier = EfficientNetLite(variant="lite0", with_head=True)
@@ -208,43 +213,55 @@ class ZeroShotTeacher:
         return boxes, objectness, emb
 
     # -- grounding -------------------------------------------------------------------------------------
-    def ground(
+    def predict(
         self,
-        images: Sequence,
-        phrases: Sequence[Sequence[str]],
+        images,
+        prompt=None,
         *,
-        per_phrase: int = 20,
-        nms_iou: float = 0.5,
-    ) -> list[Detections]:
+        prompts=None,
+        box_threshold: float = 0.3,
+        batch_size: int = 4,
+        max_detections: int | None = None,
+    ) -> Detections | list[Detections]:
+        """The :class:`~openglip.structures.Predictor` call (same arguments as ``Detector.predict``): boxes
+        for each phrase of the prompt, at most ``per_phrase`` per phrase after per-phrase NMS."""
+        single = not isinstance(images, (list, tuple))
+        items = [images] if single else list(images)
+        if (prompt is None) == (prompts is None):
+            raise ValueError("give exactly one of prompt= (shared) or prompts= (one per image)")
+        if prompts is not None and len(prompts) != len(items):
+            raise ValueError(f"{len(prompts)} prompts for {len(items)} images")
+        parsed = (
+            [parse_prompt(p) for p in prompts] if prompts is not None else [parse_prompt(prompt)] * len(items)
+        )
         results = []
-        for source, names in zip(images, phrases):
-            image, (h, w) = load_image(source)
-            scale = np.array([w / image.width, h / image.height] * 2, dtype=np.float32)
-            names = list(names)
-            if not names:
-                results.append(Detections.empty((), (h, w)))
-                continue
-            boxes, objectness, emb = self.region_embeddings(image)
-            text = self.centred(self.text.concepts(names))  # (P, 384)
-            sim = (emb @ text.t()).cpu()  # (K, P)
-            score = (
-                torch.sigmoid((sim - SIM_CENTRE) / SIM_WIDTH) * torch.as_tensor(objectness)[:, None].sqrt()
-            )
-            K, P = score.shape
-            all_boxes = torch.as_tensor(boxes).repeat_interleave(P, 0)
-            all_scores, labels = score.reshape(-1), torch.arange(P).repeat(K)
-            keep = batched_nms(all_boxes, all_scores, labels, nms_iou)
-            keep = torch.cat([keep[labels[keep] == p][:per_phrase] for p in range(P)])
-            keep = keep[all_scores[keep].argsort(descending=True)]
-            kept_labels = labels[keep].numpy()
+        for i, (source, p) in enumerate(zip(items, parsed)):
+            dets = self._ground_one(source, list(p.phrases), where=f"image #{i}")
+            dets = dets[dets.scores >= box_threshold]
             results.append(
-                Detections(
-                    all_boxes[keep].numpy() * scale,
-                    all_scores[keep].numpy(),
-                    kept_labels,
-                    [names[i] for i in kept_labels],
-                    prompt_phrases=tuple(names),
-                    image_size=(h, w),
-                )
+                dets if max_detections is None else dets[np.arange(min(len(dets), max_detections))]
             )
-        return results
+        return results[0] if single else results
+
+    def _ground_one(self, source, names: list[str], where: str) -> Detections:
+        image, (h, w) = load_image(source, where=where)
+        scale = np.array([w / image.width, h / image.height] * 2, dtype=np.float32)
+        boxes, objectness, emb = self.region_embeddings(image)
+        text = self.centred(self.text.concepts(names))  # (P, 384)
+        sim = (emb @ text.t()).cpu()  # (K, P)
+        score = torch.sigmoid((sim - SIM_CENTRE) / SIM_WIDTH) * torch.as_tensor(objectness)[:, None].sqrt()
+        K, P = score.shape
+        all_boxes = torch.as_tensor(boxes).repeat_interleave(P, 0)
+        all_scores, labels = score.reshape(-1), torch.arange(P).repeat(K)
+        keep = batched_nms(all_boxes, all_scores, labels, self.nms_iou)
+        keep = torch.cat([keep[labels[keep] == p][: self.per_phrase] for p in range(P)])
+        keep = keep[all_scores[keep].argsort(descending=True)]
+        kept_labels = labels[keep].numpy()
+        return Detections(
+            all_boxes[keep].numpy() * scale,
+            all_scores[keep].numpy(),
+            kept_labels,
+            [names[i] for i in kept_labels],
+            prompt_phrases=tuple(names),
+            image_size=(h, w),
+        )

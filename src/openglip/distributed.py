@@ -1,4 +1,5 @@
-"""torch.distributed set-up for runs started with ``torchrun`` (gloo on CPU, nccl on GPU)."""
+"""torch.distributed set-up for runs started with ``torchrun`` (gloo on CPU, nccl on GPU), and the one
+all-reduce helper the losses and the engine share."""
 
 from __future__ import annotations
 
@@ -49,9 +50,18 @@ def cleanup(info: DistInfo) -> None:
         dist.destroy_process_group()
 
 
-def all_reduce_mean(value: float, info: DistInfo, device) -> float:
-    if not info.enabled:
+def mean_over_ranks(value: float, device: torch.device | str = "cpu") -> float:
+    """The mean of a scalar over the ranks of the process group (the value itself when not distributed).
+
+    GLIP normalises its losses by positives counted over all GPUs; every such reduction goes through here.
+    """
+    if not (dist.is_available() and dist.is_initialized()):
         return value
     t = torch.tensor([value], dtype=torch.float64, device=device)
     dist.all_reduce(t)
-    return float(t.item()) / info.world_size
+    return float(t.item()) / dist.get_world_size()
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The model inside a ``DistributedDataParallel`` wrapper (the model itself when not wrapped)."""
+    return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model

@@ -1,0 +1,135 @@
+"""GLIP as a trainer task: the grounding loss (ATSS, token-level focal loss, GIoU, centerness) plus GLIPv2's
+inter-image region-word loss and mask loss when the model has those heads."""
+
+from __future__ import annotations
+
+import torch
+
+from ..checkpoints import load_into, read_checkpoint, save_safetensors
+from ..config import ModelConfig, TrainConfig, config_to_dict
+from ..data.collate import Batch, Collate
+from ..distributed import unwrap
+from ..engine.optim import freeze_parts, param_groups
+from ..errors import UsageError
+from ..losses import GroundingLoss
+from ..losses.contrastive import inter_image_loss
+from ..losses.masks import mask_loss
+from ..models.detector import GLIP, build_model
+
+OPTIONAL_HEADS = ("contrastive.", "mask_head.")  # GLIPv2 heads a starting checkpoint may lack
+
+
+class GLIPTask:
+    """Trains a :class:`~openglip.models.detector.GLIP` (the default task of ``openglip train``).
+
+    Args:
+        model_cfg: the model.
+        cfg: the training run: loss settings and weights, and ``val_data`` for :meth:`evaluate`.
+    """
+
+    def __init__(self, model_cfg: ModelConfig, cfg: TrainConfig):
+        if cfg.inter_image_weight > 0 and model_cfg.inter_image_dim <= 0:
+            raise UsageError("inter_image_weight > 0 needs the model's projections: set inter_image_dim=64")
+        self.model_cfg, self.cfg = model_cfg, cfg
+        self.criterion = GroundingLoss(
+            topk=cfg.atss_topk,
+            alpha=cfg.focal_alpha,
+            gamma=cfg.focal_gamma,
+            normalized_token_targets=cfg.normalized_token_targets,
+        )
+
+    def build_model(self) -> GLIP:
+        return build_model(self.model_cfg)
+
+    def load_weights(self, model: GLIP, path: str) -> None:
+        """Strict loading, except that GLIPv2's extra heads (inter-image projections, mask head) may be absent
+        from the checkpoint: new heads start fresh, heads the checkpoint has are loaded."""
+        state, _ = read_checkpoint(path)
+        load_into(model, state, optional=OPTIONAL_HEADS)
+
+    def freeze(self, model: GLIP, spec: str) -> list[str]:
+        parts = {
+            "backbone": model.backbone,
+            "fpn": model.fpn,
+            "text": model.text_encoder,
+            "tower": model.tower,
+        }
+        return freeze_parts(parts, spec, aliases={"all_but_head": list(parts)})
+
+    def param_groups(self, model: GLIP, cfg: TrainConfig) -> list[dict]:
+        return param_groups(model, cfg, is_text=lambda name: name.startswith("text_encoder."))
+
+    def collate_fn(self) -> Collate:
+        return Collate(
+            size_divisibility=self.model_cfg.size_divisibility, max_text_len=self.model_cfg.max_text_len
+        )
+
+    def losses(self, model, batch: Batch) -> dict[str, torch.Tensor]:
+        out = model(
+            batch.pixel_values,
+            batch.image_sizes,
+            input_ids=batch.input_ids,
+            attention_mask=batch.attention_mask,
+        )
+        matched = self.criterion.assign(out, batch.targets)
+        losses = self.criterion(out, batch.targets, matched=matched)
+        core = unwrap(model)
+        if getattr(core, "mask_head", None) is not None and self.cfg.mask_weight > 0:
+            shape = tuple(batch.pixel_values.shape[-2:])
+            losses["loss_mask"] = self.cfg.mask_weight * mask_loss(
+                core.mask_head, out.visual, batch.targets, shape
+            )
+        if self.cfg.inter_image_weight > 0:
+            losses["loss_inter_image"] = self.cfg.inter_image_weight * inter_image_loss(
+                core.contrastive,
+                out,
+                batch.targets,
+                matched,
+                batch.token_phrase_ids,
+                self.cfg.inter_image_regions,
+            )
+        return losses
+
+    def evaluate(self, model: GLIP, step: int) -> dict[str, float]:
+        """Metrics on ``cfg.val_data``: the shapes val split (``"shapes"``) or an annotation file."""
+        if not self.cfg.val_data:
+            return {}
+        from ..api import Detector
+        from ..engine.evaluate import evaluate_file, evaluate_shapes
+
+        detector = Detector(model, device=next(model.parameters()).device)
+        if self.cfg.val_data == "shapes":
+            return evaluate_shapes(
+                detector, num_images=self.cfg.eval_images, image_size=self.cfg.shapes_image_size
+            )
+        return evaluate_file(detector, self.cfg.val_data, self.cfg.image_root, batch_size=8)[0]
+
+    def config_dict(self) -> dict:
+        return config_to_dict(self.model_cfg)
+
+    def export(self, model: GLIP, path) -> None:
+        save_safetensors(model, path, self.model_cfg)
+
+
+def train(
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
+    *,
+    dataset=None,
+    resume: bool = False,
+    overwrite: bool = False,
+    device: str | None = None,
+):
+    """Train a GLIP model: builds the dataset from ``train_cfg.data`` (unless given), runs the
+    :class:`~openglip.engine.trainer.Trainer` to ``max_steps`` and returns it (``trainer.result`` holds the last
+    logged and evaluated metrics; the weights are in ``train_cfg.out_dir/model.safetensors``)."""
+    from ..data.build import build_train_dataset
+    from ..engine.trainer import Trainer
+
+    if dataset is None:
+        dataset = build_train_dataset(model_cfg, train_cfg)
+    trainer = Trainer(
+        GLIPTask(model_cfg, train_cfg), train_cfg, dataset, resume=resume, overwrite=overwrite, device=device
+    )
+    trainer.fit()
+    return trainer
