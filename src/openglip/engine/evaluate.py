@@ -1,6 +1,7 @@
 """Evaluation: COCO box AP (with base/novel splits) and phrase-grounding Recall@k, on files or on the
 built-in shapes world. Vocabularies longer than the text limit are evaluated chunk by chunk (the detector
-chunks the prompt and merges the chunks before NMS)."""
+chunks the prompt and merges the chunks before NMS). Everything here takes any
+:class:`~openglip.structures.Predictor` (the engine never imports the inference API)."""
 
 from __future__ import annotations
 
@@ -11,10 +12,10 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from ..api import Detector
 from ..errors import DataError
 from ..metrics import coco_detection_metrics, grounding_recall, referring_miou
 from ..prompts import Prompt, build_prompt
+from ..structures import Predictor
 
 
 @dataclass
@@ -33,7 +34,7 @@ class GroundingItem:
 
 
 def detect_all(
-    detector: Detector, images: Sequence, prompt: Prompt, *, batch_size: int = 8, desc: str = "evaluate"
+    detector: Predictor, images: Sequence, prompt: Prompt, *, batch_size: int = 8, desc: str = "evaluate"
 ):
     """Detections (threshold 0, up to 100 per image) for every image with one prompt."""
     out = []
@@ -45,7 +46,7 @@ def detect_all(
 
 
 def evaluate_detection(
-    detector: Detector,
+    detector: Predictor,
     gt: dict,
     images: Sequence,
     *,
@@ -92,7 +93,7 @@ def _compressed(results: list[dict], gt: dict) -> list[dict]:
 
 
 def evaluate_referring_segmentation(
-    detector: Detector, items: Sequence[GroundingItem], *, batch_size: int = 8
+    detector: Predictor, items: Sequence[GroundingItem], *, batch_size: int = 8
 ):
     """Referring segmentation: the mask of the best box of each caption's referent vs its mask (mIoU, oIoU)."""
     preds, gts = [], []
@@ -121,7 +122,7 @@ def evaluate_referring_segmentation(
 
 
 def evaluate_grounding(
-    detector: Detector, items: Sequence[GroundingItem], *, batch_size: int = 8
+    detector: Predictor, items: Sequence[GroundingItem], *, batch_size: int = 8
 ) -> dict[str, float]:
     """Flickr30k-style Recall@1/5/10: each phrase ranked by its own scores, recalled if a top-k box has
     IoU >= 0.5 with any of its ground-truth boxes."""
@@ -171,13 +172,13 @@ def shapes_eval_set(num_images: int = 200, *, image_size: int = 128, seed: int =
 
 
 def evaluate_shapes(
-    detector: Detector, *, num_images: int = 200, image_size: int = 128, seed: int = 1234
+    detector: Predictor, *, num_images: int = 200, image_size: int = 128, seed: int = 1234
 ) -> dict:
     """Box AP on all / base / novel categories and grounding recall on the shapes world's val split."""
     gt, images, items = shapes_eval_set(num_images, image_size=image_size, seed=seed)
     metrics, _ = evaluate_detection(detector, gt, images)
     metrics.update(evaluate_grounding(detector, items))
-    if getattr(detector.model, "mask_head", None) is not None:
+    if getattr(getattr(detector, "model", None), "mask_head", None) is not None:
         metrics.update(evaluate_referring_segmentation(detector, items))
     return metrics
 
