@@ -114,6 +114,18 @@ def assert_same_detections(ref, boxes: np.ndarray, scores: np.ndarray, labels: n
         free[j] = False
 
 
+def assert_standard_ops(path: Path, expected: set[str]) -> None:
+    """Only default-domain ONNX operators (no custom op library, no fused attention), ``expected`` among them."""
+    import onnx
+
+    model = onnx.load(str(path))
+    ops = {(n.domain, n.op_type) for n in model.graph.node}
+    assert {domain for domain, _ in ops} <= {"", "ai.onnx"}, ops
+    names = {op for _, op in ops}
+    assert expected <= names and not names & {"Attention", "MultiHeadAttention", "DeformConv"}, names
+    assert all(o.domain in ("", "ai.onnx") and o.version >= 17 for o in model.opset_import)
+
+
 def check_against_pytorch(ref, result: dict, *, fixed: bool, nms: bool) -> None:
     """``ref``: :func:`reference`'s answer for the images and prompts the worker ran."""
     pixel_values, sizes, raw, dets, pmaps, text_mask = ref
@@ -342,3 +354,46 @@ def test_readme_export_example_runs_without_torch(tmp_path, tiny_det, monkeypatc
     counts = [line.split(" ", 1) for line in lines if line[:1].isdigit()]
     assert len(counts) == 3  # two images of the fixed model, one of the open-vocabulary model
     assert all(int(n) > 0 for n, _ in counts) and "circle" in counts[2][1]
+
+
+def test_export_friendly_ops_equal_the_model_ops():
+    """The swapped-in DCN (GridSample), attention (MatMul/Softmax) and EfficientNet padding compute the same."""
+    import torch.nn.functional as F
+    import torchvision
+
+    from openglip.export.patches import deform_conv_grid_sample, same_conv_constant_padding, sdpa_math
+    from openglip.models.dyhead import modulated_deform_conv
+    from openglip.models.efficientnet import SameConv2d
+
+    torch.manual_seed(0)
+    for stride, (H, W) in [(1, (7, 9)), (2, (8, 12)), (1, (1, 1))]:
+        Ho, Wo = (H - 1) // stride + 1, (W - 1) // stride + 1
+        x, weight, bias = torch.randn(2, 6, H, W), torch.randn(5, 6, 3, 3), torch.randn(5)
+        offset, mask = torch.randn(2, 18, Ho, Wo) * 2, torch.rand(2, 9, Ho, Wo)  # samples fall outside too
+        want = torchvision.ops.deform_conv2d(x, offset, weight, bias, stride=stride, padding=1, mask=mask)
+        for got in (deform_conv_grid_sample(x, offset, mask, weight, bias, stride),
+                    modulated_deform_conv(x, offset, mask, weight, bias, stride)):  # fmt: skip
+            assert (got - want).abs().max() <= 1e-5 * want.abs().max()
+    q, k, v = torch.randn(2, 3, 5, 8), torch.randn(2, 3, 7, 8), torch.randn(2, 3, 7, 4)
+    for mask in (torch.randn(2, 1, 5, 7), torch.rand(2, 1, 5, 7) > 0.3, None):
+        assert (sdpa_math(q, k, v, mask) - F.scaled_dot_product_attention(q, k, v, mask)).abs().max() <= 1e-6
+    for kernel, stride in [(3, 2), (5, 2), (3, 1), (1, 1)]:
+        conv = SameConv2d(3, 4, kernel, stride=stride)
+        x = torch.randn(1, 3, 64, 96)
+        assert torch.equal(same_conv_constant_padding(conv, x), conv(x))
+
+
+@pytest.mark.slow
+def test_dynamo_exporter_open_vocabulary_with_nms(tmp_path, tiny_det, photos):
+    """The dynamo exporter (what ``--exporter auto`` tries first) on the graph with the most in it: the text
+    encoder, dynamic token and phrase counts, and the NMS custom op's translation to NonMaxSuppression."""
+    result = export_onnx(tiny_det, tmp_path / "m.onnx", nms=True, exporter="dynamo")
+    assert result.exporter == "dynamo" and result.fallback_reason is None
+    assert_standard_ops(result.path, {"GridSample", "NonMaxSuppression", "Softmax", "MatMul"})
+    mixed = ["cat. red car. remote control.", "a dog. television"]
+    tasks = _tasks(tmp_path, result.path, photos, [PROMPT] * 2, "dyn")
+    tasks.append({"model": str(result.path), "images": [str(p) for p in photos], "prompts": mixed, "out": str(tmp_path / "mixed.npz")})  # fmt: skip
+    results = run_without_torch(tasks, tmp_path, tmp_path)
+    check_against_pytorch(reference(tiny_det, photos, [PROMPT] * 2), results[0], fixed=False, nms=True)
+    check_against_pytorch(reference(tiny_det, photos[1:], [PROMPT]), results[1], fixed=False, nms=True)
+    check_against_pytorch(reference(tiny_det, photos, mixed), results[2], fixed=False, nms=True)

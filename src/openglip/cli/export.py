@@ -46,6 +46,8 @@ def cmd_export(args) -> int:
     from ..api import load_model
     from ..export import export_onnx
 
+    if args.opset < 17:
+        raise UsageError(f"--opset {args.opset} is too old: the export needs opset 17 or newer")
     if not args.out.endswith(".onnx"):
         raise UsageError(f"--out {args.out!r} must name an .onnx file")
     if args.weights is None and args.preset is None:

@@ -220,7 +220,8 @@ def export_onnx(
     """Export a detector to ONNX.
 
     Args:
-        detector: an :class:`openglip.Detector` (its model, post-processing settings and transform are used).
+        detector: an :class:`openglip.Detector` (its model, post-processing settings and transform are used;
+            a model on the GPU is moved to the CPU, where the graph is traced).
         out: the ``.onnx`` file to write.
         prompt: a prompt (``"person. car."``, a list of names or a :class:`~openglip.prompts.Prompt`) to bake in
             (fixed vocabulary); None exports the open-vocabulary graph that takes ``input_ids`` and
@@ -243,15 +244,28 @@ def export_onnx(
         raise UsageError(f"--opset {opset} is too old: the export needs opset {MIN_OPSET} or newer")
     if exporter not in EXPORTERS:
         raise UsageError(f"exporter must be one of {', '.join(EXPORTERS)}, not {exporter!r}")
+    import importlib.util
+
+    needed = ["onnx"] + (["onnxscript"] if exporter != "torchscript" else [])
+    missing = [name for name in needed if importlib.util.find_spec(name) is None]
+    if missing:
+        raise UsageError(
+            f"ONNX export needs the package(s) {', '.join(missing)}: pip install 'openglip[export]'"
+        )
     if getattr(detector.model, "mask_head", None) is not None and progress is not None:
         progress("note: the mask head is not exported (boxes only)")
     say = progress or (lambda message: None)
     out = Path(out)
     parsed = parse_prompt(prompt) if prompt is not None else None
     mode = "fixed" if parsed is not None else "open"
-    detector.model.to("cpu").eval()
-    detector.device = torch.device("cpu")
-    detector._text_cache.clear()
+    if detector.device.type != "cpu" or detector.precision != "fp32":
+        # the graph is traced on the CPU in fp32 (the text features baked in are computed the same way)
+        from ..api import Detector
+
+        tuned = {caption: delta.cpu() for caption, delta in detector._tuned.items()}
+        detector = Detector(detector.model, device="cpu", precision="fp32")
+        detector._tuned = tuned
+    detector.model.eval()
 
     files = [out]
     tokenizer_file = None
