@@ -225,7 +225,8 @@ def test_tiny_fixed_and_open_vocabulary_with_nms_match_pytorch(tmp_path, tiny_de
 
 
 def test_glip_nano_fixed_and_open_vocabulary_match_pytorch(tmp_path, photos):
-    """EfficientNet-Lite0 + MiniLM (pretrained parts from PyPI); numpy post-processing (no NMS in the graph)."""
+    """EfficientNet-Lite0 + MiniLM (pretrained parts from PyPI): fixed vocabulary with NMS in the graph, open
+    vocabulary without (numpy post-processing)."""
     from openglip.api import Detector
     from openglip.config import apply_overrides, get_preset
     from openglip.models.detector import build_model
@@ -233,16 +234,16 @@ def test_glip_nano_fixed_and_open_vocabulary_match_pytorch(tmp_path, photos):
     torch.manual_seed(0)
     cfg = apply_overrides(get_preset("glip_nano"), ["min_size=256", "max_size=427"])  # 256x384 / 256x256
     det = firing(Detector(build_model(cfg), device="cpu"), bias=-2.0)
-    fixed = export_onnx(det, tmp_path / "fixed" / "m.onnx", prompt=PROMPT, exporter="torchscript")
+    fixed = export_onnx(det, tmp_path / "fixed" / "m.onnx", prompt=PROMPT, nms=True, exporter="torchscript")
     open_ = export_onnx(det, tmp_path / "open" / "m.onnx", exporter="torchscript")
-    assert fixed.inputs == ["images"] and open_.inputs == ["images", "input_ids", "attention_mask"]
+    assert fixed.inputs == ["images", "image_sizes"] and open_.inputs == ["images", "input_ids", "attention_mask"]
     tasks = _tasks(tmp_path, fixed.path, photos, None, "fixed") + _tasks(
         tmp_path, open_.path, photos, [PROMPT] * 2, "open"
     )
     results = run_without_torch(tasks, fixed.path.parent, tmp_path)  # fmt: skip
     batch2, batch1 = reference(det, photos, [PROMPT] * 2), reference(det, photos[1:], [PROMPT])
-    check_against_pytorch(batch2, results[0], fixed=True, nms=False)
-    check_against_pytorch(batch1, results[1], fixed=True, nms=False)
+    check_against_pytorch(batch2, results[0], fixed=True, nms=True)
+    check_against_pytorch(batch1, results[1], fixed=True, nms=True)
     check_against_pytorch(batch2, results[2], fixed=False, nms=False)
     check_against_pytorch(batch1, results[3], fixed=False, nms=False)
 
