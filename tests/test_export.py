@@ -236,7 +236,11 @@ def test_glip_nano_fixed_and_open_vocabulary_match_pytorch(tmp_path, photos):
     det = firing(Detector(build_model(cfg), device="cpu"), bias=-2.0)
     fixed = export_onnx(det, tmp_path / "fixed" / "m.onnx", prompt=PROMPT, nms=True, exporter="torchscript")
     open_ = export_onnx(det, tmp_path / "open" / "m.onnx", exporter="torchscript")
-    assert fixed.inputs == ["images", "image_sizes"] and open_.inputs == ["images", "input_ids", "attention_mask"]
+    assert fixed.inputs == ["images", "image_sizes"] and open_.inputs == [
+        "images",
+        "input_ids",
+        "attention_mask",
+    ]
     tasks = _tasks(tmp_path, fixed.path, photos, None, "fixed") + _tasks(
         tmp_path, open_.path, photos, [PROMPT] * 2, "open"
     )
@@ -246,51 +250,6 @@ def test_glip_nano_fixed_and_open_vocabulary_match_pytorch(tmp_path, photos):
     check_against_pytorch(batch1, results[1], fixed=True, nms=True)
     check_against_pytorch(batch2, results[2], fixed=False, nms=False)
     check_against_pytorch(batch1, results[3], fixed=False, nms=False)
-
-
-def test_cli_export_fixed_vocabulary_without_nms(tmp_path, tiny_det, photos, capsys):
-    """``openglip export`` from a checkpoint; the model's metadata carry everything the runner needs."""
-    import onnxruntime as ort
-
-    from openglip.checkpoints import save_safetensors
-
-    weights = tmp_path / "tiny.safetensors"
-    save_safetensors(tiny_det.model, weights)
-    out = tmp_path / "deploy" / "model.onnx"
-    args = [
-        "export",
-        "--weights",
-        str(weights),
-        "--out",
-        str(out),
-        "--prompt",
-        PROMPT,
-        "--exporter",
-        "torchscript",
-    ]
-    assert main(args) == 0
-    assert f"wrote {out} (fixed vocabulary, torchscript exporter; inputs: images)" in capsys.readouterr().out
-    meta = (
-        ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).get_modelmeta().custom_metadata_map
-    )
-    meta = {k: json.loads(v) for k, v in meta.items()}
-    cfg = tiny_det.config
-    assert (
-        meta["openglip.preset"] == "tiny"
-        and meta["openglip.mode"] == "fixed"
-        and meta["openglip.nms"] is False
-    )
-    assert (
-        meta["openglip.phrases"] == ["cat", "red car", "remote control"]
-        and meta["openglip.caption"] == PROMPT
-    )
-    assert meta["openglip.pixel_mean"] == list(cfg.pixel_mean) and meta["openglip.bgr"] is True
-    assert meta["openglip.strides"] == [8, 16, 32, 64, 128] and meta["openglip.size_divisibility"] == 32
-    assert not list(out.parent.glob("*.tmp")) and not (out.parent / "model.tokenizer.json").exists()
-    tasks = _tasks(tmp_path, out, photos, None, "cli")
-    results = run_without_torch(tasks, out.parent, tmp_path)
-    check_against_pytorch(reference(tiny_det, photos, [PROMPT] * 2), results[0], fixed=True, nms=False)
-    check_against_pytorch(reference(tiny_det, photos[1:], [PROMPT]), results[1], fixed=True, nms=False)
 
 
 @pytest.mark.parametrize(
@@ -326,9 +285,11 @@ def _readme_section(title: str) -> list[tuple[str, str]]:
 
 
 def test_readme_export_example_runs_without_torch(tmp_path, tiny_det, monkeypatch, capsys):
-    """The README's export commands (tiny weights, TorchScript exporter) and its numpy/ONNX Runtime snippet."""
+    """The README's export commands (tiny weights, TorchScript exporter), the metadata they write, the README's
+    numpy/ONNX Runtime snippet, and the fixed-vocabulary model against PyTorch."""
     import shlex
 
+    import onnxruntime as ort
     from skimage import data
 
     from openglip.checkpoints import save_safetensors
@@ -343,6 +304,22 @@ def test_readme_export_example_runs_without_torch(tmp_path, tiny_det, monkeypatc
         argv = shlex.split(line.replace("runs/shapes/model.safetensors", "tiny.safetensors"))[1:]
         assert main([*argv, "--exporter", "torchscript"]) == 0
     deploy = tmp_path / "deploy"
+    out = capsys.readouterr().out
+    assert "wrote deploy/shapes.onnx (fixed vocabulary, torchscript exporter; inputs: images)" in out
+    assert "wrote deploy/any.tokenizer.json" in out
+    assert not list(deploy.glob("*.tmp")) and not (deploy / "shapes.tokenizer.json").exists()
+    meta = ort.InferenceSession(str(deploy / "shapes.onnx"), providers=["CPUExecutionProvider"])
+    meta = {k: json.loads(v) for k, v in meta.get_modelmeta().custom_metadata_map.items()}
+    cfg = tiny_det.config
+    assert (
+        meta["openglip.preset"] == "tiny"
+        and meta["openglip.mode"] == "fixed"
+        and meta["openglip.nms"] is False
+    )
+    assert meta["openglip.phrases"] == ["red circle", "blue square"]
+    assert meta["openglip.caption"] == "red circle. blue square."
+    assert meta["openglip.pixel_mean"] == list(cfg.pixel_mean) and meta["openglip.bgr"] is True
+    assert meta["openglip.strides"] == [8, 16, 32, 64, 128] and meta["openglip.size_divisibility"] == 32
     Image.fromarray(data.astronaut()).save(deploy / "shapes.png")
     Image.fromarray(data.chelsea()).save(deploy / "photo.jpg")
     check = '\nimport sys\nassert "torch" not in sys.modules\nprint("NO_TORCH")\n'
@@ -355,6 +332,15 @@ def test_readme_export_example_runs_without_torch(tmp_path, tiny_det, monkeypatc
     counts = [line.split(" ", 1) for line in lines if line[:1].isdigit()]
     assert len(counts) == 3  # two images of the fixed model, one of the open-vocabulary model
     assert all(int(n) > 0 for n, _ in counts) and "circle" in counts[2][1]
+
+    # the fixed-vocabulary model written by the command line equals PyTorch (no NMS in this graph)
+    photos = [deploy / "photo.jpg", deploy / "shapes.png"]
+    results = run_without_torch(
+        _tasks(tmp_path, deploy / "shapes.onnx", photos, None, "cli"), deploy, tmp_path
+    )
+    prompt = "red circle. blue square."
+    check_against_pytorch(reference(tiny_det, photos, [prompt] * 2), results[0], fixed=True, nms=False)
+    check_against_pytorch(reference(tiny_det, photos[1:], [prompt]), results[1], fixed=True, nms=False)
 
 
 def test_export_friendly_ops_equal_the_model_ops():
@@ -398,3 +384,20 @@ def test_dynamo_exporter_open_vocabulary_with_nms(tmp_path, tiny_det, photos):
     check_against_pytorch(reference(tiny_det, photos, [PROMPT] * 2), results[0], fixed=False, nms=True)
     check_against_pytorch(reference(tiny_det, photos[1:], [PROMPT]), results[1], fixed=False, nms=True)
     check_against_pytorch(reference(tiny_det, photos, mixed), results[2], fixed=False, nms=True)
+
+
+@pytest.mark.slow
+def test_glip_t_fixed_vocabulary_with_nms_matches_pytorch(tmp_path, photos):
+    """GLIP-T (Swin-T, 6 fusion layers with the official DCN offset quirk; BERT-base is not in a fixed-vocabulary
+    graph), at a reduced input size (320 px shorter side) so that the forward passes stay cheap."""
+    from openglip.api import Detector
+    from openglip.config import apply_overrides, get_preset
+    from openglip.models.detector import build_model
+
+    torch.manual_seed(0)
+    cfg = apply_overrides(get_preset("glip_t"), ["min_size=320", "max_size=533"])  # 320x481 / 320x320
+    det = firing(Detector(build_model(cfg), device="cpu"), bias=-2.0)
+    result = export_onnx(det, tmp_path / "m.onnx", prompt=PROMPT, nms=True, exporter="torchscript")
+    results = run_without_torch(_tasks(tmp_path, result.path, photos, None, "glip_t"), tmp_path, tmp_path)
+    check_against_pytorch(reference(det, photos, [PROMPT] * 2), results[0], fixed=True, nms=True)
+    check_against_pytorch(reference(det, photos[1:], [PROMPT]), results[1], fixed=True, nms=True)
