@@ -401,3 +401,19 @@ def test_glip_t_fixed_vocabulary_with_nms_matches_pytorch(tmp_path, photos):
     results = run_without_torch(_tasks(tmp_path, result.path, photos, None, "glip_t"), tmp_path, tmp_path)
     check_against_pytorch(reference(det, photos, [PROMPT] * 2), results[0], fixed=True, nms=True)
     check_against_pytorch(reference(det, photos[1:], [PROMPT]), results[1], fixed=True, nms=True)
+
+
+def test_auto_falls_back_to_torchscript_and_says_why(tmp_path, tiny_det, monkeypatch):
+    import openglip.export.onnx as onnx_export
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("unsupported operator aten::something")
+
+    monkeypatch.setattr(onnx_export, "_export_dynamo", broken)
+    messages = []
+    result = export_onnx(tiny_det, tmp_path / "m.onnx", prompt=PROMPT, progress=messages.append)
+    assert result.exporter == "torchscript"
+    assert result.fallback_reason == "RuntimeError: unsupported operator aten::something"
+    assert any("using the TorchScript exporter" in m for m in messages)
+    with pytest.raises(UsageError, match=r"dynamo exporter failed .* try --exporter torchscript"):
+        export_onnx(tiny_det, tmp_path / "n.onnx", prompt=PROMPT, exporter="dynamo")

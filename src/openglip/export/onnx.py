@@ -15,6 +15,7 @@ exporter is used, and :class:`ExportResult` says which one wrote the file and wh
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import json
 import os
@@ -111,6 +112,9 @@ def _build_graph(detector, prompt, nms: bool):
     # distinct example sizes (2 images, H != W) so that no dimension is taken for another or for a constant
     images = torch.randn(2, 3, 5 * d, 7 * d)
     image_sizes = torch.tensor([[5 * d, 7 * d], [4 * d - 3, 6 * d + 1]], dtype=torch.long)
+    # a second input of other sizes, to check that the exported graph did not freeze any of them
+    check_images = torch.randn(1, 3, 3 * d, 4 * d)
+    check_sizes = torch.tensor([[3 * d - 5, 4 * d]], dtype=torch.long)
     batch, h, w = "batch", "height", "width"
     if prompt is not None:
         chunks = detector.encode_prompt(prompt)
@@ -128,6 +132,7 @@ def _build_graph(detector, prompt, nms: bool):
             **common,
         )
         args = (images, image_sizes) if nms else (images,)
+        check = (check_images, check_sizes) if nms else (check_images,)
         inputs = ["images", "image_sizes"] if nms else ["images"]
         outputs = ["scores", "boxes", "centerness", "logits", "box_regression"]
         axes = {"images": {0: batch, 2: h, 3: w}, "image_sizes": {0: batch}}
@@ -140,6 +145,11 @@ def _build_graph(detector, prompt, nms: bool):
         pmap[1, 0, 1:3] = 1
         graph = OpenVocabGraph(model, **common)
         args = (images, ids, mask, pmap, image_sizes) if nms else (images, ids, mask)
+        enc = model.tokenizer(["a cat"], return_tensors="pt")
+        check_pmap = torch.zeros(1, 1, enc["input_ids"].shape[1])
+        check_pmap[0, 0, 2] = 1
+        check = (check_images, enc["input_ids"], enc["attention_mask"])
+        check += (check_pmap, check_sizes) if nms else ()
         inputs = ["images", "input_ids", "attention_mask"]
         inputs += ["positive_map", "image_sizes"] if nms else []
         outputs = ["logits", "boxes", "centerness", "box_regression"]
@@ -153,7 +163,29 @@ def _build_graph(detector, prompt, nms: bool):
     if nms:
         outputs += ["det_boxes", "det_scores", "det_labels"]
     axes = {k: v for k, v in axes.items() if k in inputs}
-    return graph.eval(), args, inputs, outputs, axes
+    return graph.eval(), args, check, inputs, outputs, axes
+
+
+def _verify(graph, path: Path, check: tuple, inputs: list[str], outputs: list[str]) -> str | None:
+    """Run the exported file in ONNX Runtime on inputs of other sizes than the example's and compare it with the
+    module; returns what differs, or None. Skipped (None) when onnxruntime is not installed."""
+    if importlib.util.find_spec("onnxruntime") is None:
+        return None
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = session.run(None, {name: t.numpy() for name, t in zip(inputs, check)})
+    want = graph(*check)
+    for name, g, w in zip(outputs, got, want):
+        if name.startswith("det_"):  # ties may order detections differently; the raw outputs decide them
+            continue
+        w = w.numpy()
+        if g.shape != w.shape:
+            return f"output {name} is {g.shape} in ONNX Runtime, {w.shape} in PyTorch"
+        error = float(abs(g - w).max() / max(abs(w).max(), 1e-6))
+        if not error <= 1e-3:
+            return f"output {name} differs from PyTorch by {error:.2g} (relative)"
+    return None
 
 
 def _dynamo_shapes(inputs: list[str], axes: dict, divisibility: int) -> dict:
@@ -215,6 +247,7 @@ def export_onnx(
     nms: bool = False,
     opset: int = DEFAULT_OPSET,
     exporter: str = "auto",
+    verify: bool = True,
     progress=None,
 ) -> ExportResult:
     """Export a detector to ONNX.
@@ -229,6 +262,8 @@ def export_onnx(
         nms: also run the candidate selection and per-phrase ``NonMaxSuppression`` in the graph.
         opset: ONNX opset, 17 or higher.
         exporter: "auto" (dynamo, falling back to TorchScript), "dynamo" or "torchscript".
+        verify: run the written graph in ONNX Runtime (when installed) at an input size other than the traced
+            one and compare it with PyTorch; a dynamo graph that fails falls back to TorchScript.
         progress: optional callable taking a one-line status message.
 
     Returns:
@@ -244,17 +279,15 @@ def export_onnx(
         raise UsageError(f"--opset {opset} is too old: the export needs opset {MIN_OPSET} or newer")
     if exporter not in EXPORTERS:
         raise UsageError(f"exporter must be one of {', '.join(EXPORTERS)}, not {exporter!r}")
-    import importlib.util
-
     needed = ["onnx"] + (["onnxscript"] if exporter != "torchscript" else [])
     missing = [name for name in needed if importlib.util.find_spec(name) is None]
     if missing:
         raise UsageError(
             f"ONNX export needs the package(s) {', '.join(missing)}: pip install 'openglip[export]'"
         )
-    if getattr(detector.model, "mask_head", None) is not None and progress is not None:
-        progress("note: the mask head is not exported (boxes only)")
     say = progress or (lambda message: None)
+    if getattr(detector.model, "mask_head", None) is not None:
+        say("note: the mask head is not exported (boxes only)")
     out = Path(out)
     parsed = parse_prompt(prompt) if prompt is not None else None
     mode = "fixed" if parsed is not None else "open"
@@ -275,7 +308,7 @@ def export_onnx(
     fallback_reason = None
     used = None
     with export_friendly(), torch.no_grad():
-        graph, args, inputs, outputs, axes = _build_graph(detector, parsed, nms)
+        graph, args, check, inputs, outputs, axes = _build_graph(detector, parsed, nms)
         if exporter in ("auto", "dynamo"):
             say("exporting with the dynamo exporter (torch.onnx.export(dynamo=True))")
             meta = _metadata(
@@ -283,6 +316,9 @@ def export_onnx(
             )
             try:
                 _export_dynamo(graph, args, inputs, outputs, axes, opset, divisibility, meta, out)
+                problem = _verify(graph, out, check, inputs, outputs) if verify else None
+                if problem is not None:
+                    raise RuntimeError(f"the exported graph is wrong at another input size: {problem}")
                 used = "dynamo"
             except Exception as err:  # the exporter's failures have no common type
                 fallback_reason = (
@@ -304,6 +340,10 @@ def export_onnx(
                 tokenizer_file=tokenizer_file,
             )
             _export_torchscript(graph, args, inputs, outputs, axes, opset, meta, out)
+            problem = _verify(graph, out, check, inputs, outputs) if verify else None
+            if problem is not None:
+                out.unlink()
+                raise RuntimeError(f"the TorchScript exporter wrote a wrong graph: {problem}")
             used = "torchscript"
     if tokenizer_file is not None:
         tok_path = out.with_name(tokenizer_file)
