@@ -403,17 +403,50 @@ def test_glip_t_fixed_vocabulary_with_nms_matches_pytorch(tmp_path, photos):
     check_against_pytorch(reference(det, photos[1:], [PROMPT]), results[1], fixed=True, nms=True)
 
 
-def test_auto_falls_back_to_torchscript_and_says_why(tmp_path, tiny_det, monkeypatch):
+def test_auto_falls_back_to_torchscript_and_bakes_a_tuned_prompt(
+    tmp_path, tiny_det, photos, monkeypatch, capsys
+):
+    """``--exporter auto`` falls back to TorchScript when the dynamo exporter fails (here: made to fail) and
+    says why; ``--prompt-file`` bakes a prompt-tuning offset into the fixed vocabulary."""
+    import onnxruntime as ort
+
     import openglip.export.onnx as onnx_export
+    from openglip.checkpoints import save_safetensors
+    from openglip.prompt_tuning import TunedPrompt
 
     def broken(*args, **kwargs):
         raise RuntimeError("unsupported operator aten::something")
 
     monkeypatch.setattr(onnx_export, "_export_dynamo", broken)
-    messages = []
-    result = export_onnx(tiny_det, tmp_path / "m.onnx", prompt=PROMPT, progress=messages.append)
-    assert result.exporter == "torchscript"
-    assert result.fallback_reason == "RuntimeError: unsupported operator aten::something"
-    assert any("using the TorchScript exporter" in m for m in messages)
+    save_safetensors(tiny_det.model, tmp_path / "tiny.safetensors")
+    caption = "cat. dog."
+    tokens = len(tiny_det.model.tokenizer(caption)["input_ids"])
+    torch.manual_seed(2)
+    tuned = TunedPrompt(parse_prompt(caption), torch.randn(tokens, tiny_det.config.text_hidden), "tiny")
+    tuned.save(tmp_path / "prompt.safetensors")
+    out = tmp_path / "m.onnx"
+    argv = [
+        "export",
+        "--weights",
+        str(tmp_path / "tiny.safetensors"),
+        "--prompt-file",
+        str(tmp_path / "prompt.safetensors"),
+    ]
+    assert main([*argv, "--out", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert "the dynamo exporter failed (RuntimeError: unsupported operator aten::something)" in captured.err
+    assert "torchscript exporter" in captured.out
+
+    det = openglip.load_model(tmp_path / "tiny.safetensors", device="cpu")
+    plain = reference(det, photos, [caption] * 2)
+    det.add_tuned_prompt(tuned)
+    pixel_values, _, raw, _, pmaps, _ = reference(det, photos, [caption] * 2)
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    logits, scores = session.run(["logits", "scores"], {"images": pixel_values})
+    assert relative_error(logits, raw["logits"]) <= 1e-4
+    assert relative_error(logits, plain[2]["logits"]) > 1e-2  # the offset is in the graph
+    want = np.stack([phrase_scores(torch.from_numpy(x).sigmoid(), pmaps[0]).numpy() for x in raw["logits"]])
+    assert relative_error(scores, want) <= 1e-4
+
     with pytest.raises(UsageError, match=r"dynamo exporter failed .* try --exporter torchscript"):
         export_onnx(tiny_det, tmp_path / "n.onnx", prompt=PROMPT, exporter="dynamo")
