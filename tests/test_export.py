@@ -450,3 +450,44 @@ def test_auto_falls_back_to_torchscript_and_bakes_a_tuned_prompt(
 
     with pytest.raises(UsageError, match=r"dynamo exporter failed .* try --exporter torchscript"):
         export_onnx(tiny_det, tmp_path / "n.onnx", prompt=PROMPT, exporter="dynamo")
+
+
+def test_swin_exports_with_dynamic_sizes(tmp_path):
+    """A small Swin (glip_t's backbone: windows padded, shifted-window masks) traced at one size runs in ONNX
+    Runtime at others, equal to PyTorch; the export-friendly mask and block equal the model's own."""
+    import onnxruntime as ort
+
+    from openglip.export.patches import export_friendly, swin_block_forward, swin_shift_mask
+    from openglip.models.swin import SwinTransformer
+
+    torch.manual_seed(0)
+    swin = SwinTransformer(
+        embed_dim=16, depths=(2, 2, 2, 2), num_heads=(1, 1, 2, 2), drop_path_rate=0.0
+    ).eval()
+    stage, block = swin.layers[0], swin.layers[0].blocks[1]
+    for H, W in [(10, 17), (7, 7), (3, 12)]:
+        mask = stage._shift_mask(H, W, "cpu")
+        assert torch.equal(swin_shift_mask(stage, H, W, "cpu"), mask)
+        x = torch.randn(2, H * W, 16)
+        with torch.no_grad():
+            assert torch.allclose(swin_block_forward(block, x, H, W, mask), block(x, H, W, mask), atol=1e-6)
+
+    class Backbone(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.swin = swin
+
+        def forward(self, x):
+            return tuple(self.swin(x))
+
+    path = tmp_path / "swin.onnx"
+    with export_friendly(), torch.no_grad():
+        torch.onnx.export(Backbone(), (torch.randn(2, 3, 160, 224),), str(path), dynamo=False, opset_version=18,
+                          input_names=["x"], dynamic_axes={"x": {0: "b", 2: "h", 3: "w"}})  # fmt: skip
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for shape in [(1, 3, 320, 480), (2, 3, 96, 128)]:
+        x = torch.randn(*shape)
+        with torch.no_grad():
+            want = swin(x)
+        for got, ref in zip(session.run(None, {"x": x.numpy()}), want):
+            assert relative_error(got, ref.numpy()) <= 1e-5
