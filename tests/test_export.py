@@ -173,8 +173,14 @@ def photos(tmp_path_factory, chelsea) -> list[Path]:
 
 @pytest.fixture(scope="module")
 def tiny_det():
+    """tiny with glip_t's official DCN offset quirk (glip_nano covers the other offset path)."""
+    from openglip.api import Detector
+    from openglip.config import apply_overrides, get_preset
+    from openglip.models.detector import build_model
+
     torch.manual_seed(0)
-    return firing(openglip.load_model("tiny", device="cpu"), bias=-1.0)
+    cfg = apply_overrides(get_preset("tiny"), ["official_dcn_quirk=true"])
+    return firing(Detector(build_model(cfg), device="cpu"), bias=-1.0)
 
 
 def _tasks(
