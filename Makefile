@@ -40,6 +40,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/real_photos.py
 	$(BIN)/python benchmarks/glipv2.py
 	$(BIN)/python benchmarks/regionclip.py
+	$(BIN)/python benchmarks/export.py
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache
