@@ -153,51 +153,18 @@ def _add_tune(sub):
 
 
 def cmd_tune(args) -> int:
-    import dataclasses
     import logging
-    from functools import partial
 
-    from ..checkpoints import read_checkpoint
-    from ..config import TrainConfig, apply_overrides
     from ..data.build import read_annotations
-    from ..data.datasets import GroundingDataset
-    from ..data.transforms import default_train_transforms, to_model_input
-    from ..engine.trainer import Trainer
-    from ..engine.tune import TuneTask, few_shot
+    from ..engine.tune import tune
 
-    _, model_cfg = read_checkpoint(args.weights)
-    if model_cfg is None:
-        raise UsageError(f"{args.weights} carries no config; convert it first with openglip convert")
     records, categories = read_annotations(args.data, args.image_root)
-    if args.shots:
-        records = few_shot(records, categories, args.shots)
     if not records:
         raise UsageError(f"{args.data}: no usable records")
-    defaults = TrainConfig(max_steps=200, lr=1e-3 if args.mode == "prompt" else 1e-4, warmup_steps=10,
-                           checkpoint_every=100, log_every=10, ema_decay=0.0, num_negatives=0, flip_prob=0.0)  # fmt: skip
-    cfg = dataclasses.replace(apply_overrides(defaults, args.overrides), out_dir=args.out)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    dataset = GroundingDataset(
-        records,
-        categories,
-        transform=default_train_transforms(
-            min_sizes=cfg.train_min_sizes,
-            max_size=cfg.train_max_size,
-            flip_p=cfg.flip_prob,
-            jitter=cfg.color_jitter,
-        ),
-        to_tensor=partial(
-            to_model_input, mean=model_cfg.pixel_mean, std=model_cfg.pixel_std, bgr=model_cfg.bgr
-        ),
-        fixed_prompt=True,
-        seed=cfg.seed,
-    )
-    task = TuneTask(model_cfg, cfg, mode=args.mode, weights=args.weights, categories=categories)
-    trainer = Trainer(task, cfg, dataset, resume=args.resume, device=args.device)
-    trainer.fit()
-    if trainer.dist.is_main:
-        out = Path(args.out) / ("prompt.safetensors" if args.mode == "prompt" else "model.safetensors")
-        print(f"{args.mode} tuning on {len(records)} images, {trainer.step} steps -> {out}", file=sys.stderr)
+    out = tune(args.weights, records, categories, mode=args.mode, out_dir=args.out, overrides=args.overrides,
+               shots=args.shots, device=args.device, resume=args.resume)  # fmt: skip
+    print(f"{args.mode} tuning -> {out}", file=sys.stderr)
     return 0
 
 
