@@ -308,3 +308,11 @@ def test_ovcoco_novel_base_all(tmp_path):
     assert "2 base / 2 novel" in table
     everything = Oracle({(str(tmp_path / f"{i}.jpg"), i): [box] for i in range(4)})
     assert run_ovcoco(everything, gt, tmp_path, ovcoco_split())[0]["novel/AP50"] == pytest.approx(1.0)
+
+
+def test_mode_overrides_apply_to_their_mode_only():
+    from openglip.protocols.odinw import mode_overrides
+
+    items = ["max_steps=5", "prompt.lr=0.01", "full.lr=1e-4", "train_min_sizes=(64,)"]
+    assert mode_overrides(items, "prompt") == ["max_steps=5", "lr=0.01", "train_min_sizes=(64,)"]
+    assert mode_overrides(items, "linear") == ["max_steps=5", "train_min_sizes=(64,)"]

@@ -84,7 +84,7 @@ def _add_odinw(sub) -> None:
         description="Zero-shot AP on the test split of every dataset under ROOT (Roboflow COCO layout), and with "
         "--shots k-shot adaptation (GLIP's sampling, seeds 3/30/300) in each --mode. Finished units are kept in "
         "--out; rerunning the same command continues a killed run. key=value arguments override the tuning recipe "
-        "(max_steps=..., lr=..., batch_size=...).",
+        "(max_steps=..., lr=..., batch_size=...); mode.key=value applies to one mode only (prompt.lr=0.01).",
         epilog="example: openglip benchmark odinw data/odinw --weights model.safetensors --shots 1,3,5,10 --seeds 3 "
         "--mode prompt,linear,full --out outputs/odinw max_steps=200",
     )
@@ -223,7 +223,7 @@ def cmd_ovcoco(args) -> int:
     from ..data.coco import load_json
     from ..data.splits import parse_category_split, read_category_split
     from ..errors import DataError
-    from ..protocols.ovcoco import ovcoco_split, run_ovcoco
+    from ..protocols.ovcoco import load_ov_detector, ovcoco_split, run_ovcoco
 
     _no_overrides(args)
     try:
@@ -237,7 +237,8 @@ def cmd_ovcoco(args) -> int:
     else:
         split = ovcoco_split()
     root = args.image_root or str(Path(args.annotations).parent)
-    metrics, table = run_ovcoco(_detector(args), gt, root, split, batch_size=args.batch_size)
+    detector = load_ov_detector(args.weights, args.model, device=args.device, batch_size=args.batch_size)
+    metrics, table = run_ovcoco(detector, gt, root, split, batch_size=args.batch_size)
     return _finish(
         args, "ovcoco", {"annotations": args.annotations, "split": args.split, "metrics": metrics}, table
     )
@@ -258,6 +259,7 @@ def _add_ovcoco(sub) -> None:
     p.add_argument(
         "--split", default=None, help="split file: {'base': [...], 'novel': [...]}, {name: split}, ..."
     )
+    p.add_argument("--model", default="glip", choices=["glip", "regionclip"], help="what --weights holds")
     p.set_defaults(func=cmd_ovcoco)
 
 

@@ -24,6 +24,22 @@ from .coco import load_json
 
 ANNOTATION_FILE = "_annotations.coco.json"
 SPLITS = ("train", "valid", "test")
+# the 13 datasets GLIP reports (configs/odinw_13), by their folder under the official download's root
+ODINW13: tuple[str, ...] = (
+    "AerialMaritimeDrone/large",
+    "Aquarium/Aquarium Combined.v2-raw-1024.coco",
+    "CottontailRabbits",
+    "EgoHands/generic",
+    "NorthAmericaMushrooms/North American Mushrooms.v1-416x416.coco",
+    "Packages/Raw",
+    "PascalVOC",
+    "Raccoon/Raccoon.v2-raw.coco",
+    "ShellfishOpenImages/raw",
+    "VehiclesOpenImages/416x416",
+    "pistols/export",
+    "pothole",
+    "thermalDogsAndPeople",
+)
 # GLIP's ODinW configs use 3, 30 and 300 as the shuffle seeds of the 1/3/5/10-shot training sets
 GLIP_SEEDS = (3, 30, 300)
 
@@ -55,7 +71,8 @@ def find_odinw_datasets(root: str | Path, names: Sequence[str] | None = None) ->
 
     Args:
         root: the folder holding the datasets.
-        names: keep only these datasets (by name, or by the last part of the name).
+        names: keep only these datasets (by name, or by the last part of the name); ``"odinw13"`` stands for
+            GLIP's 13 (:data:`ODINW13`).
 
     Raises:
         DataError: the root does not exist, holds no dataset, or a requested name is not found.
@@ -81,6 +98,7 @@ def find_odinw_datasets(root: str | Path, names: Sequence[str] | None = None) ->
             f"{root}: no ODinW dataset found (expected <name>/{{train,valid,test}}/{ANNOTATION_FILE})"
         )
     if names:
+        names = [n for name in names for n in (ODINW13 if name.lower() == "odinw13" else (name,))]
         wanted = []
         for n in names:
             hits = [d for d in datasets if n in (d.name, d.name.rsplit("/", 1)[-1])]

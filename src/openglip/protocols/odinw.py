@@ -64,6 +64,21 @@ class AdaptContext:
     device: str | None = None
 
 
+def mode_overrides(overrides: Sequence[str], mode: str) -> list[str]:
+    """The overrides that apply to ``mode``: plain ``key=value`` ones and ``mode.key=value`` ones of this mode
+    (``prompt.lr=0.01 full.lr=1e-4``), without the prefix."""
+    out = []
+    for item in overrides:
+        key = item.split("=", 1)[0]
+        if "." in key:
+            prefix, rest = item.split(".", 1)
+            if prefix == mode:
+                out.append(rest)
+        else:
+            out.append(item)
+    return out
+
+
 def _tuned(mode: str) -> Callable[[AdaptContext], object]:
     """An adapter that runs :func:`openglip.engine.tune.tune` in ``mode`` and loads the result."""
 
@@ -74,7 +89,7 @@ def _tuned(mode: str) -> Callable[[AdaptContext], object]:
         from ..prompt_tuning import load_tuned_prompt
 
         records, categories, _ = read_coco(ctx.train_file, ctx.image_root)
-        overrides = [f"seed={ctx.seed}", *ctx.overrides]
+        overrides = [f"seed={ctx.seed}", *mode_overrides(ctx.overrides, mode)]
         out = tune(ctx.weights, records, categories, mode=mode, out_dir=ctx.run_dir, overrides=overrides,
                    device=ctx.device, resume=True, prompt=ctx.prompt)  # fmt: skip
         if mode == "prompt":

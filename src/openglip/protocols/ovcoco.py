@@ -21,6 +21,33 @@ from .common import category_prompt, detect_coco, fmt, markdown_table
 OVCOCO_SPLIT = resources.files("openglip.protocols") / "data" / "ovcoco_split.json"
 
 
+class RegionCLIPAdapter:
+    """A RegionCLIP detector (``openglip regionclip transfer``) behind the GLIP ``Detector.predict`` call the
+    protocols make: the prompt's phrases become its class names."""
+
+    def __init__(self, detector, batch_size: int = 8):
+        self.detector = detector
+        self.batch_size = batch_size
+
+    def predict(self, images, prompt=None, *, box_threshold: float = 0.0, **_):
+        dets = self.detector.predict(list(images), list(prompt.phrases), batch_size=self.batch_size)
+        return [d[d.scores >= box_threshold] for d in dets]
+
+
+def load_ov_detector(weights: str, model: str = "glip", *, device: str | None = None, batch_size: int = 8):
+    """A GLIP-family :class:`~openglip.api.Detector` (``model="glip"``) or a RegionCLIP detector (``"regionclip"``)."""
+    if model == "glip":
+        from .. import load_model
+
+        return load_model(weights, device=device)
+    if model == "regionclip":
+        from ..api import resolve_device
+        from ..regionclip import load_detector
+
+        return RegionCLIPAdapter(load_detector(weights).to(resolve_device(device)), batch_size)
+    raise ValueError(f"model must be glip or regionclip, not {model!r}")
+
+
 def ovcoco_split() -> dict[str, str]:
     """The 48 base / 17 novel COCO categories (OVR-CNN's split): ``{name: "base" | "novel"}``."""
     with resources.as_file(OVCOCO_SPLIT) as path:
