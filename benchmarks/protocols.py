@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
 
-def fixtures(root: Path, seed: int) -> dict[str, Path]:
+def fixtures(root: Path, seed: int, images: int) -> dict[str, Path]:
     """The shapes world in every layout (written once; reused when present)."""
     from openglip.data import shapes_formats as sf
 
@@ -36,9 +36,9 @@ def fixtures(root: Path, seed: int) -> dict[str, Path]:
         sf.write_odinw(paths["odinw"], seed=seed)
     for name in ("lvis", "flickr", "refcoco"):
         if not paths[name].exists():
-            sf.WRITERS[name](root / name, num_images=100, seed=seed)
+            sf.WRITERS[name](root / name, num_images=images, seed=seed)
     if not paths["ovcoco"].exists():
-        sf.write_ovcoco(root / "ovcoco", num_images=100, seed=seed)
+        sf.write_ovcoco(root / "ovcoco", num_images=images, seed=seed)
     return paths
 
 
@@ -48,7 +48,11 @@ def main() -> int:
     )
     parser.add_argument("--weights", default="outputs/shapes_demo/model.safetensors")
     parser.add_argument("--out", default="outputs/protocols_bench")
-    parser.add_argument("--steps", type=int, default=20, help="optimiser steps of every few-shot run")
+    parser.add_argument("--steps", type=int, default=10, help="optimiser steps of every few-shot run")
+    parser.add_argument("--test-images", type=int, default=16, help="test images per ODinW dataset")
+    parser.add_argument(
+        "--images", type=int, default=50, help="images of the LVIS / Flickr / RefCOCO / OV-COCO files"
+    )
     parser.add_argument("--shots", default="1,5,10")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--modes", default="prompt,linear,full")
@@ -73,7 +77,7 @@ def main() -> int:
         print(f"{args.weights} not found: train it with python -m openglip.demo shapes", file=sys.stderr)
         return 2
     out = Path(args.out)
-    paths = fixtures(out / "data", args.seed)
+    paths = fixtures(out / "data", args.seed, args.images)
     tables, timings = [], {}
 
     start = time.time()
@@ -98,6 +102,7 @@ def main() -> int:
     shots = tuple(int(k) for k in args.shots.split(",") if k)
     plan = OdinwPlan(
         shots=shots, seeds=glip_seeds(args.seeds), modes=tuple(args.modes.split(",")), device="cpu",
+        max_test_images=args.test_images,
         overrides=(f"max_steps={args.steps}", "batch_size=4", "warmup_steps=2", "checkpoint_every=0",
                    "train_min_sizes=(112,128,144)", "train_max_size=240",
                    # the rates of benchmarks/glipv2.py's few-shot comparison
@@ -110,7 +115,8 @@ def main() -> int:
     print()
     for t in tables:
         print(t, end="\n\n")
-    print(f"model {args.weights}; few-shot runs: {args.steps} steps, batch 4; seconds: "
+    print(f"model {args.weights}; few-shot runs: {args.steps} steps, batch 4; {args.test_images} test images "
+          "per ODinW dataset; seconds: "
           + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()))  # fmt: skip
     return 0
 
