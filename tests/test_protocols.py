@@ -316,3 +316,27 @@ def test_mode_overrides_apply_to_their_mode_only():
     items = ["max_steps=5", "prompt.lr=0.01", "full.lr=1e-4", "train_min_sizes=(64,)"]
     assert mode_overrides(items, "prompt") == ["max_steps=5", "lr=0.01", "train_min_sizes=(64,)"]
     assert mode_overrides(items, "linear") == ["max_steps=5", "train_min_sizes=(64,)"]
+
+
+def test_split_coco_metrics_agree_between_pycocotools_and_faster_coco_eval():
+    from openglip.metrics import coco_detection_metrics
+
+    rng = np.random.default_rng(1)
+    cats = [{"id": i, "name": n} for i, n in enumerate(["person", "cat", "car", "dog"], start=1)]
+    images = [{"id": i, "height": 200, "width": 200} for i in range(1, 7)]
+    anns, dets = [], []
+    for img in images:
+        for _ in range(3):
+            x, y, c = *rng.uniform(0, 150, size=2), int(rng.integers(1, 5))
+            anns.append({"id": len(anns) + 1, "image_id": img["id"], "category_id": c, "bbox": [x, y, 40, 40],
+                         "area": 1600, "iscrowd": 0})  # fmt: skip
+            for _ in range(2):
+                j = rng.normal(0, 6, size=2)
+                dets.append({"image_id": img["id"], "category_id": c if rng.random() < 0.8 else int(rng.integers(1, 5)),
+                             "bbox": [x + j[0], y + j[1], 40, 40], "score": float(rng.random())})  # fmt: skip
+    gt = {"images": images, "annotations": anns, "categories": cats}
+    splits = {"base": [1, 3], "novel": [2, 4]}
+    a = coco_detection_metrics(gt, dets, splits=splits)
+    b = coco_detection_metrics(gt, dets, splits=splits, backend="faster")
+    for key in ("AP", "AP50", "base/AP50", "novel/AP50"):
+        assert 0.0 < a[key] < 1.0 and a[key] == pytest.approx(b[key], abs=1e-6), key
