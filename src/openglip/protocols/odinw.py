@@ -226,8 +226,10 @@ def run_odinw(
         raise UsageError("--shots must be positive numbers (zero-shot is always run)")
     found = find_odinw_datasets(root, datasets)
     out = Path(out_dir)
+    # zero-shot everywhere first, then one seed at a time over every setting: a run stopped early still gives
+    # a full table, with fewer seeds
     units = [(ds, "", 0, 0) for ds in found]
-    units += [(ds, m, k, s) for ds in found for m in plan.modes for k in plan.shots for s in plan.seeds]
+    units += [(ds, m, k, s) for s in plan.seeds for m in plan.modes for k in plan.shots for ds in found]
     results: dict[str, dict[str, dict]] = {ds.name: {} for ds in found}
     zero_shot_model = None
     tests: dict[str, _TestSet] = {}
@@ -240,7 +242,7 @@ def run_odinw(
             results[ds.name][unit] = json.loads(path.read_text())
             continue
         if ds.name not in tests:
-            tests = {ds.name: _TestSet(ds, plan)}  # one dataset's test set in memory at a time
+            tests[ds.name] = _TestSet(ds, plan)
         test = tests[ds.name]
         if shots == 0:
             if zero_shot_model is None:
