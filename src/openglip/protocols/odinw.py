@@ -297,7 +297,8 @@ def summarize(results: dict[str, dict[str, dict]], plan: OdinwPlan, metric: str 
                 "std": s,
                 "n": sum(v is not None for v in vals),
             }
-            row.append(fmt(m, s if k else None))
+            done = sum(v is not None for v in vals)
+            row.append(fmt(m, s if k else None) + (f" (n={done})" if k and 0 < done < len(seeds) else ""))
         summary["datasets"][name] = entry
         rows.append(row)
     mean_row = [f"mean ({len(names)} datasets)"]
@@ -309,8 +310,9 @@ def summarize(results: dict[str, dict[str, dict]], plan: OdinwPlan, metric: str 
             if all(v is not None for v in vals) and vals:
                 per_seed.append(sum(vals) / len(vals))
         m, sd = mean_std(per_seed)
-        summary["mean"][f"{mode} {k}-shot" if k else "zero-shot"] = {"mean": m, "std": sd}
-        mean_row.append(fmt(m, sd if k else None))
+        summary["mean"][f"{mode} {k}-shot" if k else "zero-shot"] = {"mean": m, "std": sd, "n": len(per_seed)}
+        partial = f" (n={len(per_seed)})" if k and 0 < len(per_seed) < len(seeds) else ""
+        mean_row.append(fmt(m, sd if k else None) + partial)
     rows.append(mean_row)
     headers = ["dataset"] + ["zero-shot" if k == 0 else f"{mode} {k}-shot" for mode, k in settings]
     seeds_note = f", mean ± std over seeds {', '.join(map(str, plan.seeds))}" if plan.shots else ""
