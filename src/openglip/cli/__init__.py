@@ -14,9 +14,9 @@ import sys
 from ..errors import EXIT_BAD_INPUT, EXIT_BUG, OpenGLIPError
 
 # sub-command modules, in the order ``openglip --help`` lists them
-COMMANDS = ("detect", "train", "tune", "evaluate", "label", "convert", "data", "export")
+COMMANDS = ("detect", "train", "tune", "evaluate", "label", "convert", "data", "export", "benchmark")
 # commands whose trailing key=value words are config overrides
-OVERRIDE_COMMANDS = ("train", "tune", "regionclip")
+OVERRIDE_COMMANDS = ("train", "tune", "regionclip", "benchmark")
 
 
 def build_parser() -> argparse.ArgumentParser:

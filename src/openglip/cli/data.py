@@ -13,10 +13,26 @@ def _add_data(sub):
         "shapes",
         help="the synthetic shapes grounding world",
         description="Render the shapes world: images/, annotations.coco.json, detection.odvg.jsonl, "
-        "grounding.odvg.jsonl. The train split never contains the 8 novel colour-shape combinations.",
+        "grounding.odvg.jsonl. The train split never contains the 8 novel colour-shape combinations. "
+        "--format writes it in a benchmark's layout instead (odinw: Roboflow datasets; lvis: federated LVIS "
+        "JSON; flickr / refcoco: MDETR final_*.json; ovcoco: COCO + base/novel split file), for the "
+        "openglip benchmark commands.",
+        epilog="example: openglip data shapes --format odinw --out data/odinw_shapes",
     )
     s.add_argument("--out", required=True)
-    s.add_argument("--images", type=int, required=True)
+    s.add_argument(
+        "--format",
+        default="coco",
+        choices=["coco", "odinw", "lvis", "flickr", "refcoco", "ovcoco"],
+        help="layout (default coco: COCO + ODVG files)",
+    )
+    s.add_argument(
+        "--images",
+        type=int,
+        default=None,
+        help="images (coco: required; others: images per file, or per "
+        "ODinW split scaled from train 40 / valid 8 / test 24)",
+    )
     s.add_argument("--split", default="train", choices=["train", "val", "test", "all"])
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--size", type=int, default=128, help="image side in pixels")
@@ -26,14 +42,41 @@ def _add_data(sub):
 def cmd_data_shapes(args) -> int:
     from ..data.shapes import write_dataset
 
-    if args.images < 1:
+    if args.images is not None and args.images < 1:
         raise UsageError("--images must be at least 1")
     if args.size < 32:
         raise UsageError("--size must be at least 32")
+    if args.format != "coco":
+        return _write_format(args)
+    if args.images is None:
+        raise UsageError("--images is required for --format coco")
     paths = write_dataset(
         args.out, num_images=args.images, split=args.split, image_size=args.size, seed=args.seed
     )
     for key, path in paths.items():
+        print(f"{key}: {path}")
+    return 0
+
+
+def _write_format(args) -> int:
+    from ..data import shapes_formats
+
+    kwargs = {"image_size": args.size, "seed": args.seed}
+    if args.format == "odinw":
+        if args.images is not None:  # --images = test images; train and valid keep their proportions
+            base = shapes_formats.ODINW_SPLIT_SIZES
+            kwargs["sizes"] = {k: max(1, round(v * args.images / base["test"])) for k, v in base.items()}
+        written = shapes_formats.write_odinw(args.out, **kwargs)
+    else:
+        if args.images is not None:
+            kwargs["num_images"] = args.images
+        written = shapes_formats.WRITERS[args.format](args.out, **kwargs)
+    items = (
+        written.items()
+        if isinstance(written, dict)
+        else enumerate(written if isinstance(written, list) else [written])
+    )
+    for key, path in items:
         print(f"{key}: {path}")
     return 0
 

@@ -85,7 +85,8 @@ class GroundingDataset(Dataset):
         num_negatives: negatives sampled into a detection prompt (GLIP-T: 85).
         seed: base seed of the per-item generators.
         fixed_prompt: detection records always use every category in order, no sampling or shuffling
-            (downstream fine-tuning and prompt tuning, whose offset is tied to one prompt's tokens).
+            (downstream fine-tuning and prompt tuning, whose offset is tied to one prompt's tokens); a
+            :class:`~openglip.prompts.Prompt` with one phrase per category is used as that prompt.
         with_masks: decode the records' segmentations into ``masks`` (for models with a mask head).
     """
 
@@ -100,16 +101,17 @@ class GroundingDataset(Dataset):
         num_negatives: int = 85,
         max_tokens: int = 256,
         seed: int = 0,
-        fixed_prompt: bool = False,
+        fixed_prompt=False,
         with_masks: bool = False,
     ):
         self.records = list(records)
         self.with_masks = with_masks
         self.fixed = None
         if fixed_prompt:
-            from ..prompts import build_prompt
+            from ..prompts import Prompt, build_prompt
 
-            p = build_prompt(list(categories))
+            # a Prompt: the task's own wording (one phrase per category, in order), e.g. GLIP's caption prompts
+            p = fixed_prompt if isinstance(fixed_prompt, Prompt) else build_prompt(list(categories))
             self.fixed = (p.caption, {i: sp[0] for i, sp in enumerate(p.spans)})
         self.categories = list(categories)
         self.transform = transform

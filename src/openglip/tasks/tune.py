@@ -27,6 +27,7 @@ from ..distributed import unwrap
 from ..errors import DataError, UsageError
 from ..files import write_text_atomic
 from ..prompt_tuning import PromptTunedGLIP, fixed_prompt
+from ..prompts import Prompt
 from .glip import GLIPTask
 
 LINEAR_PROBE = (
@@ -44,14 +45,21 @@ class TuneTask(GLIPTask):
     """A :class:`GLIPTask` that starts from trained weights and trains only what ``mode`` allows."""
 
     def __init__(
-        self, model_cfg: ModelConfig, cfg: TrainConfig, *, mode: str, weights: str, categories: Sequence[str]
+        self,
+        model_cfg: ModelConfig,
+        cfg: TrainConfig,
+        *,
+        mode: str,
+        weights: str,
+        categories: Sequence[str],
+        prompt: Prompt | None = None,
     ):
         if mode not in MODES:
             raise UsageError(f"tuning mode must be one of {', '.join(MODES)}, not {mode!r}")
         super().__init__(model_cfg, cfg)
         self.mode = mode
         self.weights = weights
-        self.prompt = fixed_prompt(categories)
+        self.prompt = prompt or fixed_prompt(categories)
 
     def build_model(self) -> torch.nn.Module:
         model = super().build_model()
@@ -129,9 +137,11 @@ def tune(
     resume: bool = False,
     overwrite: bool = False,
     device: str | None = None,
+    prompt: Prompt | None = None,
 ) -> Path:
-    """Adapt the model in ``weights`` to a task's detection records with its fixed prompt (``categories`` in
-    order). Returns the result file: ``cfg.out_dir/prompt.safetensors`` (prompt mode) or ``model.safetensors``.
+    """Adapt the model in ``weights`` to a task's detection records with its fixed prompt: ``categories`` in
+    order joined by ". ", or ``prompt`` (one phrase per category, in order; e.g. GLIP's ODinW caption prompts).
+    Returns the result file: ``cfg.out_dir/prompt.safetensors`` (prompt mode) or ``model.safetensors``.
 
     Raises:
         UsageError: weights without an embedded config, an unknown mode.
@@ -158,9 +168,9 @@ def tune(
         to_tensor=partial(
             to_model_input, mean=model_cfg.pixel_mean, std=model_cfg.pixel_std, bgr=model_cfg.bgr
         ),
-        fixed_prompt=True,
+        fixed_prompt=prompt or True,
         seed=cfg.seed,
     )
-    task = TuneTask(model_cfg, cfg, mode=mode, weights=weights, categories=categories)
+    task = TuneTask(model_cfg, cfg, mode=mode, weights=str(weights), categories=categories, prompt=prompt)
     Trainer(task, cfg, dataset, resume=resume, overwrite=overwrite, device=device).fit()
     return Path(cfg.out_dir) / ("prompt.safetensors" if mode == "prompt" else "model.safetensors")

@@ -1,0 +1,244 @@
+"""The shapes world written in the layouts of the papers' benchmarks, so every protocol runs offline:
+
+* :func:`write_odinw`: several Roboflow-style datasets (``<name>/{train,valid,test}/_annotations.coco.json``
+  with Roboflow's extra category 0), each with its own category subset and background tint;
+* :func:`write_lvis`: an LVIS-style federated file (``coco_url`` image names, ``neg_category_ids``,
+  ``not_exhaustive_category_ids``, category ``frequency``: the 8 novel combinations are "rare");
+* :func:`write_flickr`: MDETR's ``final_flickr_separateGT_test.json`` from the listing captions;
+* :func:`write_refcoco`: MDETR's ``final_refcoco_val.json`` from the referring captions;
+* :func:`write_ovcoco`: a COCO file without split fields plus a base/novel split file.
+
+Only the shapes world's public API is used (:class:`ShapesWorld`, :func:`to_coco`, the category lists).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from ..files import write_text_atomic
+from .shapes import BASE, CATEGORIES, NOVEL, ShapesSample, ShapesWorld, to_coco
+
+# name -> (categories, background tint): different vocabularies and looks, as ODinW's datasets differ
+ODINW_DATASETS: dict[str, tuple[tuple[str, ...], tuple[float, float, float]]] = {
+    "Circles": (("red circle", "green circle", "blue circle", "yellow circle"), (1.0, 1.0, 1.0)),
+    "WarmShapes": (("red square", "orange star", "yellow triangle"), (1.08, 1.0, 0.9)),
+    "Monochrome": (("white cross", "black hexagon", "white square", "black circle"), (0.9, 0.95, 1.08)),
+    "Stars": (("red star", "blue star", "purple star", "white star", "yellow star"), (0.95, 1.06, 0.95)),
+    "NovelPairs": (NOVEL, (1.05, 0.95, 1.05)),
+}
+ODINW_SPLIT_SIZES = {"train": 40, "valid": 8, "test": 24}
+
+
+def _tinted(sample: ShapesSample, tint: tuple[float, float, float]) -> np.ndarray:
+    """The image with its background pixels (no object mask) multiplied by ``tint``."""
+    image = sample.image.astype(np.float32)
+    background = ~sample.masks.any(axis=0) if len(sample.masks) else np.ones(image.shape[:2], bool)
+    image[background] *= np.asarray(tint, dtype=np.float32)
+    return np.clip(image, 0, 255).astype(np.uint8)
+
+
+def _keep(sample: ShapesSample, keep: list[int]) -> ShapesSample:
+    return ShapesSample(sample.image, sample.boxes[keep], sample.labels[keep], sample.masks[keep],
+                        [sample.sizes[k] for k in keep], sample.captions)  # fmt: skip
+
+
+def _roboflow_coco(
+    samples: list[ShapesSample], names: list[str], categories: tuple[str, ...], super_name: str
+) -> dict:
+    """COCO dict in Roboflow's export: category 0 is the supercategory itself, real categories from 1."""
+    coco = to_coco(samples, names)
+    index = {CATEGORIES.index(n) + 1: i + 1 for i, n in enumerate(categories)}  # shapes id -> dataset id
+    for a in coco["annotations"]:
+        a["category_id"] = index[a["category_id"]]
+        a.pop("segmentation", None)
+    for im in coco["images"]:
+        im.pop("caption", None)
+    coco["categories"] = [{"id": 0, "name": super_name, "supercategory": "none"}] + [
+        {"id": i + 1, "name": n, "supercategory": super_name} for i, n in enumerate(categories)
+    ]
+    return coco
+
+
+def write_odinw(out_dir: str | Path, *, image_size: int = 128, seed: int = 0, sizes: dict[str, int] | None = None,
+                datasets: dict | None = None) -> list[Path]:  # fmt: skip
+    """Write ODinW-layout datasets of the shapes world.
+
+    Args:
+        out_dir: the ODinW root to create.
+        image_size: rendered image side.
+        seed: world seed (each dataset and split draws its own images).
+        sizes: images per split (default :data:`ODINW_SPLIT_SIZES`).
+        datasets: name -> (categories, background tint) (default :data:`ODINW_DATASETS`).
+
+    Returns:
+        The dataset folders.
+    """
+    out = Path(out_dir)
+    sizes = sizes or ODINW_SPLIT_SIZES
+    folders = []
+    for d, (name, (cats, tint)) in enumerate((datasets or ODINW_DATASETS).items()):
+        wanted = {CATEGORIES.index(c) for c in cats}
+        for s, (split, count) in enumerate(sizes.items()):
+            world = ShapesWorld(split="all", image_size=image_size, seed=seed + 1000 * d + 100 * s + 7)
+            folder = out / name / split
+            folder.mkdir(parents=True, exist_ok=True)
+            samples, names, i = [], [], 0
+            with tqdm(total=count, desc=f"odinw/{name}/{split}", disable=count < 50) as bar:
+                while len(samples) < count:
+                    sample = world.sample(i)
+                    i += 1
+                    keep = [k for k, lab in enumerate(sample.labels) if int(lab) in wanted]
+                    if not keep:
+                        continue
+                    file_name = f"{len(samples):05d}_png.rf.{d}{s}.png"
+                    Image.fromarray(_tinted(sample, tint)).save(folder / file_name, compress_level=1)
+                    samples.append(_keep(sample, keep))
+                    names.append(file_name)
+                    bar.update(1)
+            coco = _roboflow_coco(samples, names, tuple(cats), name.lower())
+            write_text_atomic(folder / "_annotations.coco.json", json.dumps(coco))
+        folders.append(out / name)
+    return folders
+
+
+def _frequency(name: str) -> str:
+    if name in NOVEL:
+        return "r"
+    return "c" if BASE.index(name) % 2 else "f"
+
+
+def write_lvis(out_dir: str | Path, *, num_images: int = 40, image_size: int = 128, seed: int = 0) -> Path:
+    """Write ``lvis_v1_val.json`` and its images (``val2017/<id>.png``, named through ``coco_url`` as LVIS v1 does).
+
+    Federated labels: every image lists as negatives 12 categories it does not contain, and (on every third
+    image with two boxes of one category) marks that category not exhaustive and drops one of its boxes.
+    Frequencies: the 8 novel combinations are rare, the base ones alternate common / frequent.
+    """
+    out = Path(out_dir)
+    (out / "val2017").mkdir(parents=True, exist_ok=True)
+    world = ShapesWorld(split="val", image_size=image_size, seed=seed + 11)
+    rng = np.random.default_rng(seed)
+    images, anns = [], []
+    for i in tqdm(range(num_images), desc="lvis", disable=num_images < 100):
+        sample = world.sample(i)
+        image_id = i + 1
+        Image.fromarray(sample.image).save(out / "val2017" / f"{image_id:012d}.png", compress_level=1)
+        present = sorted({int(x) + 1 for x in sample.labels})
+        absent = [c for c in range(1, len(CATEGORIES) + 1) if c not in present]
+        neg = sorted(int(c) for c in rng.choice(absent, size=min(12, len(absent)), replace=False))
+        not_exhaustive = []
+        labels = sample.labels.tolist()
+        drop = set()
+        repeated = [lab for lab in set(labels) if labels.count(lab) > 1]
+        if repeated and i % 3 == 0:
+            lab = repeated[0]
+            not_exhaustive.append(lab + 1)
+            drop.add(labels.index(lab))
+        for k, (box, lab) in enumerate(zip(sample.boxes.tolist(), labels)):
+            if k in drop:
+                continue
+            x1, y1, x2, y2 = box
+            anns.append({"id": len(anns) + 1, "image_id": image_id, "category_id": lab + 1,
+                         "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1)})  # fmt: skip
+        images.append({"id": image_id, "height": sample.image.shape[0], "width": sample.image.shape[1],
+                       "coco_url": f"http://images.cocodataset.org/val2017/{image_id:012d}.png",
+                       "neg_category_ids": neg, "not_exhaustive_category_ids": not_exhaustive})  # fmt: skip
+    cats = [{"id": i + 1, "name": n.replace(" ", "_"), "synonyms": [n], "frequency": _frequency(n)}
+            for i, n in enumerate(CATEGORIES)]  # fmt: skip
+    path = out / "lvis_v1_val.json"
+    write_text_atomic(path, json.dumps({"images": images, "annotations": anns, "categories": cats}))
+    return path
+
+
+def _save_images(out: Path, world: ShapesWorld, num_images: int, desc: str) -> list[tuple[ShapesSample, str]]:
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    pairs = []
+    for i in tqdm(range(num_images), desc=desc, disable=num_images < 100):
+        sample = world.sample(i)
+        name = f"images/{i:06d}.png"
+        Image.fromarray(sample.image).save(out / name, compress_level=1)
+        pairs.append((sample, name))
+    return pairs
+
+
+def _xywh(box) -> list[float]:
+    x1, y1, x2, y2 = (float(v) for v in box)
+    return [x1, y1, x2 - x1, y2 - y1]
+
+
+def write_flickr(out_dir: str | Path, *, num_images: int = 40, image_size: int = 128, seed: int = 0) -> Path:
+    """Write ``final_flickr_separateGT_test.json`` (MDETR's fields) from the listing captions, one entry per image."""
+    out = Path(out_dir)
+    pairs = _save_images(
+        out, ShapesWorld(split="val", image_size=image_size, seed=seed + 21), num_images, "flickr"
+    )
+    images, anns = [], []
+    for image_id, (sample, name) in enumerate(pairs):
+        cap = sample.captions[1]  # the listing caption: every object is a phrase
+        h, w = sample.image.shape[:2]
+        images.append({"file_name": name, "height": h, "width": w, "id": image_id, "caption": cap.caption,
+                       "dataset_name": "flickr", "tokens_negative": [[0, len(cap.caption)]], "sentence_id": 0,
+                       "original_img_id": image_id,
+                       "tokens_positive_eval": [r["tokens_positive"] for r in cap.regions]})  # fmt: skip
+        for r in cap.regions:
+            box = _xywh(sample.boxes[r["box_index"]])
+            anns.append({"area": box[2] * box[3], "iscrowd": 0, "image_id": image_id, "category_id": 1,
+                         "id": len(anns), "bbox": box, "tokens_positive": r["tokens_positive"]})  # fmt: skip
+    path = out / "final_flickr_separateGT_test.json"
+    categories = [{"supercategory": "object", "id": 1, "name": "object"}]
+    write_text_atomic(path, json.dumps({"info": [], "licenses": [], "images": images, "annotations": anns,
+                                        "categories": categories}))  # fmt: skip
+    return path
+
+
+def write_refcoco(out_dir: str | Path, *, num_images: int = 40, image_size: int = 128, seed: int = 0) -> Path:
+    """Write ``final_refcoco_val.json`` (MDETR's fields) from the referring captions: the referent is the
+    caption's first phrase ("the small green triangle" in "the small green triangle left of the red circle")."""
+    out = Path(out_dir)
+    pairs = _save_images(
+        out, ShapesWorld(split="val", image_size=image_size, seed=seed + 31), num_images, "refcoco"
+    )
+    images, anns = [], []
+    for image_id, (sample, name) in enumerate(pairs):
+        cap = sample.captions[0]
+        referent = cap.regions[0]
+        h, w = sample.image.shape[:2]
+        images.append({"file_name": name, "height": h, "width": w, "id": image_id, "original_id": image_id,
+                       "caption": cap.caption, "dataset_name": "refcoco",
+                       "tokens_negative": [r["tokens_positive"][0] for r in cap.regions[1:]]})  # fmt: skip
+        box = _xywh(sample.boxes[referent["box_index"]])
+        anns.append({"area": box[2] * box[3], "iscrowd": 0, "image_id": image_id,
+                     "category_id": int(sample.labels[referent["box_index"]]) + 1, "id": image_id, "bbox": box,
+                     "original_id": image_id, "tokens_positive": referent["tokens_positive"]})  # fmt: skip
+    path = out / "final_refcoco_val.json"
+    cats = [{"id": i + 1, "name": n} for i, n in enumerate(CATEGORIES)]
+    write_text_atomic(path, json.dumps({"images": images, "annotations": anns, "categories": cats}))
+    return path
+
+
+def write_ovcoco(
+    out_dir: str | Path, *, num_images: int = 40, image_size: int = 128, seed: int = 0
+) -> dict[str, Path]:
+    """Write ``annotations.coco.json`` (categories without ``split``) and ``split.json`` (base / novel names)."""
+    out = Path(out_dir)
+    pairs = _save_images(
+        out, ShapesWorld(split="val", image_size=image_size, seed=seed + 41), num_images, "ovcoco"
+    )
+    coco = to_coco([s for s, _ in pairs], [n for _, n in pairs])
+    for c in coco["categories"]:
+        c.pop("split", None)
+    for a in coco["annotations"]:
+        a.pop("segmentation", None)
+    paths = {"coco": out / "annotations.coco.json", "split": out / "split.json"}
+    write_text_atomic(paths["coco"], json.dumps(coco))
+    write_text_atomic(paths["split"], json.dumps({"base": list(BASE), "novel": list(NOVEL)}, indent=1))
+    return paths
+
+
+WRITERS = {"odinw": write_odinw, "lvis": write_lvis, "flickr": write_flickr, "refcoco": write_refcoco,
+           "ovcoco": write_ovcoco}  # fmt: skip
