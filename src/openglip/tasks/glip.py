@@ -45,9 +45,12 @@ class GLIPTask:
         return build_model(self.model_cfg)
 
     def load_weights(self, model: GLIP, path: str) -> None:
-        """Strict loading, except that GLIPv2's extra heads (inter-image projections, mask head) may be absent
-        from the checkpoint: new heads start fresh, heads the checkpoint has are loaded."""
+        """Strict loading, except that GLIPv2's extra heads (inter-image projections, mask, MLM, VQA and caption
+        heads) may be absent from the checkpoint: new heads start fresh, heads the checkpoint has are loaded;
+        heads the checkpoint has but this model lacks (the MLM head of pre-training, say) are left out."""
         state, _ = read_checkpoint(path)
+        ours = model.state_dict()
+        state = {k: v for k, v in state.items() if k in ours or not k.startswith(OPTIONAL_HEADS)}
         load_into(model, state, optional=OPTIONAL_HEADS)
 
     # heads this task trains (the others are frozen: under DDP every trainable parameter needs a gradient)
