@@ -149,3 +149,47 @@ def test_readme_vqa_and_caption_commands(runs, tmp_path, capsys):
         == 2
     )
     assert main(["train", "tiny", "--out", str(tmp_path / "r2"), "task=poetry"]) == 2
+
+
+def test_vqa_and_caption_training_on_files(tmp_path):
+    """README: ``--data questions.json,annotations.json ... task=vqa image_root=images/`` and a COCO Captions run,
+    each evaluated on its ``--val-data``; a record whose image is missing is skipped and counted."""
+    from PIL import Image
+
+    from openglip.data.captions import CaptionRecord, write_coco_captions
+    from openglip.data.vqa import VQARecord, write_vqav2
+
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(3):
+        Image.fromarray(np.full((40, 56, 3), 60 * i, np.uint8)).save(images / f"{i}.png")
+    qa = [VQARecord(str(images / f"{i}.png"), f"what is shown in {i}?", [("red", "blue", "2")[i]] * 10, "other",
+                    i + 1, i + 1) for i in range(3)]  # fmt: skip
+    qa.append(VQARecord(str(images / "missing.png"), "where?", ["here"] * 10, "other", 9, 9))
+    write_vqav2(tmp_path / "questions.json", tmp_path / "annotations.json", qa)
+    questions = json.loads((tmp_path / "questions.json").read_text())
+    for q in questions[
+        "questions"
+    ]:  # names relative to the image root, as in the README's image_root=images/
+        q["file_name"] = q["file_name"].removeprefix("images/")
+    (tmp_path / "questions.json").write_text(json.dumps(questions))
+    data = f"{tmp_path / 'questions.json'},{tmp_path / 'annotations.json'}"
+    done = _train(tmp_path / "vqa_mine", "--data", data, "--val-data", data, "task=vqa", f"image_root={images}", "max_steps=1",
+                  "checkpoint_every=0")  # fmt: skip
+    assert "missing_image: 1" in done.stderr
+    rows = _losses(tmp_path / "vqa_mine")
+    assert (
+        rows[0]["loss_vqa"] > 0
+        and 0.0 <= rows[-1]["eval/accuracy"] <= 1.0
+        and "eval/accuracy/other" in rows[-1]
+    )
+    caps = [
+        CaptionRecord(str(images / f"{i}.png"), [f"a picture number {i}.", "a grey image."], i + 1)
+        for i in range(3)
+    ]
+    write_coco_captions(tmp_path / "captions.json", caps)
+    _train(tmp_path / "cap_mine", "--data", str(tmp_path / "captions.json"), "--val-data", str(tmp_path / "captions.json"),
+           "task=caption", "max_steps=1", "checkpoint_every=0")  # fmt: skip
+    rows = _losses(tmp_path / "cap_mine")
+    assert rows[0]["loss_caption"] > 0 and "loss_align" not in rows[0]  # no boxes: no grounding loss
+    assert 0.0 <= rows[-1]["eval/BLEU-4"] <= 1.0 and rows[-1]["eval/CIDEr"] >= 0.0
