@@ -21,7 +21,7 @@ from ..errors import DataError
 from ..losses.language import caption_loss
 from ..models.detector import GLIP
 from .glip import GLIPTask
-from .vqa import vl_transforms
+from .vqa import unused_image_side, vl_transforms
 
 
 class CaptionTask(GLIPTask):
@@ -67,7 +67,10 @@ class CaptionTask(GLIPTask):
         out = model(pixel_values, batch.image_sizes, input_ids=batch.input_ids,
                     attention_mask=batch.attention_mask, causal=True, detect=False)  # fmt: skip
         logits = core.caption_head(out.fused_text, core.word_embeddings)  # (B, T, V)
-        losses = {"loss_caption": caption_loss(logits, batch.input_ids, batch.attention_mask)}
+        losses = {
+            "loss_caption": caption_loss(logits, batch.input_ids, batch.attention_mask)
+            + unused_image_side(out)
+        }
         if self.cfg.grounding_weight > 0:
             grounded = model(pixel_values, batch.image_sizes, input_ids=batch.input_ids,
                              attention_mask=batch.attention_mask)  # fmt: skip

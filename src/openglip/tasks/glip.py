@@ -64,7 +64,8 @@ class GLIPTask:
             "text": model.text_encoder,
             "tower": model.tower,
         }
-        idle = [n for n in ("head", "mlm_head", "vqa_head", "caption_head") if n not in self.trained_heads()]
+        heads = ("head", "mask_head", "contrastive", "mlm_head", "vqa_head", "caption_head")
+        idle = [n for n in heads if n not in self.trained_heads()]
         for name in idle:
             if getattr(model, name, None) is not None:
                 getattr(model, name).requires_grad_(False)

@@ -47,6 +47,13 @@ def drop_long_questions(records, max_tokens: int, report: SkipReport):
     return kept
 
 
+def unused_image_side(out) -> torch.Tensor:
+    """0 x the tower's image output. VQA and captioning read only the fused text, so the last block's image side
+    (its DyConv, the image half of its cross-attention) feeds no loss; DDP needs a gradient for every trainable
+    parameter, and this gives them an exact zero one."""
+    return sum(f.sum() for f in out.fused_visual) * 0.0
+
+
 class VQATask(GLIPTask):
     """Trains a GLIP with a VQA head (``ModelConfig.vqa_answers`` is set to the vocabulary's size).
 
@@ -122,7 +129,7 @@ class VQATask(GLIPTask):
         out = model(pixel_values, batch.image_sizes, input_ids=batch.input_ids,
                     attention_mask=batch.attention_mask, detect=False)  # fmt: skip
         logits = unwrap(model).vqa_head(out.fused_text[:, 0])  # (B, A)
-        return {"loss_vqa": vqa_loss(logits, batch.scores)}
+        return {"loss_vqa": vqa_loss(logits, batch.scores) + unused_image_side(out)}
 
     def evaluate(self, model: GLIP, step: int) -> dict[str, float]:
         """VQA accuracy (overall and per question type) on ``val_data``: ``"shapes"`` or VQA files."""
