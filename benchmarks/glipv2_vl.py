@@ -37,7 +37,9 @@ def configs(out: Path, steps: int, preset: str):
 
     model_cfg, train_cfg = demo_configs(budget=0.0, out=str(out), steps=steps)
     if preset != "glip_nano":  # smoke runs of this script
-        model_cfg = dataclasses.replace(get_preset(preset), min_size=model_cfg.min_size, max_size=model_cfg.max_size)
+        model_cfg = dataclasses.replace(
+            get_preset(preset), min_size=model_cfg.min_size, max_size=model_cfg.max_size
+        )
     return model_cfg, dataclasses.replace(train_cfg, checkpoint_every=0, log_every=max(steps // 10, 1))
 
 
@@ -51,13 +53,18 @@ def run(model_cfg, train_cfg):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--det-steps", type=int, default=300)
     parser.add_argument("--vl-steps", type=int, default=300)
     parser.add_argument("--images", type=int, default=200, help="val images per evaluation")
     parser.add_argument("--mlm-weight", type=float, default=0.5)
     parser.add_argument("--preset", default="glip_nano")
     parser.add_argument("--out", default="outputs/glipv2_vl")
+    parser.add_argument(
+        "--parts", default="a,b,c", help="tables to make; b and c without a reuse OUT/det_mlm"
+    )
     args = parser.parse_args()
     torch.set_num_threads(2)
     from openglip.api import Detector
@@ -67,8 +74,16 @@ def main() -> None:
     from openglip.tasks.vqa import evaluate_vqa
 
     out = Path(args.out)
+    parts = set(args.parts.split(","))
     rows_a, det = [], {}
-    for name, mlm in (("GLIP losses", False), ("+ MLM loss", True)):
+    if "a" not in parts:  # the MLM-pre-trained model of an earlier run
+        from openglip.checkpoints import read_checkpoint
+
+        det[True] = (
+            read_checkpoint(out / "det_mlm" / "model.safetensors")[1],
+            out / "det_mlm" / "model.safetensors",
+        )
+    for name, mlm in (("GLIP losses", False), ("+ MLM loss", True)) if "a" in parts else ():
         model_cfg, train_cfg = configs(out / ("det_mlm" if mlm else "det"), args.det_steps, args.preset)
         if mlm:
             model_cfg = dataclasses.replace(model_cfg, mlm_head=True)
@@ -78,27 +93,39 @@ def main() -> None:
         det[mlm] = (model_cfg, Path(train_cfg.out_dir) / "model.safetensors")
         rows_a.append((name, f"{m['base/AP50']:.3f}", f"{m['novel/AP50']:.3f}", f"{m['AP50']:.3f}", f"{m['R@1']:.3f}",
                        f"{seconds:.0f} s"))  # fmt: skip
-    print_table(("pre-training", "base AP50", "novel AP50", "all AP50", "R@1", "train time"), rows_a,
-                f"(a) MLM loss in detection pre-training ({args.det_steps} steps each)")  # fmt: skip
+    if rows_a:
+        print_table(("pre-training", "base AP50", "novel AP50", "all AP50", "R@1", "train time"), rows_a,
+                    f"(a) MLM loss in detection pre-training ({args.det_steps} steps each)")  # fmt: skip
 
     base_cfg, base_weights = det[True]
     vqa_items = shapes_vqa_items(args.images)
     rows_b = []
-    for name, blind in (("VQA head on the fused [CLS]", False), ("blind (constant image)", True)):
+    for name, blind in (
+        (("VQA head on the fused [CLS]", False), ("blind (constant image)", True)) if "b" in parts else ()
+    ):
         _, train_cfg = configs(out / ("vqa_blind" if blind else "vqa"), args.vl_steps, args.preset)
-        train_cfg = dataclasses.replace(train_cfg, task="vqa", init_weights=str(base_weights), blind=blind, lr=2e-4)
+        train_cfg = dataclasses.replace(
+            train_cfg, task="vqa", init_weights=str(base_weights), blind=blind, lr=2e-4
+        )
         model, seconds = run(base_cfg, train_cfg)
         m = evaluate_vqa(Detector(model, device="cpu"), vqa_items, blind=blind)
         types = ("colour", "shape", "count", "exist", "relation")
         rows_b.append((name, *[f"{m.get(f'accuracy/{t}', float('nan')):.3f}" for t in types],
                        f"{m['accuracy']:.3f}", f"{seconds:.0f} s"))  # fmt: skip
-    print_table(("model", "colour", "shape", "count", "exist", "relation", "overall", "train time"), rows_b,
-                f"(b) VQA accuracy on {args.images} val questions ({args.vl_steps} steps each)")  # fmt: skip
+    if rows_b:
+        print_table(("model", "colour", "shape", "count", "exist", "relation", "overall", "train time"), rows_b,
+                    f"(b) VQA accuracy on {args.images} val questions ({args.vl_steps} steps each)")  # fmt: skip
 
     cap_items = shapes_caption_items(args.images)
-    images, refs, samples = [s.image for s, _ in cap_items], [r for _, r in cap_items], [s for s, _ in cap_items]
+    images, refs, samples = (
+        [s.image for s, _ in cap_items],
+        [r for _, r in cap_items],
+        [s for s, _ in cap_items],
+    )
     rows_c = []
-    for name, blind in (("caption head (causal fusion)", False), ("blind (constant image)", True)):
+    for name, blind in (
+        (("caption head (causal fusion)", False), ("blind (constant image)", True)) if "c" in parts else ()
+    ):
         _, train_cfg = configs(out / ("cap_blind" if blind else "cap"), args.vl_steps, args.preset)
         train_cfg = dataclasses.replace(train_cfg, task="caption", init_weights=str(base_weights), blind=blind,
                                         lr=2e-4)  # fmt: skip
@@ -113,8 +140,9 @@ def main() -> None:
             shown = generate_captions(Detector(model, device="cpu"), images[:3])
             for cap, ref in zip(shown, refs[:3]):
                 print(f"  generated: {cap!r}  reference: {ref[0]!r}")
-    print_table(("model", "BLEU-4", "CIDEr", "grounded AP50", "train time"), rows_c,
-                f"(c) captioning on {args.images} val images ({args.vl_steps} steps each, greedy decoding)")  # fmt: skip
+    if rows_c:
+        print_table(("model", "BLEU-4", "CIDEr", "grounded AP50", "train time"), rows_c,
+                    f"(c) captioning on {args.images} val images ({args.vl_steps} steps each, greedy decoding)")  # fmt: skip
 
 
 if __name__ == "__main__":

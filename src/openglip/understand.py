@@ -77,8 +77,8 @@ def answer_questions(
         pixel_values, sizes, _ = _images(detector, images[start : start + batch_size], blind)
         ids, mask = model.tokenize(questions[start : start + batch_size])
         with detector._autocast():
-            fused = model(pixel_values, sizes, input_ids=ids, attention_mask=mask, detect=False).fused_text
-            logits = model.vqa_head(fused[:, 0])  # (B, A)
+            fused = model(pixel_values, sizes, input_ids=ids, attention_mask=mask, detect=False)
+            logits = model.vqa_head(fused.fused_text[:, 0], fused.fused_visual)  # (B, A)
         out.extend(model.answer_vocab[int(i)] for i in logits.float().argmax(-1))
     return out
 

@@ -323,6 +323,6 @@ def build_model(cfg: ModelConfig) -> GLIP:
         if cfg.mask_head
         else None,
         mlm_head=LMHead(cfg.text_hidden, VOCAB_SIZE) if cfg.mlm_head else None,
-        vqa_head=VQAHead(cfg.text_hidden, cfg.vqa_answers) if cfg.vqa_answers > 0 else None,
+        vqa_head=VQAHead(cfg.text_hidden, cfg.vqa_answers, cfg.fpn_channels) if cfg.vqa_answers > 0 else None,
         caption_head=LMHead(cfg.text_hidden, VOCAB_SIZE) if cfg.caption_head else None,
     )

@@ -49,23 +49,32 @@ class LMHead(nn.Module):
 
 
 class VQAHead(nn.Module):
-    """Answer classifier on the fused [CLS] token (GLIPv2/ViLT-style MLP).
+    """Answer classifier on the fused [CLS] token of the question.
 
-    Shapes: ``forward(cls (B, Dt)) -> logits (B, A)``.
+    The [CLS] feature also queries the tower's fused image features once (one attention-pooling step: after a
+    detection pre-training the [CLS] token's own image attention is close to a global average, which a short
+    fine-tuning does not sharpen), and an MLP (GLIPv2/ViLT-style) classifies ``[CLS, pooled image]``.
+
+    Shapes: ``forward(cls (B, Dt), visual: per level (B, C, H_l, W_l)) -> logits (B, A)``.
     """
 
-    def __init__(self, hidden: int, num_answers: int):
+    def __init__(self, hidden: int, num_answers: int, visual_dim: int):
         super().__init__()
         self.num_answers = num_answers
+        self.query = nn.Linear(hidden, visual_dim)
         self.mlp = nn.Sequential(
-            nn.Linear(hidden, 2 * hidden),
+            nn.Linear(hidden + visual_dim, 2 * hidden),
             nn.GELU(),
             nn.LayerNorm(2 * hidden),
             nn.Linear(2 * hidden, num_answers),
         )
 
-    def forward(self, cls: torch.Tensor) -> torch.Tensor:
-        return self.mlp(cls)
+    def forward(self, cls: torch.Tensor, visual: list[torch.Tensor]) -> torch.Tensor:
+        v = torch.cat([f.flatten(2) for f in visual], dim=2).transpose(1, 2)  # (B, N, C)
+        q = self.query(cls)  # (B, C)
+        attn = (torch.einsum("bnc,bc->bn", v, q) / v.shape[-1] ** 0.5).softmax(dim=1)  # (B, N)
+        pooled = torch.einsum("bn,bnc->bc", attn, v)  # (B, C)
+        return self.mlp(torch.cat([cls, pooled.to(cls.dtype)], dim=-1))
 
 
 # --------------------------------------------------------------------------------------------------------------

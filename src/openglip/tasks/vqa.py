@@ -1,6 +1,7 @@
 """GLIPv2's VQA as a trainer task (``openglip train PRESET task=vqa``): the fused [CLS] token of the question,
-after the deep-fusion tower has let it attend to the image, goes through a classifier over an answer vocabulary,
-trained with VQAv2's soft-score binary cross-entropy.
+after the deep-fusion tower has let it attend to the image (and one attention-pooling step over the fused image,
+see :class:`~openglip.models.vl_heads.VQAHead`), goes through a classifier over an answer vocabulary, trained with
+VQAv2's soft-score binary cross-entropy.
 
 Data (``TrainConfig.data``): ``"shapes"`` (the shapes world's questions) or comma-separated VQAv2
 questions/annotations JSON pairs and ``{"filename", "question", "answers"}`` JSONL files. The answer vocabulary is
@@ -128,8 +129,8 @@ class VQATask(GLIPTask):
         pixel_values = torch.zeros_like(batch.pixel_values) if self.cfg.blind else batch.pixel_values
         out = model(pixel_values, batch.image_sizes, input_ids=batch.input_ids,
                     attention_mask=batch.attention_mask, detect=False)  # fmt: skip
-        logits = unwrap(model).vqa_head(out.fused_text[:, 0])  # (B, A)
-        return {"loss_vqa": vqa_loss(logits, batch.scores) + unused_image_side(out)}
+        logits = unwrap(model).vqa_head(out.fused_text[:, 0], out.fused_visual)  # (B, A)
+        return {"loss_vqa": vqa_loss(logits, batch.scores)}
 
     def evaluate(self, model: GLIP, step: int) -> dict[str, float]:
         """VQA accuracy (overall and per question type) on ``val_data``: ``"shapes"`` or VQA files."""
