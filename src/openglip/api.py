@@ -239,6 +239,57 @@ class Detector:
             )
         return results
 
+    # -- GLIPv2 understanding heads (see openglip.understand) -------------------------------------------------
+    def answer(self, images, question: str | Sequence[str], *, batch_size: int = 8) -> str | list[str]:
+        """Answer a question about an image with the VQA head (a model trained with ``task=vqa``).
+
+        Args:
+            images: an image (path, PIL, numpy) or a list of them.
+            question: one question for every image, or one question per image.
+
+        Returns:
+            the answer (a string from the model's answer vocabulary), or a list of answers for a list of images.
+
+        Raises:
+            UsageError: no VQA head, an empty question or one longer than the text limit.
+            ImageError: an unreadable image.
+        """
+        from .understand import answer_questions
+
+        single = not isinstance(images, (list, tuple))
+        items = [images] if single else list(images)
+        questions = [question] * len(items) if isinstance(question, str) else list(question)
+        answers = answer_questions(self, items, questions, batch_size=batch_size)
+        return answers[0] if single else answers
+
+    def caption(
+        self, images, *, grounded: bool = False, beam_size: int = 1, max_length: int = 32,
+        box_threshold: float = 0.3, extractor: str = "auto", batch_size: int = 8,
+    ):  # fmt: skip
+        """Describe an image with the caption head (a model trained with ``task=caption``).
+
+        Args:
+            images: an image or a list of them.
+            grounded: also ground the caption's noun phrases (``extractor``: "auto", "rule" or "spacy") with the
+                detection head and return a :class:`~openglip.understand.GroundedCaption` (caption, Detections).
+            beam_size: 1 for greedy decoding, more for beam search.
+            max_length: most word pieces generated.
+            box_threshold: minimum score of a grounded box.
+
+        Returns:
+            a caption string (or :class:`GroundedCaption`), or a list of them for a list of images.
+        """
+        from .understand import generate_captions, ground_captions
+
+        single = not isinstance(images, (list, tuple))
+        items = [images] if single else list(images)
+        out = generate_captions(
+            self, items, beam_size=beam_size, max_length=max_length, batch_size=batch_size
+        )
+        if grounded:
+            out = ground_captions(self, items, out, box_threshold=box_threshold, extractor=extractor)
+        return out[0] if single else out
+
 
 def load_model(
     preset_or_path: str | os.PathLike = "glip_t",
@@ -263,4 +314,9 @@ def load_model(
     model = build_model(cfg)
     if state is not None:
         load_into(model, state)
+    if cfg.vqa_answers > 0:  # the answer vocabulary travels in the weights file's metadata
+        from .models.vl_heads import read_answer_vocab
+
+        source = weights if weights is not None else preset_or_path
+        model.answer_vocab = read_answer_vocab(source, cfg.vqa_answers) if state is not None else None
     return Detector(model, device=device, **detector_kwargs)

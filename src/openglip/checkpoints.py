@@ -320,6 +320,8 @@ def save_safetensors(model, path: str | os.PathLike, config: ModelConfig | None 
     cfg = config or model.config
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     meta = {"format": "openglip", "openglip_config": config_to_json(cfg)}
+    if getattr(model, "answer_vocab", None):  # GLIPv2's VQA head: its classes travel with it
+        meta["openglip_answers"] = json.dumps(list(model.answer_vocab))
     atomic_write(path, lambda tmp: save_file(state, tmp, metadata=meta))
 
 

@@ -93,6 +93,9 @@ class ModelConfig:
     inter_image_dim: int = 0  # GLIPv2 inter-image contrastive projections (0: not built; GLIPv2 uses 64)
     mask_head: bool = False  # GLIPv2 mask head (instance / referring segmentation)
     mask_channels: int = 128  # width of the mask head
+    mlm_head: bool = False  # GLIPv2 masked-language-modelling head on the fused text (for mlm_weight > 0)
+    vqa_answers: int = 0  # GLIPv2 VQA classifier on the fused [CLS] over this many answers (0: no head)
+    caption_head: bool = False  # GLIPv2 captioning head (unidirectional LM on the causally fused text)
 
     @property
     def num_levels(self) -> int:
@@ -148,6 +151,17 @@ class TrainConfig:
     inter_image_weight: float = 0.0  # GLIPv2 inter-image region-word loss (needs the model's inter_image_dim)
     inter_image_regions: int = 100  # positive regions per image in the inter-image loss (GLIP: 100)
     mask_weight: float = 1.0  # weight of the mask loss (models with a mask head, data with masks)
+    mlm_weight: float = (
+        0.0  # GLIPv2 masked-language-modelling loss (needs mlm_head=true); off for fine-tuning
+    )
+    mlm_probability: float = 0.15  # fraction of caption tokens masked (BERT's 80/10/10 rule inside it)
+    grounding_weight: float = 1.0  # task=caption: GLIP's grounding loss on captions that carry boxes (0: off)
+
+    # --- GLIPv2 understanding tasks -----------------------------------------------------------------------
+    task: str = "glip"  # what to train: "glip" (detection/grounding), "vqa" or "caption"
+    answer_vocab: str | None = None  # task=vqa: JSON list of answers (default: built from the training data)
+    max_answers: int = 3129  # task=vqa: answers kept when building the vocabulary (VQAv2 convention: 3129)
+    blind: bool = False  # task=vqa|caption: replace every image by a constant (the language-only baseline)
 
     init_weights: str | None = None  # start from these weights (fine-tuning)
     time_budget: float = 0.0  # stop after this many seconds (0: no limit)

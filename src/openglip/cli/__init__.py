@@ -14,7 +14,19 @@ import sys
 from ..errors import EXIT_BAD_INPUT, EXIT_BUG, OpenGLIPError
 
 # sub-command modules, in the order ``openglip --help`` lists them
-COMMANDS = ("detect", "train", "tune", "evaluate", "label", "convert", "data", "export", "benchmark")
+COMMANDS = (
+    "detect",
+    "train",
+    "tune",
+    "evaluate",
+    "vqa",
+    "caption",
+    "label",
+    "convert",
+    "data",
+    "export",
+    "benchmark",
+)
 # commands whose trailing key=value words are config overrides
 OVERRIDE_COMMANDS = ("train", "tune", "regionclip", "benchmark")
 

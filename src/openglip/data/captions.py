@@ -1,10 +1,12 @@
-"""Image-caption pairs as JSONL ``{"filename", "caption"}`` (input to pseudo-labelling and RegionCLIP)."""
+"""Image-caption pairs as JSONL ``{"filename", "caption"}`` (input to pseudo-labelling and RegionCLIP), and
+captioning data (COCO Captions JSON or the same JSONL) grouped per image for GLIPv2's captioning head."""
 
 from __future__ import annotations
 
 import json
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..files import write_text_atomic
@@ -61,3 +63,95 @@ def write_captions(path: str | os.PathLike, pairs: Sequence[tuple[str, str]]) ->
         for name, caption in pairs
     ]
     write_text_atomic(path, "".join(lines))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Captioning data: COCO Captions JSON and caption JSONL, grouped per image
+# --------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class CaptionRecord:
+    """One image with its reference captions (COCO Captions has about five per image).
+
+    Attributes:
+        file_name: image path (joined with the image root).
+        captions: the reference captions.
+        image_id: id from the source (COCO image id, or the first line number of a JSONL file).
+    """
+
+    file_name: str
+    captions: list[str] = field(default_factory=list)
+    image_id: int = 0
+
+
+def read_coco_captions(
+    json_path: str | os.PathLike, image_root: str | os.PathLike | None = None, *, check_images: bool = True
+) -> tuple[list[CaptionRecord], SkipReport]:
+    """Read a COCO Captions file (``{"images": [{"id", "file_name"}], "annotations": [{"image_id",
+    "caption"}]}``). Images without a caption, empty captions and missing image files are skipped and counted.
+
+    Raises:
+        DataError: the file is missing or not COCO Captions JSON.
+    """
+    from ..errors import DataError
+    from .coco import load_json
+
+    data = load_json(json_path)
+    if not isinstance(data, dict) or not isinstance(data.get("images"), list):
+        raise DataError(f"{json_path}: not a COCO Captions file (no 'images' list)")
+    root = Path(json_path).parent if image_root is None else Path(image_root)
+    report = SkipReport(source=str(json_path))
+    captions: dict = {}
+    for ann in data.get("annotations", []):
+        text = ann.get("caption") if isinstance(ann, dict) else None
+        if not isinstance(text, str) or not text.strip():
+            report.add("bad_caption")
+            continue
+        captions.setdefault(ann.get("image_id"), []).append(text.strip())
+    records = []
+    for img in data["images"]:
+        if not isinstance(img, dict) or not isinstance(img.get("file_name"), str):
+            report.add("bad_image_entry")
+            continue
+        if not captions.get(img.get("id")):
+            report.add("no_caption")
+            continue
+        path = resolve_image(img["file_name"], root)
+        if check_images and not os.path.isfile(path):
+            report.add("missing_image")
+            continue
+        records.append(CaptionRecord(path, captions[img["id"]], int(img["id"])))
+    report.log()
+    return records, report
+
+
+def write_coco_captions(path: str | os.PathLike, records: Sequence[CaptionRecord]) -> None:
+    """Write records as COCO Captions JSON (the inverse of :func:`read_coco_captions`)."""
+    folder = Path(path).parent
+    images, anns = [], []
+    for i, r in enumerate(records):
+        image_id = r.image_id or i + 1
+        images.append({"id": image_id, "file_name": relative_name(r.file_name, folder)})
+        for c in r.captions:
+            anns.append({"id": len(anns) + 1, "image_id": image_id, "caption": c})
+    write_text_atomic(path, json.dumps({"images": images, "annotations": anns}))
+
+
+def read_caption_files(spec: str, image_root: str | None = None) -> tuple[list[CaptionRecord], SkipReport]:
+    """Records of a comma-separated list of COCO Captions ``.json`` and caption ``.jsonl`` files (JSONL lines of
+    one image are grouped into one record)."""
+    records: list[CaptionRecord] = []
+    report = SkipReport(source=spec)
+    for p in [p.strip() for p in spec.split(",") if p.strip()]:
+        if p.endswith(".jsonl"):
+            pairs, rep = read_captions(p, image_root)
+            grouped: dict[str, CaptionRecord] = {}
+            for name, caption in pairs:
+                grouped.setdefault(name, CaptionRecord(name, [], len(grouped) + 1)).captions.append(caption)
+            records += list(grouped.values())
+        else:
+            recs, rep = read_coco_captions(p, image_root)
+            records += recs
+        report.counts.update(rep.counts)
+    return records, report

@@ -100,6 +100,8 @@ class GLIP(nn.Module):
         max_text_len: token limit of one caption (longer captions must be chunked by the caller).
         contrastive: GLIPv2's inter-image contrastive projections (see :mod:`openglip.losses.contrastive`).
         mask_head: optional :class:`~openglip.models.masks.MaskHead` (instance and referring segmentation).
+        mlm_head, vqa_head, caption_head: GLIPv2's understanding heads (:mod:`openglip.models.vl_heads`); they read
+            ``GLIPOutput.fused_text``. ``answer_vocab`` names the VQA head's classes.
     """
 
     def __init__(
@@ -116,6 +118,10 @@ class GLIP(nn.Module):
         config: ModelConfig | None = None,
         contrastive: nn.Module | None = None,
         mask_head: nn.Module | None = None,
+        mlm_head: nn.Module | None = None,
+        vqa_head: nn.Module | None = None,
+        caption_head: nn.Module | None = None,
+        answer_vocab: Sequence[str] | None = None,
     ):
         super().__init__()
         self.backbone = backbone
@@ -131,6 +137,15 @@ class GLIP(nn.Module):
             self.contrastive = contrastive
         if mask_head is not None:  # GLIPv2's segmentation head
             self.mask_head = mask_head
+        for name, head_ in (("mlm_head", mlm_head), ("vqa_head", vqa_head), ("caption_head", caption_head)):
+            if head_ is not None:  # GLIPv2's understanding heads
+                setattr(self, name, head_)
+        self.answer_vocab = None if answer_vocab is None else list(answer_vocab)
+
+    @property
+    def word_embeddings(self) -> torch.Tensor:
+        """(V, Dt) the text encoder's word embeddings (the tied decoder of the MLM and caption heads)."""
+        return self.text_encoder.bert.embeddings.word_embeddings.weight
 
     # -- text ---------------------------------------------------------------------------------------------
     def tokenize(self, captions: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -145,10 +160,18 @@ class GLIP(nn.Module):
             )
         return enc["input_ids"], enc["attention_mask"]
 
-    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> TextFeatures:
+    def encode_text(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, causal: bool = False
+    ) -> TextFeatures:
+        """Token ids -> text features; ``causal``: each token sees only itself and earlier tokens (captioning)."""
         device = self.head.bias0.device
         input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
-        hidden = self.text_encoder(input_ids, attention_mask)
+        if causal:
+            from .vl_heads import causal_mask
+
+            hidden = self.text_encoder(input_ids, causal_mask(attention_mask)[:, None])  # (B, 1, T, T) mask
+        else:
+            hidden = self.text_encoder(input_ids, attention_mask)
         return TextFeatures(input_ids, attention_mask, hidden)
 
     # -- image --------------------------------------------------------------------------------------------
@@ -166,6 +189,8 @@ class GLIP(nn.Module):
         visual: list[torch.Tensor] | None = None,
         input_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
+        causal: bool = False,
+        detect: bool = True,
     ) -> GLIPOutput:
         """Run the detector on a batch.
 
@@ -175,6 +200,10 @@ class GLIP(nn.Module):
             captions: B caption strings; or ``input_ids``/``attention_mask`` (B, T) already tokenized; or
                 ``text`` already encoded (e.g. cached).
             visual: precomputed FPN features (to run several prompt chunks on one image pass).
+            causal: caption mode (see :mod:`openglip.models.vl_heads`): the text attends causally, the image only
+                to [CLS]. Text features passed in ``text`` must then have been encoded with ``causal=True``.
+            detect: run the grounding head (``False``: ``logits``, ``box_regression``, ``centerness`` and
+                ``anchors`` are empty lists; VQA and captioning read only ``fused_text``).
         """
         if pixel_values.ndim != 4 or pixel_values.shape[1] != 3:
             raise ValueError(f"pixel_values must be (B, 3, H, W), got {tuple(pixel_values.shape)}")
@@ -183,19 +212,24 @@ class GLIP(nn.Module):
             image_sizes = [tuple(pixel_values.shape[-2:])] * B
         if text is None and input_ids is not None:
             text = self.encode_text(
-                input_ids, attention_mask if attention_mask is not None else input_ids.ne(0)
+                input_ids, attention_mask if attention_mask is not None else input_ids.ne(0), causal=causal
             )
         if text is None:
             if captions is None:
                 raise ValueError("give captions, input_ids or text features")
             if len(captions) != B:
                 raise ValueError(f"{len(captions)} captions for {B} images")
-            text = self.encode_text(*self.tokenize(captions))
+            text = self.encode_text(*self.tokenize(captions), causal=causal)
         if visual is None:
             visual = self.encode_image(pixel_values)
-        fused_visual, fused_text = self.tower(visual, text.hidden, text.attention_mask)
-        logits, boxes, centers = self.head(fused_visual, fused_text)
-        anchors = self.anchor_generator([f.shape[-2:] for f in visual], pixel_values.device)
+        if causal:
+            fused_visual, fused_text = self.tower(visual, text.hidden, text.attention_mask, causal=True)
+        else:
+            fused_visual, fused_text = self.tower(visual, text.hidden, text.attention_mask)
+        logits, boxes, centers, anchors = [], [], [], []
+        if detect:
+            logits, boxes, centers = self.head(fused_visual, fused_text)
+            anchors = self.anchor_generator([f.shape[-2:] for f in visual], pixel_values.device)
         return GLIPOutput(
             logits=logits,
             box_regression=boxes,
@@ -249,6 +283,8 @@ def build_model(cfg: ModelConfig) -> GLIP:
     from ..prompts import load_tokenizer
     from .contrastive import InterImageContrastive
     from .masks import MaskHead
+    from .text_encoder import VOCAB_SIZE
+    from .vl_heads import LMHead, VQAHead
 
     backbone = build_backbone(cfg)
     fpn = FPN(in_channels=list(backbone.out_channels), out_channels=cfg.fpn_channels)
@@ -286,4 +322,7 @@ def build_model(cfg: ModelConfig) -> GLIP:
         mask_head=MaskHead(in_channels=cfg.fpn_channels, channels=cfg.mask_channels)
         if cfg.mask_head
         else None,
+        mlm_head=LMHead(cfg.text_hidden, VOCAB_SIZE) if cfg.mlm_head else None,
+        vqa_head=VQAHead(cfg.text_hidden, cfg.vqa_answers, cfg.fpn_channels) if cfg.vqa_answers > 0 else None,
+        caption_head=LMHead(cfg.text_hidden, VOCAB_SIZE) if cfg.caption_head else None,
     )

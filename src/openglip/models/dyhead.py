@@ -203,7 +203,16 @@ class FusionBlock(nn.Module):
         self.text_layer = text_layer
         self.dyconv = dyconv
 
-    def forward(self, visual, text, text_mask):
+    def forward(self, visual, text, text_mask, causal: bool = False):
+        """``causal`` (captioning, see :mod:`openglip.models.vl_heads`): the image attends only to [CLS] and the
+        text layer attends causally, so no token sees a later one through either modality."""
+        if causal:
+            from .vl_heads import causal_mask, prefix_mask
+
+            visual, text = self.cross_attn(visual, text, prefix_mask(text_mask))
+            if self.text_layer is not None:
+                text = self.text_layer(text, causal_mask(text_mask))
+            return self.dyconv(visual), text
         visual, text = self.cross_attn(visual, text, text_mask)
         if self.text_layer is not None:
             text = self.text_layer(text, text_mask)
@@ -217,7 +226,15 @@ class FusionTower(nn.Module):
         super().__init__()
         self.layers = nn.ModuleList(blocks)
 
-    def forward(self, visual: list[torch.Tensor], text: torch.Tensor, text_mask: torch.Tensor | None):
+    def forward(
+        self,
+        visual: list[torch.Tensor],
+        text: torch.Tensor,
+        text_mask: torch.Tensor | None,
+        causal: bool = False,
+    ):
         for block in self.layers:
-            visual, text = block(visual, text, text_mask)
+            visual, text = (
+                block(visual, text, text_mask, causal=True) if causal else block(visual, text, text_mask)
+            )
         return visual, text

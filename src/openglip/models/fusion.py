@@ -169,7 +169,8 @@ class CrossModalFusion(nn.Module):
 class TextLayer(nn.Module):
     """A BERT encoder layer for the text side of the fusion tower, with GLIP's +-50000 clamps.
 
-    Shapes: ``forward(hidden (B, T, D), mask (B, T)) -> (B, T, D)``.
+    Shapes: ``forward(hidden (B, T, D), mask (B, T) keys, or (B, T, T) queries x keys) -> (B, T, D)``; the
+    3-D mask makes the layer causal for captioning.
     """
 
     def __init__(
@@ -200,7 +201,9 @@ class TextLayer(nn.Module):
         q, k, v = split(self.query(x)), split(self.key(x)), split(self.value(x))
         scores = (q @ k.transpose(-1, -2)) / math.sqrt(hd)
         scores = scores.clamp(-CLAMP, CLAMP)
-        if mask is not None:
+        if mask is not None and mask.ndim == 3:  # (B, T, T): per-query key masks (causal captioning)
+            scores = scores + ((1.0 - mask.to(scores.dtype)) * torch.finfo(scores.dtype).min)[:, None]
+        elif mask is not None:
             scores = (
                 scores + ((1.0 - mask.to(scores.dtype)) * torch.finfo(scores.dtype).min)[:, None, None, :]
             )

@@ -3,13 +3,44 @@
 A task says how to build the model, load and freeze it, which parameter groups to optimise, how to batch
 the data, what the losses are, how to evaluate and how to export. The trainer itself knows nothing of GLIP.
 
-* :class:`GLIPTask` (``openglip train``): GLIP's grounding loss, GLIPv2's inter-image and mask losses.
+* :class:`GLIPTask` (``openglip train``): GLIP's grounding loss, GLIPv2's inter-image, mask and MLM losses.
+* :class:`VQATask` (``openglip train ... task=vqa``), :class:`CaptionTask` (``task=caption``): GLIPv2's
+  understanding heads on the same fused model.
 * :class:`TuneTask` (``openglip tune``): prompt tuning, linear probing or full fine-tuning of a trained GLIP.
 * RegionCLIP's stages live in :mod:`openglip.regionclip.tasks`.
 """
 
+from ..errors import UsageError
 from .base import Task
-from .glip import GLIPTask, train
+from .caption import CaptionTask
+from .glip import GLIPTask
+from .glip import train as train_glip
 from .tune import TuneTask, few_shot, tune
+from .vqa import VQATask
 
-__all__ = ["GLIPTask", "Task", "TuneTask", "few_shot", "train", "tune"]
+TASKS = {"glip": GLIPTask, "vqa": VQATask, "caption": CaptionTask}  # TrainConfig.task -> task class
+
+
+def train(model_cfg, train_cfg, *, dataset=None, resume: bool = False, overwrite: bool = False, device=None):
+    """Train the task ``train_cfg.task`` names (``"glip"``, ``"vqa"`` or ``"caption"``) and return the finished
+    :class:`~openglip.engine.trainer.Trainer` (see :func:`openglip.tasks.glip.train`).
+
+    Raises:
+        UsageError: an unknown task name.
+    """
+    if train_cfg.task not in TASKS:
+        raise UsageError(f"unknown task {train_cfg.task!r}; choose one of {', '.join(TASKS)}")
+    if train_cfg.task == "glip":
+        return train_glip(
+            model_cfg, train_cfg, dataset=dataset, resume=resume, overwrite=overwrite, device=device
+        )
+    from ..engine.trainer import Trainer
+
+    task = TASKS[train_cfg.task](model_cfg, train_cfg)
+    trainer = Trainer(task, train_cfg, dataset if dataset is not None else task.build_dataset(), resume=resume,
+                      overwrite=overwrite, device=device)  # fmt: skip
+    trainer.fit()
+    return trainer
+
+
+__all__ = ["TASKS", "CaptionTask", "GLIPTask", "Task", "TuneTask", "VQATask", "few_shot", "train", "tune"]

@@ -16,7 +16,8 @@ from ..losses.contrastive import inter_image_loss
 from ..losses.masks import mask_loss
 from ..models.detector import GLIP, build_model
 
-OPTIONAL_HEADS = ("contrastive.", "mask_head.")  # GLIPv2 heads a starting checkpoint may lack
+OPTIONAL_HEADS = ("contrastive.", "mask_head.", "mlm_head.", "vqa_head.", "caption_head.")  # GLIPv2 heads a
+# starting checkpoint may lack
 
 
 class GLIPTask:
@@ -30,6 +31,8 @@ class GLIPTask:
     def __init__(self, model_cfg: ModelConfig, cfg: TrainConfig):
         if cfg.inter_image_weight > 0 and model_cfg.inter_image_dim <= 0:
             raise UsageError("inter_image_weight > 0 needs the model's projections: set inter_image_dim=64")
+        if cfg.mlm_weight > 0 and not model_cfg.mlm_head:
+            raise UsageError("mlm_weight > 0 needs the model's MLM head: set mlm_head=true")
         self.model_cfg, self.cfg = model_cfg, cfg
         self.criterion = GroundingLoss(
             topk=cfg.atss_topk,
@@ -42,10 +45,17 @@ class GLIPTask:
         return build_model(self.model_cfg)
 
     def load_weights(self, model: GLIP, path: str) -> None:
-        """Strict loading, except that GLIPv2's extra heads (inter-image projections, mask head) may be absent
-        from the checkpoint: new heads start fresh, heads the checkpoint has are loaded."""
+        """Strict loading, except that GLIPv2's extra heads (inter-image projections, mask, MLM, VQA and caption
+        heads) may be absent from the checkpoint: new heads start fresh, heads the checkpoint has are loaded;
+        heads the checkpoint has but this model lacks (the MLM head of pre-training, say) are left out."""
         state, _ = read_checkpoint(path)
+        ours = model.state_dict()
+        state = {k: v for k, v in state.items() if k in ours or not k.startswith(OPTIONAL_HEADS)}
         load_into(model, state, optional=OPTIONAL_HEADS)
+
+    # heads this task trains (the others are frozen: under DDP every trainable parameter needs a gradient)
+    def trained_heads(self) -> set[str]:
+        return {"head", "mask_head", "contrastive"} | ({"mlm_head"} if self.cfg.mlm_weight > 0 else set())
 
     def freeze(self, model: GLIP, spec: str) -> list[str]:
         parts = {
@@ -54,6 +64,11 @@ class GLIPTask:
             "text": model.text_encoder,
             "tower": model.tower,
         }
+        heads = ("head", "mask_head", "contrastive", "mlm_head", "vqa_head", "caption_head")
+        idle = [n for n in heads if n not in self.trained_heads()]
+        for name in idle:
+            if getattr(model, name, None) is not None:
+                getattr(model, name).requires_grad_(False)
         return freeze_parts(parts, spec, aliases={"all_but_head": list(parts)})
 
     def param_groups(self, model: GLIP, cfg: TrainConfig) -> list[dict]:
@@ -65,15 +80,32 @@ class GLIPTask:
         )
 
     def losses(self, model, batch: Batch) -> dict[str, torch.Tensor]:
+        input_ids, mlm_labels = batch.input_ids, None
+        if (
+            self.cfg.mlm_weight > 0
+        ):  # GLIPv2: the grounding loss is computed on the same, partly masked caption
+            from ..losses.language import mask_tokens
+
+            tok = unwrap(model).tokenizer
+            input_ids, mlm_labels = mask_tokens(
+                batch.input_ids, batch.attention_mask, mask_token_id=tok.mask_token_id,
+                special_ids=tuple(tok.all_special_ids), vocab_size=len(tok), probability=self.cfg.mlm_probability,
+            )  # fmt: skip
         out = model(
             batch.pixel_values,
             batch.image_sizes,
-            input_ids=batch.input_ids,
+            input_ids=input_ids,
             attention_mask=batch.attention_mask,
         )
         matched = self.criterion.assign(out, batch.targets)
         losses = self.criterion(out, batch.targets, matched=matched)
         core = unwrap(model)
+        if mlm_labels is not None:
+            from ..losses.language import mlm_loss
+
+            losses["loss_mlm"] = self.cfg.mlm_weight * mlm_loss(
+                core.mlm_head, out.fused_text, mlm_labels, core.word_embeddings
+            )
         if getattr(core, "mask_head", None) is not None and self.cfg.mask_weight > 0:
             shape = tuple(batch.pixel_values.shape[-2:])
             losses["loss_mask"] = self.cfg.mask_weight * mask_loss(

@@ -1,0 +1,149 @@
+"""GLIPv2's captioning as a trainer task (``openglip train PRESET task=caption``): the tower runs in caption mode
+(causal text, the image attending only to [CLS]; see :mod:`openglip.models.vl_heads`) and a language-modelling
+head tied to the word embeddings predicts each next token.
+
+Data: ``"shapes"`` (whole-image captions whose phrases carry boxes) or comma-separated COCO Captions JSON and
+``{"filename", "caption"}`` JSONL files. When the captions carry boxes (the shapes world) and ``grounding_weight``
+is above 0, GLIP's grounding loss on the same caption (a second, bidirectional pass) keeps the detection head in
+step, so the one model writes a caption and grounds its phrases (grounded captioning).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from ..config import ModelConfig, TrainConfig
+from ..data.collate import Collate
+from ..distributed import unwrap
+from ..errors import DataError
+from ..losses.language import caption_loss
+from ..models.detector import GLIP
+from .glip import GLIPTask
+from .vqa import unused_image_side, vl_transforms
+
+
+class CaptionTask(GLIPTask):
+    """Trains a GLIP with a caption head (``ModelConfig.caption_head`` is switched on).
+
+    Args:
+        model_cfg: the model.
+        cfg: the run; ``data``, ``grounding_weight``, ``blind``, ``val_data``.
+    """
+
+    def __init__(self, model_cfg: ModelConfig, cfg: TrainConfig):
+        grounding = cfg.grounding_weight if cfg.data == "shapes" and not cfg.blind else 0.0
+        super().__init__(
+            dataclasses.replace(model_cfg, caption_head=True),
+            dataclasses.replace(cfg, inter_image_weight=0.0, mlm_weight=0.0, grounding_weight=grounding),
+        )
+
+    def trained_heads(self) -> set[str]:
+        return {"caption_head"} | ({"head"} if self.cfg.grounding_weight > 0 else set())
+
+    def build_dataset(self):
+        """The training dataset of ``cfg.data``."""
+        from ..data.captions import read_caption_files
+        from ..data.vl_datasets import CaptionDataset, ShapesCaptionDataset
+
+        transform, to_tensor = vl_transforms(self.model_cfg, self.cfg)
+        if self.cfg.data == "shapes":
+            return ShapesCaptionDataset(size=self.cfg.shapes_epoch_size, transform=transform, to_tensor=to_tensor,
+                                        image_size=self.cfg.shapes_image_size, seed=self.cfg.seed)  # fmt: skip
+        records, report = read_caption_files(self.cfg.data, self.cfg.image_root)
+        if not records:
+            raise DataError(f"{self.cfg.data}: no usable caption records ({report})")
+        return CaptionDataset(records, transform=transform, to_tensor=to_tensor, seed=self.cfg.seed)
+
+    def collate_fn(self) -> Collate:
+        return Collate(
+            size_divisibility=self.model_cfg.size_divisibility, max_text_len=self.model_cfg.max_text_len
+        )
+
+    def losses(self, model, batch) -> dict[str, torch.Tensor]:
+        pixel_values = torch.zeros_like(batch.pixel_values) if self.cfg.blind else batch.pixel_values
+        core = unwrap(model)
+        out = model(pixel_values, batch.image_sizes, input_ids=batch.input_ids,
+                    attention_mask=batch.attention_mask, causal=True, detect=False)  # fmt: skip
+        logits = core.caption_head(out.fused_text, core.word_embeddings)  # (B, T, V)
+        losses = {
+            "loss_caption": caption_loss(logits, batch.input_ids, batch.attention_mask)
+            + unused_image_side(out)
+        }
+        if self.cfg.grounding_weight > 0:
+            grounded = model(pixel_values, batch.image_sizes, input_ids=batch.input_ids,
+                             attention_mask=batch.attention_mask)  # fmt: skip
+            for k, v in self.criterion(grounded, batch.targets).items():
+                losses[k] = self.cfg.grounding_weight * v
+        return losses
+
+    def evaluate(self, model: GLIP, step: int) -> dict[str, float]:
+        """BLEU-4 and CIDEr on ``val_data`` (``"shapes"`` adds the box AP50 of grounded captions)."""
+        if not self.cfg.val_data:
+            return {}
+        from ..api import Detector
+
+        detector = Detector(model, device=next(model.parameters()).device)
+        if self.cfg.val_data == "shapes":
+            from ..data.shapes_language import shapes_caption_items
+
+            items = shapes_caption_items(self.cfg.eval_images, image_size=self.cfg.shapes_image_size)
+            return evaluate_captions(detector, [s.image for s, _ in items], [r for _, r in items],
+                                     samples=None if self.cfg.blind else [s for s, _ in items],
+                                     blind=self.cfg.blind)  # fmt: skip
+        from ..data.captions import read_caption_files
+
+        records, _ = read_caption_files(self.cfg.val_data, self.cfg.image_root)
+        return evaluate_captions(detector, [r.file_name for r in records], [r.captions for r in records],
+                                 blind=self.cfg.blind)  # fmt: skip
+
+
+def evaluate_captions(
+    detector,
+    images,
+    references,
+    *,
+    samples=None,
+    blind: bool = False,
+    beam_size: int = 1,
+    batch_size: int = 16,
+) -> dict[str, float]:
+    """BLEU-1/4 and CIDEr of generated captions; with shapes ``samples`` also the box AP50 of the grounded
+    captions (each grounded phrase is scored as the category it names: "small red circle" -> "red circle")."""
+    from tqdm import tqdm
+
+    from ..understand import generate_captions
+    from ..vl_metrics import caption_metrics
+
+    captions = []
+    for start in tqdm(range(0, len(images), batch_size), desc="caption", disable=len(images) <= batch_size):
+        captions += generate_captions(detector, list(images[start : start + batch_size]), beam_size=beam_size,
+                                      blind=blind)  # fmt: skip
+    metrics = caption_metrics(dict(enumerate(captions)), dict(enumerate(references)))
+    if samples is not None:
+        metrics["grounded/AP50"] = grounded_ap50(detector, samples, captions)
+    return metrics
+
+
+def grounded_ap50(detector, samples, captions: list[str]) -> float:
+    """Box AP50 (COCO, pycocotools) of grounded captioning on shapes samples: the phrases the extractor finds in
+    each generated caption are grounded in its image; a box counts for the category its phrase names."""
+    from ..data.shapes import CATEGORIES, to_coco
+    from ..metrics import coco_detection_metrics
+    from ..understand import ground_captions
+
+    gt = to_coco(list(samples), [f"{i:06d}.png" for i in range(len(samples))])
+    results = []
+    grounded = ground_captions(
+        detector, [s.image for s in samples], captions, box_threshold=0.0, extractor="rule"
+    )
+    for image_id, g in enumerate(grounded, start=1):
+        dets = g.detections
+        for box, score, phrase in zip(dets.xyxy.tolist(), dets.scores.tolist(), dets.phrases):
+            name = " ".join(w for w in str(phrase).split() if w not in ("small", "large"))
+            if name in CATEGORIES:
+                x1, y1, x2, y2 = box
+                results.append({"image_id": image_id, "category_id": CATEGORIES.index(name) + 1,
+                                "bbox": [x1, y1, x2 - x1, y2 - y1], "score": score})  # fmt: skip
+    return float(coco_detection_metrics(gt, results)["AP50"])
