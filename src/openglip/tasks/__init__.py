@@ -14,7 +14,6 @@ from ..errors import UsageError
 from .base import Task
 from .caption import CaptionTask
 from .glip import GLIPTask
-from .glip import train as train_glip
 from .tune import TuneTask, few_shot, tune
 from .vqa import VQATask
 
@@ -22,18 +21,16 @@ TASKS = {"glip": GLIPTask, "vqa": VQATask, "caption": CaptionTask}  # TrainConfi
 
 
 def train(model_cfg, train_cfg, *, dataset=None, resume: bool = False, overwrite: bool = False, device=None):
-    """Train the task ``train_cfg.task`` names (``"glip"``, ``"vqa"`` or ``"caption"``) and return the finished
-    :class:`~openglip.engine.trainer.Trainer` (see :func:`openglip.tasks.glip.train`).
+    """Train the task ``train_cfg.task`` names (``"glip"``, ``"vqa"`` or ``"caption"``) on ``dataset`` (default:
+    the task's dataset of ``train_cfg.data``) and return the finished :class:`~openglip.engine.trainer.Trainer`:
+    ``trainer.result`` holds the last logged and evaluated metrics, the weights are in
+    ``train_cfg.out_dir/model.safetensors``.
 
     Raises:
         UsageError: an unknown task name.
     """
     if train_cfg.task not in TASKS:
         raise UsageError(f"unknown task {train_cfg.task!r}; choose one of {', '.join(TASKS)}")
-    if train_cfg.task == "glip":
-        return train_glip(
-            model_cfg, train_cfg, dataset=dataset, resume=resume, overwrite=overwrite, device=device
-        )
     from ..engine.trainer import Trainer
 
     task = TASKS[train_cfg.task](model_cfg, train_cfg)

@@ -44,6 +44,12 @@ class GLIPTask:
     def build_model(self) -> GLIP:
         return build_model(self.model_cfg)
 
+    def build_dataset(self):
+        """The training dataset of ``cfg.data`` (the shapes world or annotation files)."""
+        from ..data.build import build_train_dataset
+
+        return build_train_dataset(self.model_cfg, self.cfg)
+
     def load_weights(self, model: GLIP, path: str) -> None:
         """Strict loading, except that GLIPv2's extra heads (inter-image projections, mask, MLM, VQA and caption
         heads) may be absent from the checkpoint: new heads start fresh, heads the checkpoint has are loaded;
@@ -142,26 +148,3 @@ class GLIPTask:
     def export(self, model: GLIP, path) -> None:
         save_safetensors(model, path, self.model_cfg)
 
-
-def train(
-    model_cfg: ModelConfig,
-    train_cfg: TrainConfig,
-    *,
-    dataset=None,
-    resume: bool = False,
-    overwrite: bool = False,
-    device: str | None = None,
-):
-    """Train a GLIP model: builds the dataset from ``train_cfg.data`` (unless given), runs the
-    :class:`~openglip.engine.trainer.Trainer` to ``max_steps`` and returns it (``trainer.result`` holds the last
-    logged and evaluated metrics; the weights are in ``train_cfg.out_dir/model.safetensors``)."""
-    from ..data.build import build_train_dataset
-    from ..engine.trainer import Trainer
-
-    if dataset is None:
-        dataset = build_train_dataset(model_cfg, train_cfg)
-    trainer = Trainer(
-        GLIPTask(model_cfg, train_cfg), train_cfg, dataset, resume=resume, overwrite=overwrite, device=device
-    )
-    trainer.fit()
-    return trainer
