@@ -25,7 +25,9 @@ def _add_data(sub):
 
 def cmd_data_shapes(args) -> int:
     from ..data.shapes import write_dataset
+    from ..files import check_output_dir
 
+    check_output_dir(args.out, "--out")
     if args.images < 1:
         raise UsageError("--images must be at least 1")
     if args.size < 32:
@@ -36,9 +38,6 @@ def cmd_data_shapes(args) -> int:
     for key, path in paths.items():
         print(f"{key}: {path}")
     return 0
-
-
-# --------------------------------------------------------------------------------------------------------------
 
 
 def register(sub) -> None:
