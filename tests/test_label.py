@@ -102,7 +102,7 @@ def test_two_process_torchrun_labelling_merges_shards(caption_set, tiny_checkpoi
     assert done.returncode == 0, done.stderr[-3000:]
     keys = _keys(out)
     assert len(keys) == len(set(keys)) == 6
-    assert not list(root.glob("*.part"))
+    assert not list(root.glob("*.part")) and not list(root.glob("*.part.lock"))
 
 
 @pytest.mark.slow

@@ -12,6 +12,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from .errors import UsageError
 from .images import ImageError
 from .structures import Detections, Predictor
 
@@ -65,7 +66,7 @@ def detect_paths(
     from tqdm import tqdm
 
     if batch_size < 1:
-        raise ValueError("batch_size must be at least 1")
+        raise UsageError(f"batch_size must be at least 1, got {batch_size}")
     paths = [Path(p) for p in paths]
     bar = tqdm(
         total=len(paths), desc="detect", unit="img", disable=not progress or len(paths) < 2, file=sys.stderr

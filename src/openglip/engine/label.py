@@ -47,8 +47,9 @@ def _warn(message: str) -> None:
 
 
 @contextlib.contextmanager
-def output_lock(path: Path) -> Iterator[None]:
-    """Hold an exclusive ``flock`` on ``path`` for the block, or refuse at once when another process has it."""
+def output_lock(path: Path, *, remove: bool = False) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``path`` for the block, or refuse at once when another process has it
+    (``remove``: delete the lock file afterwards, for the per-rank locks of a torchrun job)."""
     try:
         import fcntl
     except ImportError:  # pragma: no cover - not on POSIX: no lock
@@ -66,6 +67,8 @@ def output_lock(path: Path) -> Iterator[None]:
         try:
             yield
         finally:
+            if remove:
+                path.unlink(missing_ok=True)
             fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
@@ -166,7 +169,7 @@ def label_pairs(
     target = out if not dist.enabled else out.with_name(f"{out.name}.rank{dist.rank}.part")
     # rank 0 (or the only process) locks OUT itself, the other ranks their part: two runs never share a file
     lock = out.with_name(out.name + ".lock") if dist.is_main else target.with_name(target.name + ".lock")
-    with output_lock(lock):
+    with output_lock(lock, remove=not dist.is_main):
         return _label_locked(pairs, teacher, out, target, root, extractor, threshold, batch_size, dist, log)
 
 
