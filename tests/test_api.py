@@ -142,3 +142,12 @@ def test_device_cuda_without_gpu_is_a_clear_error():
         pytest.skip("a GPU is present")
     with pytest.raises(ValueError, match="no CUDA GPU"):
         openglip.load_model("tiny", device="cuda")
+
+
+def test_repeated_phrase_gives_each_box_once(tiny_detector, chelsea):
+    """Bug: ``cat. cat. dog.`` listed every cat box twice."""
+    twice = tiny_detector.predict(chelsea, "cat. cat. dog.", box_threshold=0.0)
+    assert twice.prompt_phrases == ("cat", "dog")
+    assert len(twice) > 0 and set(twice.phrases) <= {"cat", "dog"}
+    boxes = {(*np.round(b, 2).tolist(), p) for b, p in zip(twice.xyxy, twice.phrases)}
+    assert len(boxes) == len(twice)  # no box listed twice for one phrase

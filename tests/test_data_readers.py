@@ -135,7 +135,12 @@ def test_odvg_round_trip_mixed(tmp_path, images):
     write_odvg(tmp_path / "a.jsonl", records, ["cat", "dog", "red ball"])
     got, names, report = read_odvg(tmp_path / "a.jsonl")
     _assert_same(got, records)
-    assert names == ["cat", "", "red ball"] and report.total == 0  # label 1 never seen
+    assert names == ["cat", "dog", "red ball"] and report.total == 0  # "dog" (never used) from the label map
+    assert json.loads((tmp_path / "a.label_map.json").read_text()) == {
+        "0": "cat",
+        "1": "dog",
+        "2": "red ball",
+    }
     lines = [json.loads(line) for line in (tmp_path / "a.jsonl").read_text().splitlines()]
     assert lines[1]["grounding"]["regions"][1]["phrase"] == "big dog"
     assert lines[0]["detection"]["instances"][0]["category"] == "red ball"
@@ -262,9 +267,8 @@ def test_shapes_dataset_reads_back(tmp_path):
 
     det, det_cats, report = read_odvg(paths["detection"])
     assert len(det) == 6 and report.total == 0
-    seen = {int(v) for r in det for v in r.labels}
-    assert len(det_cats) == max(seen) + 1  # ODVG names only the labels it uses, in label order
-    assert all(name == (CATEGORIES[i] if i in seen else "") for i, name in enumerate(det_cats))
+    assert det_cats == CATEGORIES  # the whole vocabulary (label map), not just the labels 6 images use
+    assert paths["label_map"] == tmp_path / "detection.odvg.label_map.json"
     for a, b in zip(records, det):
         np.testing.assert_allclose(a.boxes, b.boxes, atol=1e-4)
         assert a.labels.tolist() == b.labels.tolist() and a.file_name == b.file_name
@@ -275,3 +279,39 @@ def test_shapes_dataset_reads_back(tmp_path):
     for r, line in zip(grd, lines):
         assert r.caption == line["caption"] and r.labels.tolist() == [-1] * len(r.boxes)
         assert [r.caption[s:e] for (s, e), *_ in r.spans] == [g["phrase"] for g in line["regions"]]
+
+
+def _odvg_line(name, instances):
+    return json.dumps({"filename": name, "height": 60, "width": 80, "detection": {"instances": instances}})
+
+
+def test_odvg_categories_do_not_depend_on_the_labels_that_occur(tmp_path, images, caplog):
+    """Bug: categories came from the label ids that happen to occur ("" for the others), which broke train
+    ("span (32, 32) of phrase ''") and evaluate ("class name #3 is empty")."""
+    from openglip.data.datasets import GroundingDataset
+    from openglip.prompts import build_prompt
+
+    box = [1, 1, 10, 10]
+    lines = [
+        _odvg_line("img/0.png", [{"bbox": box, "label": 3, "category": "dog"}, {"bbox": box, "label": 5}]),
+        _odvg_line("img/1.png", [{"bbox": box, "label": 0, "category": "cat"}]),
+    ]
+    (tmp_path / "a.jsonl").write_text("\n".join(lines) + "\n")
+    with caplog.at_level(logging.WARNING, logger="openglip.data"):
+        records, names, report = read_odvg(tmp_path / "a.jsonl")
+    assert names == ["cat", "dog"]  # ids 0 and 3, renumbered; id 5 has no name anywhere
+    assert [r.labels.tolist() for r in records] == [[1], [0]]
+    assert report.counts["unnamed_label"] == 1 and "labels [5] have no category name" in caplog.text
+    build_prompt(names)  # every class has a name
+    ds = GroundingDataset(records, names, transform=None, to_tensor=lambda im: im, num_negatives=5)
+    _, target = ds[(0, 0)]
+    assert [target["caption"][s:e] for (s, e), *_ in target["spans"]] == ["dog"]
+
+    # GroundingDINO's label map beside the file names ids no line uses (and labels without a 'category')
+    (tmp_path / "label_map.json").write_text(json.dumps({"0": "cat", "3": "dog", "5": "bird", "7": "fish"}))
+    records, names, report = read_odvg(tmp_path / "a.jsonl")
+    assert names == ["cat", "dog", "bird", "fish"] and report.total == 0
+    assert [r.labels.tolist() for r in records] == [[1, 2], [0]]
+    (tmp_path / "label_map.json").write_text("[1, 2")
+    with pytest.raises(DataError, match=r"label_map\.json"):
+        read_odvg(tmp_path / "a.jsonl")

@@ -15,6 +15,7 @@ from PIL import Image
 from openglip.data.captions import write_captions
 from openglip.data.odvg import read_odvg
 from openglip.engine.label import label_pairs
+from openglip.errors import UsageError
 from openglip.prompts import rule_based_noun_phrases
 
 ENV = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
@@ -101,7 +102,7 @@ def test_two_process_torchrun_labelling_merges_shards(caption_set, tiny_checkpoi
     assert done.returncode == 0, done.stderr[-3000:]
     keys = _keys(out)
     assert len(keys) == len(set(keys)) == 6
-    assert not list(root.glob("*.part"))
+    assert not list(root.glob("*.part")) and not list(root.glob("*.part.lock"))
 
 
 @pytest.mark.slow
@@ -141,4 +142,84 @@ def test_self_training_loop_on_tiny_data(caption_set, tiny_checkpoint, tmp_path)
         out = tmp_path / f"{key}.json"
         assert main(["evaluate", "--weights", weights, "--data", data, "--out", str(out)]) == 0
         value = json.loads(out.read_text())["metrics"][key]
-        assert np.isnan(value) or 0.0 <= value <= 1.0
+        # both are defined here (gold boxes; pseudo records with regions): None (NaN) must fail
+        assert value is not None and 0.0 <= value <= 1.0, (key, value)
+
+
+class WholeImageTeacher:
+    """A predictor that finds each phrase as one box over the whole image it is given, in that image's pixels
+    (as every predictor does with an image object: it cannot know the file was bigger)."""
+
+    def __init__(self):
+        self.calls = []
+
+    def predict(self, images, prompt=None, *, prompts=None, box_threshold=0.3, batch_size=4):
+        from openglip.images import load_image
+        from openglip.structures import Detections
+
+        self.calls.append([list(p) for p in prompts])
+        out = []
+        for image, phrases in zip(images, prompts):
+            _, (h, w) = load_image(image)
+            n = len(phrases)
+            out.append(Detections(np.tile([0.0, 0.0, w, h], (n, 1)), np.full(n, 0.9), np.arange(n), phrases,
+                                  prompt_phrases=tuple(phrases), image_size=(h, w)))  # fmt: skip
+        return out
+
+
+def test_label_boxes_of_huge_images_are_in_original_pixels(tmp_path):
+    """Bug: images above 4096 px are reduced when read; the pseudo boxes stopped at 4072x3048 while the record
+    said 12000x9000."""
+    path = tmp_path / "huge.png"
+    Image.new("L", (12000, 9000), 128).save(path, compress_level=1)  # solid colour: a small file
+    out = tmp_path / "pseudo.odvg.jsonl"
+    label_pairs([(str(path), "a grey wall")], WholeImageTeacher(), out, extractor=rule_based_noun_phrases)
+    (rec,) = [json.loads(line) for line in out.read_text().splitlines()]
+    assert (rec["width"], rec["height"]) == (12000, 9000)
+    (region,) = rec["grounding"]["regions"]
+    assert region["phrase"] == "grey wall"
+    np.testing.assert_allclose(region["bbox"], [0, 0, 12000, 9000], atol=3)  # beyond 4096, where the wall is
+
+
+def test_label_skips_captions_without_a_noun_phrase_and_duplicates(caption_set, capsys):
+    """Bugs: one caption without a noun phrase stopped the whole run without naming it (and every rerun stopped
+    there); a pair listed twice was labelled twice; warnings went to stdout."""
+    root, _, pairs = caption_set
+    no_phrase = (pairs[1][0], "of the and with")
+    todo = [pairs[0], no_phrase, pairs[0], (str(root / "gone.png"), "a red circle"), *pairs[2:4]]
+    teacher = WholeImageTeacher()
+    out = root / "pseudo.odvg.jsonl"
+    stats = label_pairs(todo, teacher, out, extractor=rule_based_noun_phrases, batch_size=2)
+    assert (stats.labelled, stats.no_phrase, stats.duplicates, stats.unreadable) == (3, 1, 1, 1)
+    captured = capsys.readouterr()
+    assert captured.out == ""  # warnings go to stderr
+    (line,) = [x for x in captured.err.splitlines() if "no noun phrase" in x]
+    assert pairs[1][0] in line and "'of the and with'" in line
+    assert len(_keys(out)) == len(set(_keys(out))) == 3
+    again = label_pairs(todo, teacher, out, extractor=rule_based_noun_phrases)  # a rerun gets past it too
+    assert again.labelled == 0 and again.skipped_done == 3 and again.no_phrase == 1
+
+
+def test_repeated_phrases_are_grounded_once(caption_set):
+    root, _, pairs = caption_set
+    teacher = WholeImageTeacher()
+    out = root / "p.jsonl"
+    label_pairs([(pairs[0][0], "a cat. a dog. a Cat.")], teacher, out, extractor=rule_based_noun_phrases)
+    assert teacher.calls == [[["cat", "dog"]]]
+    (rec,) = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["tokens_positive"] for r in rec["grounding"]["regions"]] == [[[2, 5]], [[9, 12]]]
+
+
+def test_a_second_label_run_on_the_same_out_is_refused(caption_set, tmp_path):
+    """Bug: two concurrent ``label`` runs on one --out labelled every pair twice."""
+    import fcntl
+
+    root, _, pairs = caption_set
+    out = root / "pseudo.odvg.jsonl"
+    with open(root / "pseudo.odvg.jsonl.lock", "a") as held:  # another run is writing (flock: per open file)
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(UsageError, match=r"another openglip label run is writing pseudo\.odvg\.jsonl"):
+            label_pairs(pairs, WholeImageTeacher(), out, extractor=rule_based_noun_phrases)
+    assert not out.exists()
+    stats = label_pairs(pairs[:1], WholeImageTeacher(), out, extractor=rule_based_noun_phrases)  # free again
+    assert stats.labelled == 1

@@ -93,3 +93,26 @@ def test_short_prompt_is_one_chunk_and_a_huge_phrase_is_an_error():
     assert chunk_prompt(prompt, 256) == [(prompt, 0)]
     with pytest.raises(PromptError, match="alone"):
         chunk_prompt(build_prompt(["word " * 300, "cat"]), 256)
+
+
+def test_repeated_phrases_are_merged_keeping_the_first():
+    """Bug: ``cat. cat. dog.`` gave every cat box twice (once per copy of the phrase)."""
+    p = parse_prompt("cat. cat. dog. Cat .")
+    assert p.phrases == ("cat", "dog") and p.spans == (((0, 3),), ((10, 13),))
+    q = build_prompt(["cat", "dog", "CAT", " dog "])
+    assert q.caption == "cat. dog" and q.phrases == ("cat", "dog")
+    r = parse_prompt("a cat next to a cat")
+    assert r.phrases == ("cat",) and r.spans == (((2, 5),),)
+
+
+def test_long_text_tokenized_knowingly_gives_no_length_warning(capfd):
+    """Bug: transformers warned "(1002 > 512) ... indexing errors" although chunking handles long prompts."""
+    tok = load_tokenizer()
+    tok.deprecation_warnings.pop("sequence-length-is-longer-than-the-specified-maximum", None)  # warns once
+    prompt = build_prompt([f"object number {i} with a rather long descriptive name" for i in range(120)])
+    assert num_tokens(prompt.caption) > 512
+    assert len(chunk_prompt(prompt, 256)) > 4
+    err = capfd.readouterr().err
+    assert "indexing errors" not in err and "longer than the specified maximum" not in err
+    # transformers records that it warned (its handler may write where capfd cannot see)
+    assert not tok.deprecation_warnings.get("sequence-length-is-longer-than-the-specified-maximum")

@@ -198,8 +198,8 @@ def test_to_odvg_schema(val_samples):
 
 def test_write_dataset_round_trip(tmp_path):
     paths = write_dataset(tmp_path / "ds", num_images=6, split="val", image_size=64, seed=4, max_objects=3)
-    assert set(paths) == {"images", "coco", "detection", "grounding"}
-    for key in ("coco", "detection", "grounding"):
+    assert set(paths) == {"images", "coco", "detection", "label_map", "grounding"}
+    for key in ("coco", "detection", "label_map", "grounding"):
         assert paths[key].is_file() and paths[key].parent == tmp_path / "ds"
     assert not list((tmp_path / "ds").glob("*.tmp"))
 

@@ -257,10 +257,127 @@ def test_train_evaluate_and_data_commands(tmp_path, uninterrupted):
     assert code == 0
     metrics = json.loads(metrics_path.read_text())["metrics"]
     assert {"AP", "AP50", "base/AP50", "novel/AP50"} <= set(metrics)
-    assert all(0.0 <= v <= 1.0 for v in metrics.values() if v == v)
+    # AP/AP50/AP75 and both splits are defined on this data (every split has boxes): no NaN may pass here
+    assert all(0.0 <= metrics[k] <= 1.0 for k in ("AP", "AP50", "AP75", "base/AP50", "novel/AP50"))
+    assert all(v is None or 0.0 <= v <= 1.0 for v in metrics.values())  # undefined ones are null
     grounding = tmp_path / "g.json"
     code = main(["evaluate", "--weights", str(uninterrupted / "model.safetensors"), "--data", str(data / "grounding.odvg.jsonl"),
                  "--out", str(grounding)])  # fmt: skip
     assert code == 0 and {"R@1", "R@5", "R@10"} <= set(json.loads(grounding.read_text())["metrics"])
     assert main(["train", "tiny", "no_such_key=3"]) == 2
     assert main(["train", "tiny", "--data", str(tmp_path / "missing.json")]) == 2
+
+
+def _tiny_train(out, *extra) -> int:
+    from openglip.cli import main
+
+    return main(
+        ["train", "tiny", "--data", "shapes", "--out", str(out), "--device", "cpu", "batch_size=1",
+         "shapes_epoch_size=4", "train_min_sizes=(64,)", "train_max_size=64", "num_negatives=5", "log_every=1",
+         "checkpoint_every=1", "warmup_steps=0", "ema_decay=0", *extra]
+    )  # fmt: skip
+
+
+def _error_lines(capsys) -> list[str]:
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return [line for line in err.splitlines() if line.startswith("openglip: error:")]
+
+
+def test_a_second_train_into_a_run_is_refused_and_resume_continues_it(tmp_path, capsys):
+    """Bug: a second ``train`` into a run directory without --resume mixed two runs in one folder."""
+    run = tmp_path / "u"
+    assert _tiny_train(run, "max_steps=1") == 0
+    before = {p.name: p.read_bytes() for p in sorted((run / "checkpoints").iterdir())}
+    metrics = (run / "metrics.jsonl").read_bytes()
+    capsys.readouterr()
+
+    assert _tiny_train(run, "max_steps=2", "seed=1") == 2  # another run into the same folder
+    (line,) = _error_lines(capsys)
+    assert str(run) in line and "--resume" in line and "--overwrite" in line and "--out" in line
+    assert _tiny_train(run, "max_steps=2", "seed=1", "--resume") == 2  # resuming it as another run
+    (line,) = _error_lines(capsys)
+    assert "seed: 0 -> 1" in line
+    # nothing of the run was touched
+    assert {p.name: p.read_bytes() for p in sorted((run / "checkpoints").iterdir())} == before
+    assert (run / "metrics.jsonl").read_bytes() == metrics
+
+    assert _tiny_train(run, "max_steps=2", "--resume") == 0  # the same run, trained longer
+    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2]
+
+
+def test_orphan_checkpoint_temporaries_are_removed_at_start(tmp_path):
+    """Bug: ``.step_*.pt.*.tmp`` files left by a kill during a checkpoint write were never removed."""
+    ckpts = tmp_path / "checkpoints"
+    ckpts.mkdir()
+    orphan = ckpts / ".step_0000002.pt.k3j9x.tmp"
+    orphan.write_bytes(b"half a checkpoint")
+    (tmp_path / "metrics.jsonl").write_text("")
+    cfg = TrainConfig(out_dir=str(tmp_path), max_steps=1, batch_size=1)
+    Trainer(GLIPTask(tiny(), cfg), cfg, _tiny_shapes(2), resume=True, device="cpu")
+    assert not orphan.exists() and ckpts.is_dir()
+
+
+def test_train_out_that_is_a_file_is_refused_before_any_work(tmp_path, capsys):
+    blocker = tmp_path / "taken"
+    blocker.write_text("not a directory")
+    assert _tiny_train(blocker, "max_steps=1") == 2
+    (line,) = _error_lines(capsys)
+    assert "taken" in line and "file" in line
+    assert blocker.read_text() == "not a directory"
+
+
+def test_odvg_file_of_data_shapes_trains_and_evaluates(tmp_path, tiny_checkpoint, capsys):
+    """Bug: the ODVG file ``openglip data shapes --images 12`` writes broke train and evaluate (category
+    names came from the labels that occur)."""
+    from openglip.cli import main
+
+    data = tmp_path / "d"
+    assert main(["data", "shapes", "--out", str(data), "--images", "12", "--size", "64"]) == 0
+    odvg = str(data / "detection.odvg.jsonl")
+    code = main(["train", "tiny", "--data", odvg, "--out", str(tmp_path / "run"), "--device", "cpu",
+                 "max_steps=1", "batch_size=2", "train_min_sizes=(64,)", "train_max_size=64", "num_negatives=5",
+                 "checkpoint_every=0"])  # fmt: skip
+    assert code == 0
+    out = tmp_path / "m.json"
+    assert main(["evaluate", "--weights", str(tiny_checkpoint), "--data", odvg, "--out", str(out)]) == 0
+    metrics = json.loads(out.read_text())["metrics"]
+    assert 0.0 <= metrics["AP50"] <= 1.0
+
+
+def test_no_annotations_give_null_metrics_and_a_training_warning(tmp_path, tiny_checkpoint, capsys, caplog):
+    """Bug: ``evaluate --out`` wrote NaN (invalid JSON) for a file without annotations, and training on it gave
+    no warning."""
+    import logging
+
+    from PIL import Image
+
+    from openglip.cli import main
+
+    (tmp_path / "img").mkdir()
+    for i in range(2):
+        Image.new("RGB", (64, 48), (40 * i, 90, 200)).save(tmp_path / "img" / f"{i}.png")
+    coco = tmp_path / "empty.json"
+    coco.write_text(json.dumps({
+        "images": [{"id": i + 1, "file_name": f"img/{i}.png", "height": 48, "width": 64} for i in range(2)],
+        "annotations": [], "categories": [{"id": 1, "name": "cat"}, {"id": 2, "name": "dog"}],
+    }))  # fmt: skip
+    out = tmp_path / "m.json"
+    with caplog.at_level(logging.WARNING):
+        assert (
+            main(["evaluate", "--weights", str(tiny_checkpoint), "--data", str(coco), "--out", str(out)]) == 0
+        )
+    text = out.read_text()
+    assert "NaN" not in text
+    metrics = json.loads(text, parse_constant=lambda c: pytest.fail(f"non-JSON constant {c}"))["metrics"]
+    assert metrics["AP50"] is None
+    assert "n/a: undefined on this data" in capsys.readouterr().out
+    assert "no annotated boxes" in caplog.text
+    caplog.clear()
+    from openglip.data.build import build_train_dataset
+
+    with caplog.at_level(logging.WARNING):
+        build_train_dataset(tiny(), TrainConfig(data=str(coco)))
+    warned = [r for r in caplog.records if "has an annotated box" in r.getMessage()]
+    assert len(warned) == 1 and "empty.json" in warned[0].getMessage()

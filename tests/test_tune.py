@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -86,10 +87,34 @@ def test_tuned_prompt_is_applied_by_detect_and_evaluate(tiny_checkpoint, task_da
     det.add_tuned_prompt(tuned)
     tuned_dets = det.predict(image, list(tuned.prompt.phrases), box_threshold=0.0)
     assert not np.allclose(plain.scores[:10], tuned_dets.scores[:10])
+
+    # the README's command: openglip detect imgs/ --weights W --prompt-file runs/p5/prompt.safetensors
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    shutil.copy(task_data.parent / "images" / "000000.png", imgs / "a.png")
+    res = {}
+    for name, flags in (("tuned", ["--prompt-file", str(out / "prompt.safetensors")]),
+                        ("plain", ["--prompt", tuned.prompt.caption])):  # fmt: skip
+        res[name] = tmp_path / f"{name}.json"
+        assert main(["detect", str(imgs), "--weights", str(tiny_checkpoint), *flags, "--threshold", "0",
+                     "--out", str(res[name])]) == 0  # fmt: skip
+    by_cli = {k: json.loads(v.read_text()) for k, v in res.items()}
+    assert len(by_cli["tuned"]) > 0 and {r["phrase"] for r in by_cli["tuned"]} <= set(tuned.prompt.phrases)
+    scores = {k: sorted((r["score"] for r in v), reverse=True)[:10] for k, v in by_cli.items()}
+    np.testing.assert_allclose(scores["tuned"], sorted(tuned_dets.scores, reverse=True)[:10], atol=1e-4)
+    np.testing.assert_allclose(scores["plain"], sorted(plain.scores, reverse=True)[:10], atol=1e-4)
     metrics = tmp_path / "m.json"
     assert main(["evaluate", "--weights", str(tiny_checkpoint), "--data", str(task_data), "--prompt-file",
                  str(out / "prompt.safetensors"), "--out", str(metrics)]) == 0  # fmt: skip
     assert "AP50" in json.loads(metrics.read_text())["metrics"]
+    # a prompt tuned for other categories would never be used: refused, not silently ignored
+    other = tmp_path / "other.coco.json"
+    coco = json.loads(task_data.read_text())
+    coco["categories"] = [{**c, "name": f"thing {c['id']}"} for c in coco["categories"]]
+    other.write_text(json.dumps(coco))
+    code = main(["evaluate", "--weights", str(tiny_checkpoint), "--data", str(other), "--image-root",
+                 str(task_data.parent), "--prompt-file", str(out / "prompt.safetensors")])  # fmt: skip
+    assert code == 2
 
 
 def test_wrong_files_are_refused(tmp_path, tiny_checkpoint):

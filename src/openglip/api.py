@@ -14,11 +14,12 @@ import torch
 from .checkpoints import load_into, resolve_config
 from .config import ModelConfig
 from .device import resolve_device
+from .errors import UsageError
 from .images import load_image
 from .models.detector import GLIP, TextFeatures, build_model
 from .models.postprocess import Candidates, PostProcessor
 from .models.transform import ImageTransform
-from .prompts import Prompt, chunk_prompt, parse_prompt, positive_map, token_spans
+from .prompts import Prompt, PromptError, chunk_prompt, parse_prompt, positive_map, token_spans
 from .structures import Detections
 
 PromptLike = str | Sequence[str] | Prompt
@@ -76,7 +77,7 @@ class Detector:
         if precision == "auto":
             precision = "bf16" if self.device.type == "cuda" else "fp32"
         if precision not in ("fp32", "bf16", "fp16"):
-            raise ValueError(f"precision must be fp32, bf16 or fp16, not {precision!r}")
+            raise UsageError(f"precision must be auto, fp32, bf16 or fp16, not {precision!r}")
         self.precision = precision
         self._text_cache: OrderedDict[str, list[_Chunk]] = OrderedDict()
         self._text_cache_size = text_cache_size
@@ -87,8 +88,9 @@ class Detector:
         for (same caption, e.g. the same class list in the same order)."""
         hidden = self.model.text_encoder.hidden_size
         if tuned.delta.shape[-1] != hidden:
-            raise ValueError(
-                f"tuned prompt was trained for a {tuned.delta.shape[-1]}-wide text encoder, this model has {hidden}"
+            raise UsageError(
+                f"the tuned prompt was trained for a {tuned.delta.shape[-1]}-wide text encoder, this model has "
+                f"{hidden}; use it with the weights it was tuned on"
             )
         self._tuned[tuned.prompt.caption] = tuned.delta.to(self.device)
         self._text_cache.clear()
@@ -113,13 +115,18 @@ class Detector:
             spans = token_spans(enc[0], part)
             empty = [p for p, toks in zip(part.phrases, spans) if not toks]
             if empty:
-                raise ValueError(f"phrases {empty} have no tokens in caption {part.caption!r}")
+                raise PromptError(
+                    f"phrases {empty} have no tokens in the prompt {part.caption!r}; use words the tokenizer knows"
+                )
             with torch.no_grad(), self._autocast():
                 text = self.model.encode_text(enc["input_ids"], enc["attention_mask"])
             delta = self._tuned.get(part.caption)
             if delta is not None:
                 if delta.shape[0] != text.hidden.shape[1]:
-                    raise ValueError(f"tuned prompt length {delta.shape[0]} != {text.hidden.shape[1]} tokens")
+                    raise UsageError(
+                        f"the tuned prompt has {delta.shape[0]} token offsets but its caption has "
+                        f"{text.hidden.shape[1]} tokens with this model's tokenizer; use the weights it was tuned on"
+                    )
                 text = TextFeatures(
                     text.input_ids, text.attention_mask, text.hidden + delta.to(text.hidden.dtype)
                 )
@@ -173,10 +180,14 @@ class Detector:
         if not items:
             return []
         if (prompt is None) == (prompts is None):
-            raise ValueError("give exactly one of prompt= (shared) or prompts= (one per image)")
+            raise UsageError("predict: give exactly one of prompt= (shared) or prompts= (one per image)")
+        if batch_size < 1:
+            raise UsageError(f"predict: batch_size must be at least 1, got {batch_size}")
         if prompts is not None:
             if len(prompts) != len(items):
-                raise ValueError(f"{len(prompts)} prompts for {len(items)} images")
+                raise UsageError(
+                    f"predict: {len(prompts)} prompts for {len(items)} images; give one per image"
+                )
             parsed = [parse_prompt(p) for p in prompts]
         else:
             parsed = [parse_prompt(prompt)] * len(items)
@@ -184,14 +195,17 @@ class Detector:
         for start in range(0, len(items), batch_size):
             batch = items[start : start + batch_size]
             results.extend(
-                self._predict_batch(batch, parsed[start : start + batch_size], box_threshold, max_detections)
+                self._predict_batch(
+                    batch, parsed[start : start + batch_size], box_threshold, max_detections, first=start
+                )
             )
         return results[0] if single else results
 
     def _predict_batch(
-        self, images, prompts: list[Prompt], box_threshold, max_detections
+        self, images, prompts: list[Prompt], box_threshold, max_detections, first: int = 0
     ) -> list[Detections]:
-        loaded = [load_image(im, where=f"image #{i}") for i, im in enumerate(images)]
+        # "image #k" counts in the caller's whole list, not within this batch
+        loaded = [load_image(im, where=f"image #{first + i}") for i, im in enumerate(images)]
         tensors = [self.transform.to_tensor(im) for im, _ in loaded]
         pixel_values, sizes = self.transform.pad(tensors)
         pixel_values = pixel_values.to(self.device)

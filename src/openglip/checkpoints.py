@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -245,7 +246,17 @@ def _raise_if_mismatch(missing, unexpected, mismatched, bad_derived, state, mode
         lines.append(f"derived buffers differ from what this model computes: {bad_derived[:3]}")
     guess = guess_preset(state) if is_official_state_dict(state) else None
     name = getattr(getattr(model, "config", None), "name", "this")
-    hint = f" The checkpoint looks like a {guess!r} checkpoint; load it with that preset." if guess else ""
+    expected = model.state_dict()
+    if state and not any(k in expected for k in state) and not is_official_state_dict(state):
+        raise CheckpointError(
+            f"this is not a GLIP or OpenGLIP checkpoint: none of its {len(state)} keys (first: {list(state)[:3]}) "
+            f"belongs to the {name!r} model; give official GLIP weights or an OpenGLIP .safetensors"
+        )
+    hint = (
+        f" The checkpoint looks like a {guess!r} checkpoint; load it with that preset."
+        if guess and guess != name
+        else ""
+    )
     raise CheckpointError(f"checkpoint does not match the {name!r} model: " + " | ".join(lines) + "." + hint)
 
 
@@ -264,7 +275,9 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], M
     """
     path = Path(path)
     if not path.exists():
-        raise CheckpointError(f"checkpoint not found: {path}")
+        raise CheckpointError(f"checkpoint not found: {path}: no such file")
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint {path} is a directory; give the weights file inside it")
     if path.stat().st_size == 0:
         raise CheckpointError(f"checkpoint is empty (0 bytes): {path}")
     if path.suffix == ".safetensors":
@@ -279,9 +292,21 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], M
         )
         return state, cfg
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter(
+                "ignore"
+            )  # torch's pickle-protocol notes: the error below says what matters
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        raise CheckpointError(f"cannot read checkpoint {path}: {type(err).__name__}: {err}") from None
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        if "Weights only load failed" in first or "weights_only" in str(err):
+            why = "it holds Python objects besides tensors (a training checkpoint of another library?)"
+        else:
+            why = f"not a PyTorch weights file ({type(err).__name__}: {first})"
+        raise CheckpointError(
+            f"cannot read checkpoint {path}: {why}; expected an OpenGLIP .safetensors or a PyTorch "
+            ".pth/.pt state dict such as the official GLIP weights"
+        ) from None
     cfg = None
     if isinstance(obj, dict) and "model" in obj and isinstance(obj["model"], Mapping):
         if isinstance(obj.get(MODEL_CONFIG_KEY), dict):
@@ -331,14 +356,18 @@ def resolve_config(preset_or_path: str, weights: str | None) -> tuple[ModelConfi
     ``preset_or_path`` is a preset name or a checkpoint file; ``weights`` an optional checkpoint file.
     """
     state, cfg = None, None
-    is_file = os.path.sep in preset_or_path or Path(preset_or_path).suffix in (".safetensors", ".pth", ".pt")
+    # preset names have no dots or slashes: anything else (x.bin, runs/a/model) is a file
+    is_file = os.path.sep in preset_or_path or bool(Path(preset_or_path).suffix)
     if is_file:
+        if not Path(preset_or_path).exists():
+            raise CheckpointError(f"{preset_or_path}: no such file (give a checkpoint file or a preset name)")
         state, cfg = read_checkpoint(preset_or_path)
         if cfg is None:
             guess = guess_preset(state) if is_official_state_dict(state) else None
             if guess is None:
                 raise CheckpointError(
-                    f"{preset_or_path} carries no config; pass the preset too: load_model('glip_t', weights=...)"
+                    f"{preset_or_path} carries no config and is not an official GLIP-T/L checkpoint; name its "
+                    "preset (openglip ... --preset tiny, or load_model('tiny', weights=...))"
                 )
             cfg = get_preset(guess)
     else:

@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from .errors import DataError, UsageError
+
 __all__ = [
     "coco_detection_metrics",
     "format_table",
@@ -48,7 +50,7 @@ def _load_backend(backend: str) -> tuple[type, type]:
         except ImportError as exc:  # pragma: no cover - depends on the environment
             raise ImportError("backend='faster' requires the 'faster-coco-eval' package") from exc
         return FastCOCO, COCOeval_faster
-    raise ValueError(f"unknown backend {backend!r}; expected one of {_BACKENDS}")
+    raise UsageError(f"unknown backend {backend!r}; expected one of {_BACKENDS}")
 
 
 @contextlib.contextmanager
@@ -71,14 +73,14 @@ def _prepare_gt(gt: Mapping[str, Any]) -> dict[str, Any]:
     """Shallow-copy a COCO dataset dict, filling the ``iscrowd``/``area`` fields COCOeval needs."""
     for key in ("images", "annotations", "categories"):
         if key not in gt:
-            raise ValueError(f"gt is missing the COCO field {key!r}")
+            raise DataError(f"ground truth is not a COCO dataset: the field {key!r} is missing")
     anns = []
     for ann in gt["annotations"]:
         ann = dict(ann)
         ann.setdefault("iscrowd", 0)
         if "area" not in ann:
             if "bbox" not in ann:
-                raise ValueError(f"annotation {ann.get('id')!r} has neither 'area' nor 'bbox'")
+                raise DataError(f"annotation {ann.get('id')!r} has neither 'area' nor 'bbox'")
             ann["area"] = float(ann["bbox"][2]) * float(ann["bbox"][3])
         anns.append(ann)
     out = dict(gt)
@@ -99,7 +101,7 @@ def _prepare_predictions(predictions: Sequence[Mapping[str, Any]], iou_type: str
     for i, pred in enumerate(predictions):
         missing = [k for k in ("image_id", "category_id", "score", geom) if k not in pred]
         if missing:
-            raise ValueError(f"prediction {i} is missing field(s) {missing}")
+            raise DataError(f"prediction {i} is missing field(s) {missing}")
         clean: dict[str, Any] = {
             "image_id": int(pred["image_id"]),
             "category_id": int(pred["category_id"]),
@@ -169,7 +171,7 @@ def coco_detection_metrics(
             prediction whose ``image_id`` is not in ``gt`` (the message names the first one).
     """
     if iou_type not in _IOU_TYPES:
-        raise ValueError(f"unsupported iou_type {iou_type!r}; expected one of {_IOU_TYPES}")
+        raise UsageError(f"unsupported iou_type {iou_type!r}; expected one of {_IOU_TYPES}")
     coco_cls, eval_cls = _load_backend(backend)
     dataset = _prepare_gt(gt)
     dets = _prepare_predictions(predictions, iou_type)
@@ -177,7 +179,7 @@ def coco_detection_metrics(
     image_ids = {int(img["id"]) for img in dataset["images"]}
     for det in dets:
         if det["image_id"] not in image_ids:
-            raise ValueError(f"prediction refers to image_id {det['image_id']} which is not in gt")
+            raise DataError(f"prediction refers to image_id {det['image_id']} which is not in gt")
 
     with _quiet(verbose):
         coco_gt = _build_coco(coco_cls, dataset)
@@ -248,7 +250,7 @@ def grounding_recall(
         ValueError: If ``gt_boxes`` and ``pred_boxes`` have different lengths.
     """
     if len(gt_boxes) != len(pred_boxes):
-        raise ValueError(f"got {len(gt_boxes)} ground-truth phrases but {len(pred_boxes)} predictions")
+        raise DataError(f"got {len(gt_boxes)} ground-truth phrases but {len(pred_boxes)} predictions")
     hits = dict.fromkeys(ks, 0)
     n_phrases = 0
     for gts, preds in zip(gt_boxes, pred_boxes):
@@ -272,7 +274,7 @@ def _mask_stats(pred: np.ndarray, gt: np.ndarray) -> tuple[int, int]:
     pred = np.asarray(pred).astype(bool)
     gt = np.asarray(gt).astype(bool)
     if pred.shape != gt.shape:
-        raise ValueError(f"mask shapes differ: pred {pred.shape} vs gt {gt.shape}")
+        raise DataError(f"mask shapes differ: pred {pred.shape} vs gt {gt.shape}")
     return int(np.logical_and(pred, gt).sum()), int(np.logical_or(pred, gt).sum())
 
 
@@ -308,7 +310,7 @@ def referring_miou(preds: list[np.ndarray], gts: list[np.ndarray]) -> dict[str, 
         ValueError: If the lists have different lengths or a pair's shapes differ.
     """
     if len(preds) != len(gts):
-        raise ValueError(f"got {len(preds)} predictions but {len(gts)} ground-truth masks")
+        raise DataError(f"got {len(preds)} predictions but {len(gts)} ground-truth masks")
     if not preds:
         return {"mIoU": float("nan"), "oIoU": float("nan")}
     total_inter = total_union = 0

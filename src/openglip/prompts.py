@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .errors import OpenGLIPError
+from .errors import OpenGLIPError, UsageError
 
 SEPARATOR = ". "  # GLIP joins class names with ". "
 
@@ -35,11 +35,16 @@ class Prompt:
 
     def __post_init__(self):
         if len(self.phrases) != len(self.spans):
-            raise ValueError("a Prompt needs one span list per phrase")
+            raise PromptError(
+                f"a Prompt needs one span list per phrase: {len(self.phrases)} phrases, "
+                f"{len(self.spans)} span lists"
+            )
         for phrase, spans in zip(self.phrases, self.spans):
             for start, end in spans:
                 if not (0 <= start < end <= len(self.caption)):
-                    raise ValueError(f"span ({start}, {end}) of phrase {phrase!r} is outside the caption")
+                    raise PromptError(
+                        f"span ({start}, {end}) of phrase {phrase!r} is outside the caption {self.caption[:80]!r}"
+                    )
 
     def __len__(self) -> int:
         return len(self.phrases)
@@ -70,36 +75,62 @@ def load_tokenizer():
     return tokenizer
 
 
+def normalize_phrase(text: str) -> str:
+    """What makes two phrases the same phrase: the words, case-insensitively (the tokenizer is uncased)."""
+    return " ".join(str(text).split()).lower()
+
+
 def build_prompt(names: Sequence[str], separator: str = SEPARATOR) -> Prompt:
-    """Join class names into a GLIP detection caption: ``["person", "red car"] -> "person. red car"``."""
-    caption, phrases, spans = "", [], []
+    """Join class names into a GLIP detection caption: ``["person", "red car"] -> "person. red car"``.
+
+    A name repeated (up to case and spacing) is listed once, where it first occurs: two identical phrases
+    would only compete for the same boxes. Map a name to its phrase with :func:`normalize_phrase`.
+    """
+    caption, phrases, spans, seen = "", [], [], set()
     for i, raw in enumerate(names):
         name = " ".join(str(raw).split())
         if not name:
             raise PromptError(f"class name #{i} is empty")
+        if normalize_phrase(name) in seen:
+            continue
+        seen.add(normalize_phrase(name))
+        if caption:
+            caption += separator
         start = len(caption)
         caption += name
         phrases.append(name)
         spans.append(((start, len(caption)),))
-        if i < len(names) - 1:
-            caption += separator
     if not phrases:
         raise PromptError("the prompt is empty: give at least one class name")
     return Prompt(caption, tuple(phrases), tuple(spans))
 
 
+def _unique(caption: str, found: Sequence[tuple[int, int]]) -> Prompt:
+    """A prompt of the phrases at ``found`` in ``caption``, each distinct phrase once (its first occurrence)."""
+    phrases, spans, seen = [], [], set()
+    for start, end in found:
+        text = caption[start:end]
+        if normalize_phrase(text) in seen:
+            continue
+        seen.add(normalize_phrase(text))
+        phrases.append(text)
+        spans.append(((start, end),))
+    return Prompt(caption, tuple(phrases), tuple(spans))
+
+
 def split_caption(caption: str) -> Prompt:
-    """Phrases of a ``"person. red car."``-style caption: the text between periods, spans in ``caption``."""
-    phrases, spans = [], []
+    """Phrases of a ``"person. red car."``-style caption: the text between periods, spans in ``caption``.
+
+    A phrase repeated (``"cat. cat. dog."``) is kept once, at its first occurrence."""
+    found = []
     for m in re.finditer(r"[^.]+", caption):
         text = m.group(0)
         stripped = text.strip()
         if not stripped:
             continue
         start = m.start() + (len(text) - len(text.lstrip()))
-        phrases.append(stripped)
-        spans.append(((start, start + len(stripped)),))
-    return Prompt(caption, tuple(phrases), tuple(spans))
+        found.append((start, start + len(stripped)))
+    return _unique(caption, found)
 
 
 # --- noun phrases ----------------------------------------------------------------------------------------------
@@ -309,7 +340,7 @@ def get_extractor(name: str = "auto") -> PhraseExtractor:
             return spacy_noun_phrases
         except ModuleNotFoundError:
             return rule_based_noun_phrases
-    raise ValueError(f"unknown phrase extractor {name!r}; use auto, rule or spacy")
+    raise UsageError(f"unknown phrase extractor {name!r}; use auto, rule or spacy")
 
 
 def parse_prompt(prompt: str | Sequence[str] | Prompt, extractor: PhraseExtractor | None = None) -> Prompt:
@@ -332,8 +363,7 @@ def parse_prompt(prompt: str | Sequence[str] | Prompt, extractor: PhraseExtracto
         if "." in prompt:
             parsed = split_caption(prompt)
         else:
-            found = (extractor or rule_based_noun_phrases)(prompt)
-            parsed = Prompt(prompt, tuple(prompt[s:e] for s, e in found), tuple(((s, e),) for s, e in found))
+            parsed = _unique(prompt, (extractor or rule_based_noun_phrases)(prompt))
         if not parsed.phrases:
             raise PromptError(f"no phrase to detect in the prompt {prompt!r}; name objects, e.g. 'cat. dog.'")
         return parsed
@@ -383,7 +413,8 @@ def positive_map(token_lists: list[list[int]], num_tokens: int) -> torch.Tensor:
 
 def num_tokens(text: str) -> int:
     """Length of ``text`` in tokens, with [CLS] and [SEP]."""
-    return len(load_tokenizer()(text, add_special_tokens=True)["input_ids"])
+    # verbose=False: counting the tokens of a long text is why we are here, not a mistake to warn about
+    return len(load_tokenizer()(text, add_special_tokens=True, verbose=False)["input_ids"])
 
 
 def chunk_prompt(prompt: Prompt, max_tokens: int) -> list[tuple[Prompt, int]]:
@@ -397,7 +428,9 @@ def chunk_prompt(prompt: Prompt, max_tokens: int) -> list[tuple[Prompt, int]]:
         PromptError: a single phrase is longer than ``max_tokens``.
     """
     tok = load_tokenizer()
-    if len(tok(prompt.caption)["input_ids"]) <= max_tokens:
+    # verbose=False: a caption over the model's limit is expected here (it is what chunking is for), so
+    # transformers' "sequence length is longer than ... indexing errors" warning would only mislead
+    if len(tok(prompt.caption, verbose=False)["input_ids"]) <= max_tokens:
         return [(prompt, 0)]
     chunks: list[tuple[Prompt, int]] = []
     current: list[str] = []
@@ -406,7 +439,7 @@ def chunk_prompt(prompt: Prompt, max_tokens: int) -> list[tuple[Prompt, int]]:
     used = 0
     sep_cost = len(tok(SEPARATOR.strip(), add_special_tokens=False)["input_ids"])
     for i, phrase in enumerate(prompt.phrases):
-        cost = len(tok(phrase, add_special_tokens=False)["input_ids"])
+        cost = len(tok(phrase, add_special_tokens=False, verbose=False)["input_ids"])
         if cost > budget:
             raise PromptError(
                 f"phrase {phrase!r} alone is {cost} tokens, more than the {budget} a chunk can hold"

@@ -46,13 +46,18 @@ def render(image: Image.Image, dets: Detections) -> Image.Image:
     return canvas
 
 
-def draw_detections(source, dets: Detections, out_path: str | os.PathLike) -> Path:
-    """Draw ``dets`` on the image ``source`` (path, PIL or array) and write it atomically to ``out_path``."""
+def draw_detections(
+    source, dets: Detections, out_path: str | os.PathLike, *, format: str | None = None
+) -> Path:
+    """Draw ``dets`` on the image ``source`` (path, PIL or array) and write it atomically to ``out_path``
+    (as PNG for a ``.png`` name, else JPEG, unless ``format`` names a PIL format)."""
     image, original = load_image(source)
     if image.size != (original[1], original[0]):  # a huge image was reduced when read: draw at full size
         image = image.resize((original[1], original[0]))
     out_path = Path(out_path)
     result = render(image, dets)
-    fmt = "PNG" if out_path.suffix.lower() == ".png" else "JPEG"
-    atomic_write(out_path, lambda tmp: result.save(tmp, format=fmt, quality=92))
+    fmt = format or ("PNG" if out_path.suffix.lower() == ".png" else "JPEG")
+    atomic_write(
+        out_path, lambda tmp: result.save(tmp, format=fmt, **({"quality": 92} if fmt == "JPEG" else {}))
+    )
     return out_path

@@ -29,10 +29,12 @@ def cmd_convert(args) -> int:
         save_safetensors,
     )
     from ..config import get_preset
+    from ..files import check_output_file
     from ..models.detector import build_model
 
     if not args.dest.endswith(".safetensors"):
         raise UsageError(f"destination {args.dest} should end with .safetensors")
+    check_output_file(args.dest, "destination")
     state, embedded = read_checkpoint(args.source)
     name = args.preset or (embedded.name if embedded else None)
     if name is None and is_official_state_dict(state):
@@ -46,11 +48,6 @@ def cmd_convert(args) -> int:
     n = sum(v.numel() for v in model.state_dict().values())
     print(f"converted {args.source} ({name}, {len(state)} tensors, {n / 1e6:.1f}M values) -> {args.dest}")
     return 0
-
-
-# --------------------------------------------------------------------------------------------------------------
-# train / evaluate / data
-# --------------------------------------------------------------------------------------------------------------
 
 
 def register(sub) -> None:

@@ -41,7 +41,9 @@ def _add_data(sub):
 
 def cmd_data_shapes(args) -> int:
     from ..data.shapes import write_dataset
+    from ..files import check_output_dir
 
+    check_output_dir(args.out, "--out")
     if args.images is not None and args.images < 1:
         raise UsageError("--images must be at least 1")
     if args.size < 32:
@@ -58,6 +60,7 @@ def cmd_data_shapes(args) -> int:
     return 0
 
 
+    check_output_dir(args.out, "--out")
 def _write_format(args) -> int:
     from ..data import shapes_formats
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import sys
 
+from ..errors import UsageError
+
 
 def _add_evaluate(sub):
     p = sub.add_parser(
@@ -31,25 +33,48 @@ def _add_evaluate(sub):
 
 def cmd_evaluate(args) -> int:
     from ..api import load_model
-    from ..engine.evaluate import evaluate_file, evaluate_shapes
-    from ..files import write_text_atomic
+    from ..device import resolve_device
+    from ..engine.evaluate import evaluate_file, evaluate_shapes, json_metrics
+    from ..files import check_output_file, write_text_atomic
     from ..metrics import format_table
 
-    detector = load_model(args.preset, weights=args.weights, device=args.device) if args.preset else load_model(
-        args.weights, device=args.device
-    )  # fmt: skip
+    if args.batch_size < 1:
+        raise UsageError("--batch-size must be at least 1")
+    resolve_device(args.device)
+    if args.out:
+        check_output_file(args.out, "--out")  # before the model runs over the data
+    tuned = None
     if args.prompt_file:
         from ..prompt_tuning import load_tuned_prompt
 
-        detector.add_tuned_prompt(load_tuned_prompt(args.prompt_file))
+        tuned = load_tuned_prompt(args.prompt_file)
+    detector = load_model(args.preset, weights=args.weights, device=args.device) if args.preset else load_model(
+        args.weights, device=args.device
+    )  # fmt: skip
+    if tuned is not None:
+        detector.add_tuned_prompt(tuned)
     predictions: list = []
     if args.data == "shapes":
-        metrics = evaluate_shapes(detector, num_images=args.images, image_size=args.image_size)
+        metrics = evaluate_shapes(
+            detector, num_images=args.images, image_size=args.image_size, tuned_prompt=tuned
+        )
     else:
-        metrics, predictions = evaluate_file(detector, args.data, args.image_root, args.batch_size)
+        metrics, predictions = evaluate_file(
+            detector, args.data, args.image_root, args.batch_size, tuned_prompt=tuned
+        )
     print(format_table(metrics, title=f"{detector.config.name} on {args.data}"))
+    undefined = [k for k, v in metrics.items() if v != v]
+    if undefined:
+        print(
+            f"n/a: undefined on this data (no ground truth for it): {', '.join(undefined)}"
+            + ("; written as null" if args.out else "")
+        )
     if args.out:
-        write_text_atomic(args.out, json.dumps({"metrics": metrics, "predictions": predictions}))
+        # strict JSON: an undefined metric (no ground truth) is null, never NaN
+        write_text_atomic(
+            args.out,
+            json.dumps({"metrics": json_metrics(metrics), "predictions": predictions}, allow_nan=False),
+        )
         print(f"wrote {args.out}", file=sys.stderr)
     return 0
 

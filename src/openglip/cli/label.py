@@ -40,11 +40,17 @@ def cmd_label(args) -> int:
     from ..device import resolve_device
     from ..distributed import cleanup, init_distributed
     from ..engine.label import label_pairs
+    from ..files import check_output_file
     from ..prompts import get_extractor
     from ..teachers import load_teacher
 
     if not Path(args.images).is_dir():
         raise UsageError(f"--images {args.images}: not a directory")
+    if args.batch_size < 1:
+        raise UsageError("--batch-size must be at least 1")
+    if not 0.0 <= args.threshold <= 1.0:
+        raise UsageError("--threshold must be between 0 and 1")
+    check_output_file(args.out, "--out")  # before the teacher is loaded and the images are labelled
     pairs, _ = read_captions(args.captions, args.images)
     if not pairs:
         raise UsageError(f"{args.captions}: no usable image-caption pairs")
@@ -63,7 +69,8 @@ def cmd_label(args) -> int:
     if dist.is_main:
         print(
             f"labelled {stats.labelled} pairs ({stats.boxes} boxes >= {args.threshold}), {stats.skipped_done} "
-            f"already done, {stats.unreadable} unreadable -> {args.out}",
+            f"already done, {stats.duplicates} listed twice, {stats.no_phrase} without a noun phrase, "
+            f"{stats.unreadable} unreadable -> {args.out}",
             file=sys.stderr,
         )
     cleanup(dist)

@@ -41,6 +41,8 @@ def register(sub) -> None:
 
 def run(args) -> int:
     from ..config import load_run_config
+    from ..device import resolve_device
+    from ..files import check_output_dir
     from ..metrics import format_table
     from ..tasks import train
 
@@ -53,6 +55,8 @@ def run(args) -> int:
         "batch_size": args.batch_size,
     }
     train_cfg = dataclasses.replace(train_cfg, **{k: v for k, v in flags.items() if v is not None})
+    resolve_device(args.device)
+    check_output_dir(train_cfg.out_dir, "--out")  # before the data are read and the model is built
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     trainer = train(model_cfg, train_cfg, resume=args.resume, overwrite=args.overwrite, device=args.device)
     if trainer.dist.is_main:

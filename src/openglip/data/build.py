@@ -11,7 +11,7 @@ from torch.utils.data import Dataset
 
 from ..errors import DataError
 from .datasets import GroundingDataset, ShapesDataset
-from .records import ImageRecord
+from .records import ImageRecord, log
 from .transforms import default_train_transforms, to_model_input
 
 
@@ -87,6 +87,11 @@ def build_train_dataset(model_cfg, cfg) -> Dataset:
         records, categories = read_annotations(path, cfg.image_root)
         if not records:
             raise DataError(f"{path}: no usable records (see the skipped-entry counts above)")
+        if not any(len(rec.boxes) for rec in records):
+            log.warning(
+                "%s: none of its %d images has an annotated box: the model learns only what is absent", path,
+                len(records),
+            )  # fmt: skip
         parts.append(
             GroundingDataset(
                 records,

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..prompts import Prompt, load_tokenizer, positive_map, token_spans
+from ..prompts import Prompt, load_tokenizer, normalize_phrase, positive_map, token_spans
 
 
 @dataclass
@@ -77,7 +77,7 @@ def phrase_key(text: str) -> int:
     """A stable 62-bit id of a phrase's normalised text (equal on every rank and in every batch)."""
     import hashlib
 
-    norm = " ".join(text.lower().split())
+    norm = normalize_phrase(text)
     return int.from_bytes(hashlib.sha1(norm.encode("utf-8")).digest()[:8], "little") >> 2
 
 

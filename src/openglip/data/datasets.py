@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from ..errors import DataError
 from ..images import load_image
 from ..prompts import SEPARATOR, load_tokenizer
 from .records import ImageRecord
@@ -106,13 +107,24 @@ class GroundingDataset(Dataset):
     ):
         self.records = list(records)
         self.with_masks = with_masks
+        if any(not rec.is_grounding for rec in self.records):
+            unnamed = [i for i, c in enumerate(categories) if not str(c).strip()]
+            if unnamed:
+                raise DataError(
+                    f"categories {unnamed[:10]} have no name, so detection prompts cannot name them; give every "
+                    "category a name (COCO 'categories', an ODVG label map or 'category' fields)"
+                )
         self.fixed = None
         if fixed_prompt:
-            from ..prompts import Prompt, build_prompt
+            from ..prompts import Prompt, build_prompt, normalize_phrase
 
-            # a Prompt: the task's own wording (one phrase per category, in order), e.g. GLIP's caption prompts
-            p = fixed_prompt if isinstance(fixed_prompt, Prompt) else build_prompt(list(categories))
-            self.fixed = (p.caption, {i: sp[0] for i, sp in enumerate(p.spans)})
+            if isinstance(fixed_prompt, Prompt):  # the task's own wording (one phrase per category, in order)
+                self.fixed = (fixed_prompt.caption, {i: sp[0] for i, sp in enumerate(fixed_prompt.spans)})
+            else:
+                p = build_prompt(list(categories))
+                # categories with the same name share that name's one phrase in the prompt
+                span_of = {normalize_phrase(ph): sp[0] for ph, sp in zip(p.phrases, p.spans)}
+                self.fixed = (p.caption, {i: span_of[normalize_phrase(c)] for i, c in enumerate(categories)})
         self.categories = list(categories)
         self.transform = transform
         self.to_tensor = to_tensor

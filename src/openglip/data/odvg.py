@@ -3,6 +3,12 @@
 Detection: ``{"filename", "height", "width", "detection": {"instances": [{"bbox": [x1, y1, x2, y2],
 "label": int, "category": str}]}}``. Grounding: ``{"filename", "height", "width", "grounding": {"caption":
 str, "regions": [{"bbox": [...], "phrase": str, "tokens_positive": [[start, end], ...]}]}}``.
+
+The vocabulary of a detection file comes from its label map when there is one (GroundingDINO's
+``{"0": "person", "1": "bicycle", ...}``, found beside the file as ``NAME.label_map.json`` for ``NAME.jsonl``,
+or as ``label_map.json``), plus the ``category`` names of its instances. It never depends on which labels
+happen to occur: a category no image shows is still a category (a negative in training prompts, a class in
+evaluation).
 """
 
 from __future__ import annotations
@@ -62,10 +68,53 @@ def iter_jsonl(path: str | os.PathLike, report: SkipReport) -> Iterator[tuple[in
         raise DataError(f"{path}: not a JSONL file (none of its {bad} lines is a JSON object)")
 
 
+def label_map_path(jsonl_path: str | os.PathLike) -> Path:
+    """Where :func:`write_odvg` puts the label map of ``NAME.jsonl``: ``NAME.label_map.json`` beside it."""
+    path = Path(jsonl_path)
+    return path.with_name(path.name.removesuffix(".jsonl") + ".label_map.json")
+
+
+def read_label_map(path: str | os.PathLike) -> dict[int, str]:
+    """A label map: ``{"0": "person", ...}`` (GroundingDINO's) or a JSON list of names (label = position).
+
+    Raises:
+        DataError: the file is not such a JSON object or list (the message names it).
+    """
+    path = Path(path)
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise DataError(f"label map {path}: cannot read it as JSON ({err})") from None
+    items = enumerate(raw) if isinstance(raw, list) else raw.items() if isinstance(raw, dict) else None
+    out: dict[int, str] = {}
+    for key, name in items or ():
+        try:
+            label = int(key)
+        except (TypeError, ValueError):
+            label = -1
+        if label < 0 or not isinstance(name, str) or not name.strip():
+            raise DataError(
+                f"label map {path}: entry {key!r}: {name!r} is not 'label id': 'category name' "
+                '(expected e.g. {"0": "person", "1": "bicycle"})'
+            )
+        out[label] = name
+    if items is None or not out:
+        raise DataError(f'label map {path}: expected a JSON object like {{"0": "person", "1": "bicycle"}}')
+    return out
+
+
+def _find_label_map(jsonl_path: Path) -> Path | None:
+    for candidate in (label_map_path(jsonl_path), jsonl_path.parent / "label_map.json"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
 def _detection(
-    obj: dict, size: tuple[int, int], names: dict[int, str], report: SkipReport
+    obj: dict, size: tuple[int, int], names: dict[int, str], fixed: dict[int, str], report: SkipReport
 ) -> tuple[np.ndarray, np.ndarray] | None:
-    """Boxes and labels of a detection line (None when unusable); records label names in ``names``."""
+    """Boxes and labels of a detection line (None when unusable); records label names in ``names`` (the
+    label map ``fixed`` has the last word on a label's name)."""
     instances = obj["detection"].get("instances", []) if isinstance(obj["detection"], dict) else None
     if not isinstance(instances, list):
         report.add("bad_record")
@@ -77,7 +126,7 @@ def _detection(
             report.add("bad_label")
             continue
         name = inst.get("category")
-        if isinstance(name, str) and names.setdefault(label, name) != name:
+        if isinstance(name, str) and name.strip() and fixed.get(label, names.setdefault(label, name)) != name:
             report.add("label_name_conflict")
         raw.append(parse_box(inst.get("bbox"), xywh=False))
         labels.append(label)
@@ -118,7 +167,11 @@ def _grounding(
 
 
 def read_odvg(
-    jsonl_path: str | os.PathLike, image_root: str | os.PathLike | None = None, *, check_images: bool = True
+    jsonl_path: str | os.PathLike,
+    image_root: str | os.PathLike | None = None,
+    *,
+    check_images: bool = True,
+    label_map: str | os.PathLike | dict[int, str] | None = None,
 ) -> tuple[list[ImageRecord], list[str], SkipReport]:
     """Read an ODVG JSONL file of detection and/or grounding lines.
 
@@ -126,18 +179,29 @@ def read_odvg(
         jsonl_path: the annotation file.
         image_root: folder the ``filename`` entries are relative to (default: the file's folder).
         check_images: skip lines whose image file does not exist ("missing_image").
+        label_map: ``{label id: name}`` or a label-map file; default: ``NAME.label_map.json`` or
+            ``label_map.json`` beside the file when one exists.
 
     Returns:
         ``(records, categories, report)``: one record per usable line (``image_id`` = 1-based line number);
-        ``categories[label]`` is the name seen with ``label`` in detection instances ("" for labels never
-        seen); grounding records have ``labels == -1`` and spans from ``tokens_positive``.
+        ``categories`` are the names of every label id of the label map and of the instances, in id order,
+        and detection records' ``labels`` index them (ids with gaps are renumbered 0, 1, ...). Instances whose
+        label has no name anywhere are skipped ("unnamed_label"). Grounding records have ``labels == -1`` and
+        spans from ``tokens_positive``.
 
     Raises:
-        FileNotFoundError: ``jsonl_path`` does not exist.
-        ValueError: the file is not JSONL.
+        DataError: the file does not exist, is not JSONL, or its label map is unreadable.
     """
-    root = Path(jsonl_path).parent if image_root is None else Path(image_root)
+    jsonl_path = Path(jsonl_path)
+    root = jsonl_path.parent if image_root is None else Path(image_root)
     report = SkipReport(source=str(jsonl_path))
+    if label_map is None:
+        found = _find_label_map(jsonl_path)
+        fixed = read_label_map(found) if found is not None else {}
+        if found is not None:
+            log.info("%s: categories from the label map %s", jsonl_path, found)
+    else:
+        fixed = dict(label_map) if isinstance(label_map, dict) else read_label_map(label_map)
     records, names, kinds = [], {}, set()
     for number, obj in iter_jsonl(jsonl_path, report):
         kind = "detection" if "detection" in obj else "grounding" if "grounding" in obj else None
@@ -155,7 +219,7 @@ def read_odvg(
             continue
         head = {"file_name": path, "height": size[0], "width": size[1], "image_id": number}
         if kind == "detection":
-            parsed_det = _detection(obj, size, names, report)
+            parsed_det = _detection(obj, size, names, fixed, report)
             if parsed_det is not None:
                 records.append(ImageRecord(**head, boxes=parsed_det[0], labels=parsed_det[1]))
             continue
@@ -170,10 +234,25 @@ def read_odvg(
         records.append(ImageRecord(**head, boxes=boxes, labels=labels, caption=caption, spans=spans))
     if kinds == {None}:
         raise DataError(f"{jsonl_path}: not an ODVG file (no line has 'detection' or 'grounding')")
-    categories = [names.get(i, "") for i in range(max(names, default=-1) + 1)]
-    missing = [i for i, n in enumerate(categories) if not n]
-    if missing:
-        log.warning("%s: no category name for labels %s", jsonl_path, missing[:20])
+    names.update(fixed)
+    index = {label: i for i, label in enumerate(sorted(names))}
+    categories = [names[label] for label in sorted(names)]
+    unnamed: set[int] = set()
+    for rec in records:
+        if rec.caption is not None:
+            continue
+        keep = np.array([int(lab) in index for lab in rec.labels], dtype=bool)
+        if not keep.all():
+            unnamed.update(int(lab) for lab in rec.labels[~keep])
+            report.add("unnamed_label", int((~keep).sum()))
+            rec.boxes = rec.boxes[keep]
+        rec.labels = np.array([index[int(lab)] for lab in rec.labels[keep]], dtype=np.int64)
+    if unnamed:
+        log.warning(
+            "%s: labels %s have no category name (no 'category' field, no label map); their boxes are skipped. "
+            "Add a label map %s",
+            jsonl_path, sorted(unnamed)[:20], label_map_path(jsonl_path),
+        )  # fmt: skip
     report.log()
     return records, categories, report
 
@@ -199,8 +278,17 @@ def odvg_line(record: ImageRecord, categories: Sequence[str], file_name: str | N
     return {**head, "grounding": {"caption": record.caption, "regions": regions}}
 
 
+def write_label_map(jsonl_path: str | os.PathLike, categories: Sequence[str]) -> Path:
+    """Write the label map of an ODVG file (``{"0": name, ...}``) where :func:`read_odvg` finds it."""
+    path = label_map_path(jsonl_path)
+    write_text_atomic(path, json.dumps({str(i): name for i, name in enumerate(categories)}, indent=1))
+    return path
+
+
 def write_odvg(path: str | os.PathLike, records: Sequence[ImageRecord], categories: Sequence[str]) -> None:
-    """Write records as ODVG JSONL (the inverse of :func:`read_odvg`), one line per record in order.
+    """Write records as ODVG JSONL (the inverse of :func:`read_odvg`), one line per record in order, and,
+    when there are detection records, the label map of ``categories`` beside it (so that categories no
+    record shows are kept).
 
     Args:
         path: output file; image paths inside its folder are written relative to it.
@@ -209,4 +297,6 @@ def write_odvg(path: str | os.PathLike, records: Sequence[ImageRecord], categori
     """
     folder = Path(path).parent
     lines = [json.dumps(odvg_line(r, categories, relative_name(r.file_name, folder))) + "\n" for r in records]
+    if categories and any(r.caption is None for r in records):
+        write_label_map(path, categories)
     write_text_atomic(path, "".join(lines))

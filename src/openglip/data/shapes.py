@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
+from ..errors import UsageError
 from ..files import write_text_atomic
 from ..structures import mask_to_rle
 
@@ -223,14 +224,16 @@ class ShapesWorld:
         seed: int = 0,
     ) -> None:
         if split not in _SPLITS:
-            raise ValueError(f"split must be one of {sorted(_SPLITS)}, not {split!r}")
+            raise UsageError(f"shapes: split must be one of {sorted(_SPLITS)}, not {split!r}")
         h, w = (int(image_size),) * 2 if np.ndim(image_size) == 0 else map(int, image_size)
         if min(h, w) < 32:
-            raise ValueError(f"image_size must be at least 32 px, got {(h, w)}")
+            raise UsageError(f"shapes: the image size must be at least 32 px, got {(h, w)}")
         if not 1 <= min_objects <= max_objects:
-            raise ValueError(f"need 1 <= min_objects <= max_objects, got {min_objects}, {max_objects}")
+            raise UsageError(
+                f"shapes: need 1 <= min_objects <= max_objects, got {min_objects}, {max_objects}"
+            )
         if seed < 0:
-            raise ValueError("seed must be non-negative")
+            raise UsageError(f"shapes: the seed must be 0 or more, got {seed}")
         self.split, self.height, self.width = split, h, w
         self.min_objects, self.max_objects, self.seed = min_objects, max_objects, seed
         self.scale = min(h, w) / 128.0
@@ -492,12 +495,17 @@ def write_dataset(
         max_objects: most objects per image.
 
     Returns:
-        Paths under keys ``"images"`` (folder), ``"coco"``, ``"detection"`` and ``"grounding"``; file names in the
-        records are relative to ``out_dir`` (``"images/000000.png"``).
+        Paths under keys ``"images"`` (folder), ``"coco"``, ``"detection"``, ``"label_map"`` (the detection
+        file's 48 categories, also those no image shows) and ``"grounding"``; file names in the records are
+        relative to ``out_dir`` (``"images/000000.png"``).
     """
     from tqdm import tqdm
 
+    from .odvg import write_label_map
+
     out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"{out} is a file; give a directory for the dataset")
     (out / "images").mkdir(parents=True, exist_ok=True)
     world = ShapesWorld(
         split=split, image_size=image_size, min_objects=min_objects, max_objects=max_objects, seed=seed
@@ -519,6 +527,7 @@ def write_dataset(
         "grounding": "grounding.odvg.jsonl",
     }
     paths = {"images": out / "images", **{k: out / v for k, v in names.items()}}
+    paths["label_map"] = write_label_map(paths["detection"], CATEGORIES)
     info = {"description": "OpenGLIP shapes world", "split": split, "seed": seed}
     coco = {"info": info, "images": images, "annotations": anns, "categories": _coco_categories()}
     write_text_atomic(paths["coco"], json.dumps(coco))

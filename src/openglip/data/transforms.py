@@ -17,6 +17,7 @@ import torch
 import torchvision.transforms.functional as TF
 from PIL import Image, ImageEnhance
 
+from ..errors import UsageError
 from ..models.transform import ImageTransform, resized_size
 from .records import ImageRecord
 
@@ -124,7 +125,7 @@ class RandomResize:
 
     def __init__(self, min_sizes: Sequence[int], max_size: int) -> None:
         if not min_sizes:
-            raise ValueError("RandomResize needs at least one min size")
+            raise UsageError("train_min_sizes must list at least one size, e.g. train_min_sizes=(480,560)")
         self.min_sizes, self.max_size = [int(s) for s in min_sizes], int(max_size)
 
     def __call__(

@@ -5,6 +5,8 @@ chunks the prompt and merges the chunks before NMS). Everything here takes any
 
 from __future__ import annotations
 
+import logging
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,10 +14,12 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from ..errors import DataError
+from ..errors import DataError, UsageError
 from ..metrics import coco_detection_metrics, grounding_recall, referring_miou
-from ..prompts import Prompt, build_prompt
+from ..prompts import Prompt, build_prompt, normalize_phrase
 from ..structures import Predictor
+
+log = logging.getLogger("openglip.evaluate")
 
 
 @dataclass
@@ -60,7 +64,11 @@ def evaluate_detection(
     """
     cats = sorted(gt["categories"], key=lambda c: c["id"])
     prompt = build_prompt([c["name"] for c in cats])
-    ids = [c["id"] for c in cats]
+    # a label indexes the prompt's phrases; a name given to two categories is one phrase, scored as the first
+    first_id: dict[str, int] = {}
+    for c in cats:
+        first_id.setdefault(normalize_phrase(c["name"]), c["id"])
+    ids = [first_id[normalize_phrase(p)] for p in prompt.phrases]
     if splits is None and any("split" in c for c in cats):
         splits = {}
         for c in cats:
@@ -171,11 +179,39 @@ def shapes_eval_set(num_images: int = 200, *, image_size: int = 128, seed: int =
     return gt, images, items
 
 
+def json_metrics(metrics: dict) -> dict:
+    """Metrics as strict JSON values: an undefined metric (NaN: no ground truth for it) becomes None (null)."""
+    return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in metrics.items()}
+
+
+def _check_tuned_prompt(tuned, names: Sequence[str], where: str) -> None:
+    """A tuned prompt applies only to its own caption: refuse one made for other categories (it would be
+    silently unused)."""
+    if tuned is None:
+        return
+    expected = build_prompt(list(names)).caption
+    if tuned.prompt.caption != expected:
+        raise UsageError(
+            f"--prompt-file was tuned for the phrases {list(tuned.prompt.phrases)[:5]}..., but {where} has the "
+            f"categories {list(names)[:5]}... (in this order); tune a prompt on this data's categories"
+        )
+
+
 def evaluate_shapes(
-    detector: Predictor, *, num_images: int = 200, image_size: int = 128, seed: int = 1234
+    detector: Predictor,
+    *,
+    num_images: int = 200,
+    image_size: int = 128,
+    seed: int = 1234,
+    tuned_prompt=None,
 ) -> dict:
-    """Box AP on all / base / novel categories and grounding recall on the shapes world's val split."""
+    """Box AP on all / base / novel categories and grounding recall on the shapes world's val split.
+
+    ``tuned_prompt``, when given, must be the one the detector uses for the categories' prompt (checked)."""
     gt, images, items = shapes_eval_set(num_images, image_size=image_size, seed=seed)
+    _check_tuned_prompt(
+        tuned_prompt, [c["name"] for c in sorted(gt["categories"], key=lambda c: c["id"])], "shapes"
+    )
     metrics, _ = evaluate_detection(detector, gt, images)
     metrics.update(evaluate_grounding(detector, items))
     if getattr(getattr(detector, "model", None), "mask_head", None) is not None:
@@ -183,16 +219,27 @@ def evaluate_shapes(
     return metrics
 
 
-def evaluate_file(detector, path: str, image_root: str | None, batch_size: int) -> tuple[dict, list]:
+def evaluate_file(
+    detector, path: str, image_root: str | None, batch_size: int, *, tuned_prompt=None
+) -> tuple[dict, list]:
     """Metrics of ``detector`` on one annotation file: box AP for detection data (COCO JSON, ODVG detection
-    lines), phrase-grounding recall for grounding data. Returns (metrics, COCO results list)."""
+    lines), phrase-grounding recall for grounding data. Returns (metrics, COCO results list).
+
+    A file without any box gives undefined (NaN) metrics and a warning. ``tuned_prompt``, when given, must
+    have been tuned on the file's categories (checked)."""
     from ..data.build import read_annotations
     from ..data.coco import coco_category_info
 
     records, categories = read_annotations(path, image_root)
     if not records:
         raise DataError(f"{path}: no usable records")
+    if not any(len(rec.boxes) for rec in records):
+        log.warning(
+            "%s: no annotated boxes in %d images: the metrics are undefined (n/a)", path, len(records)
+        )
     if records[0].is_grounding:
+        if tuned_prompt is not None:
+            raise UsageError(f"--prompt-file applies to detection data, but {path} holds grounding captions")
         items = []
         for rec in records:
             groups: dict = {}
@@ -207,6 +254,7 @@ def evaluate_file(detector, path: str, image_root: str | None, batch_size: int) 
     cats = coco_category_info(path) if Path(path).suffix == ".json" else [
         {"id": i + 1, "name": n} for i, n in enumerate(categories)
     ]  # fmt: skip
+    _check_tuned_prompt(tuned_prompt, [c["name"] for c in sorted(cats, key=lambda c: c["id"])], path)
     gt = {"images": [], "annotations": [], "categories": cats}
     ann_id = 1
     for i, rec in enumerate(records):

@@ -5,22 +5,31 @@ Resumable: every finished pair is appended to the output as one complete JSON li
 reads what is there (dropping a half-written last line) and labels only the rest, so a killed run loses at
 most the batch in flight and never labels a pair twice. Under ``torchrun`` each rank labels its own shard into
 ``OUT.rankN.part`` and rank 0 merges the parts into ``OUT`` at the end (atomically, without duplicates).
+
+A pair listed twice is labelled once. A second run on the same output while one is going is refused: the
+writer holds ``OUT.lock`` (``flock``). A caption in which no noun phrase is found is skipped with one line
+naming the image and the caption.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-from collections.abc import Callable, Sequence
+import sys
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from tqdm import tqdm
 
 from ..distributed import DistInfo, barrier
+from ..errors import UsageError
 from ..files import write_text_atomic
 from ..images import ImageError, load_image
-from ..structures import Predictor
+from ..prompts import normalize_phrase
+from ..structures import Detections, Predictor
 
 
 @dataclass
@@ -29,6 +38,38 @@ class LabelStats:
     skipped_done: int = 0  # pairs already in the output
     boxes: int = 0  # pseudo boxes written by this run
     unreadable: int = 0  # images that could not be read (skipped, listed in the log)
+    no_phrase: int = 0  # captions without a noun phrase (skipped, listed in the log)
+    duplicates: int = 0  # pairs listed more than once in the input (labelled once)
+
+
+def _warn(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+@contextlib.contextmanager
+def output_lock(path: Path, *, remove: bool = False) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``path`` for the block, or refuse at once when another process has it
+    (``remove``: delete the lock file afterwards, for the per-rank locks of a torchrun job)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not on POSIX: no lock
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UsageError(
+                f"another openglip label run is writing {path.name.removesuffix('.lock')} (it holds {path}); "
+                "wait for it to finish, or give another --out"
+            ) from None
+        try:
+            yield
+        finally:
+            if remove:
+                path.unlink(missing_ok=True)
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
 def pair_key(file_name: str, caption: str) -> str:
@@ -52,6 +93,31 @@ def _read_done(path: Path, root: Path) -> set[str]:
         except (json.JSONDecodeError, KeyError, TypeError):
             continue
     return done
+
+
+def _in_original_pixels(dets: Detections, seen_size: tuple[int, int], size: tuple[int, int]) -> Detections:
+    """Boxes found on the image as the predictor saw it (huge images are reduced when read) in the pixels of
+    the original image of ``size`` (height, width)."""
+    if seen_size == size:
+        return dets
+    (sh, sw), (h, w) = seen_size, size
+    scale = np.array([w / sw, h / sh, w / sw, h / sh], dtype=np.float32)
+    return Detections(
+        dets.xyxy * scale, dets.scores, dets.labels, dets.phrases, None, dets.prompt_phrases, size
+    )
+
+
+def _phrases(caption: str, spans: Sequence[tuple[int, int]]) -> tuple[list[str], list[tuple[int, int]]]:
+    """Each distinct noun phrase once, with the span of its first occurrence (a repeated phrase would only
+    compete with itself for the same boxes)."""
+    phrases, kept, seen = [], [], set()
+    for s, e in spans:
+        key = normalize_phrase(caption[s:e])
+        if key and key not in seen:
+            seen.add(key)
+            phrases.append(caption[s:e])
+            kept.append((s, e))
+    return phrases, kept
 
 
 def _record(file_name: str, root: Path, size, caption: str, spans, dets, threshold: float) -> dict:
@@ -89,24 +155,49 @@ def label_pairs(
     threshold: float = 0.5,
     batch_size: int = 4,
     dist: DistInfo | None = None,
-    log=print,
+    log: Callable[[str], object] = _warn,
 ) -> LabelStats:
-    """Label ``(image path, caption)`` pairs into the ODVG file ``out_path`` (see the module docstring)."""
+    """Label ``(image path, caption)`` pairs into the ODVG file ``out_path`` (see the module docstring).
+
+    Raises:
+        UsageError: another process is labelling into ``out_path``.
+    """
     dist = dist or DistInfo()
     out = Path(out_path)
     root = out.parent
     root.mkdir(parents=True, exist_ok=True)
     target = out if not dist.enabled else out.with_name(f"{out.name}.rank{dist.rank}.part")
+    # rank 0 (or the only process) locks OUT itself, the other ranks their part: two runs never share a file
+    lock = out.with_name(out.name + ".lock") if dist.is_main else target.with_name(target.name + ".lock")
+    with output_lock(lock, remove=not dist.is_main):
+        return _label_locked(pairs, teacher, out, target, root, extractor, threshold, batch_size, dist, log)
+
+
+def _label_locked(
+    pairs, teacher, out, target, root, extractor, threshold, batch_size, dist, log
+) -> LabelStats:
+    unique, seen = [], set()  # a pair listed twice is labelled once
+    for file_name, caption in pairs:
+        if pair_key(file_name, caption) not in seen:
+            seen.add(pair_key(file_name, caption))
+            unique.append((file_name, caption))
     done = _read_done(out, root) | (_read_done(target, root) if target != out else set())
-    mine = [p for i, p in enumerate(pairs) if i % dist.world_size == dist.rank]
+    mine = [p for i, p in enumerate(unique) if i % dist.world_size == dist.rank]
     todo = [p for p in mine if pair_key(*p) not in done]
-    stats = LabelStats(skipped_done=len(mine) - len(todo))
-    bar = tqdm(total=len(todo), desc="label", unit="img", disable=not dist.is_main or len(todo) < 2)
+    stats = LabelStats(skipped_done=len(mine) - len(todo), duplicates=len(pairs) - len(unique))
+    bar = tqdm(
+        total=len(todo), desc="label", unit="img", disable=not dist.is_main or len(todo) < 2, file=sys.stderr
+    )
     with open(target, "a", encoding="utf-8") as f:
         for start in range(0, len(todo), batch_size):
             batch = todo[start : start + batch_size]
-            images, sizes, keep = [], [], []
+            images, sizes, keep, spans, phrases = [], [], [], [], []
             for file_name, caption in batch:
+                found, kept = _phrases(caption, extractor(caption))
+                if not found:
+                    stats.no_phrase += 1
+                    log(f"openglip: warning: {file_name}: no noun phrase in the caption {caption!r}; skipped")
+                    continue
                 try:
                     image, size = load_image(file_name)
                 except ImageError as err:
@@ -116,11 +207,12 @@ def label_pairs(
                 images.append(image)
                 sizes.append(size)
                 keep.append((file_name, caption))
-            spans = [extractor(caption) for _, caption in keep]
-            phrases = [[caption[s:e] for s, e in sp] for (_, caption), sp in zip(keep, spans)]
+                spans.append(kept)
+                phrases.append(found)
             results = teacher.predict(images, prompts=phrases, box_threshold=0.0) if images else []
             lines = []
-            for (file_name, caption), size, sp, dets in zip(keep, sizes, spans, results):
+            for (file_name, caption), image, size, sp, dets in zip(keep, images, sizes, spans, results):
+                dets = _in_original_pixels(dets, (image.height, image.width), size)
                 rec = _record(file_name, root, size, caption, sp, dets, threshold)
                 stats.boxes += len(rec["grounding"]["regions"])
                 lines.append(json.dumps(rec) + "\n")

@@ -13,6 +13,8 @@ from collections.abc import Iterator
 import torch
 from torch.utils.data import Sampler
 
+from ..errors import UsageError
+
 
 class ResumableSampler(Sampler):
     def __init__(
@@ -26,7 +28,9 @@ class ResumableSampler(Sampler):
         start: int = 0,
     ):
         if size <= 0:
-            raise ValueError("cannot sample from an empty dataset")
+            raise UsageError(
+                "the training data set is empty: nothing to sample (check --data, shapes_epoch_size)"
+            )
         self.size = size
         self.seed = seed
         self.rank = rank

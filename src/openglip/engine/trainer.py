@@ -96,6 +96,12 @@ def _set_rng_state(state: dict) -> None:
 
 
 RUN_FILES = ("checkpoints", "metrics.jsonl", "config.json", "model.safetensors", "tb", ".crashed")
+# TrainConfig fields a resumed run may change (how long, how often, where to look); any other change would
+# make the folder hold two different runs
+RESUMABLE_CHANGES = frozenset(
+    {"out_dir", "max_steps", "time_budget", "log_every", "checkpoint_every", "keep_checkpoints", "eval_every",
+     "eval_images", "val_data", "num_workers", "tensorboard"}
+)  # fmt: skip
 
 
 class Trainer:
@@ -165,6 +171,8 @@ class Trainer:
         """Refuse to mix two runs in one directory; clean up what a kill mid-write left behind."""
         if resume and overwrite:
             raise UsageError("give --resume or --overwrite, not both")
+        if self.out_dir.exists() and not self.out_dir.is_dir():
+            raise UsageError(f"--out {self.out_dir} is a file; give a directory for the run")
         existing = [name for name in RUN_FILES if (self.out_dir / name).exists()]
         if existing and not resume and not overwrite:
             raise UsageError(
@@ -198,7 +206,14 @@ class Trainer:
                 log.info("no checkpoint in %s: starting a new run", self.ckpt_dir)
             return
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        self.model.load_state_dict(ckpt["model"])
+        self._check_same_run(ckpt.get("train_config") or {})
+        try:
+            self.model.load_state_dict(ckpt["model"])
+        except RuntimeError as err:
+            raise UsageError(
+                f"cannot resume from {path}: it holds another model ({str(err).splitlines()[0]}); resume with "
+                "the run's own settings, or use --overwrite or a new --out"
+            ) from None
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
         self.scaler.load_state_dict(ckpt["scaler"])
@@ -210,6 +225,21 @@ class Trainer:
         if self.dist.is_main:
             self._truncate_metrics(self.step)
             log.info("resumed from %s at step %d", path, self.step)
+
+    def _check_same_run(self, saved: dict) -> None:
+        """Refuse to resume a run with settings that would make it another run (seed, data, lr, ...)."""
+        now = json.loads(json.dumps(dataclasses.asdict(self.cfg), default=str))
+        saved = json.loads(json.dumps(saved, default=str))
+        changed = [
+            f"{k}: {saved[k]!r} -> {now[k]!r}"
+            for k in now
+            if k in saved and k not in RESUMABLE_CHANGES and saved[k] != now[k]
+        ]
+        if changed:
+            raise UsageError(
+                f"cannot resume the run in {self.out_dir} with other settings ({'; '.join(changed[:4])}); "
+                "resume with its settings (see its config.json), or use --overwrite or a new --out"
+            )
 
     def _truncate_metrics(self, step: int) -> None:
         """Drop metric lines written after the checkpoint a resumed run restarts from."""

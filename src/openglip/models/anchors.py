@@ -6,6 +6,8 @@ import math
 
 import torch
 
+from ..errors import UsageError
+
 
 def level_anchors(height: int, width: int, stride: int, size: float, device=None) -> torch.Tensor:
     """One square anchor per location of a ``height x width`` map: ``(H*W, 4)`` xyxy, row-major (y, x).
@@ -28,7 +30,10 @@ class AnchorGenerator:
 
     def __init__(self, sizes: tuple[int, ...], strides: tuple[int, ...]):
         if len(sizes) != len(strides):
-            raise ValueError("anchor sizes and strides must have one entry per level")
+            raise UsageError(
+                f"anchor sizes {tuple(sizes)} and strides {tuple(strides)} need one entry per pyramid level "
+                "(model config)"
+            )
         self.sizes = tuple(sizes)
         self.strides = tuple(strides)
         self._cache: dict = {}

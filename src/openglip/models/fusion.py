@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import UsageError
+
 CLAMP = 50000.0  # GLIP clamps attention logits to +-50000 so that fp16 cannot overflow
 
 
@@ -47,7 +49,10 @@ class BiMultiHeadAttention(nn.Module):
     ):
         super().__init__()
         if embed_dim % num_heads:
-            raise ValueError(f"embed_dim {embed_dim} is not divisible by num_heads {num_heads}")
+            raise UsageError(
+                f"fusion width {embed_dim} is not divisible by its {num_heads} attention heads; change the model "
+                "config so that it is"
+            )
         self.num_heads = num_heads
         self.head_dim = embed_dim // num_heads
         self.scale = self.head_dim**-0.5

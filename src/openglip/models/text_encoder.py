@@ -8,6 +8,8 @@ import torch
 from torch import nn
 from transformers import BertConfig, BertModel
 
+from ..errors import UsageError
+
 VOCAB_SIZE = 30522  # bert-base-uncased WordPiece vocabulary
 
 
@@ -68,10 +70,12 @@ class TextEncoder(nn.Module):
         if p.is_dir():
             files = sorted(p.glob("*.safetensors")) or sorted(p.glob("pytorch_model*.bin"))
             if not files:
-                raise FileNotFoundError(f"no *.safetensors or pytorch_model.bin in text-encoder folder {p}")
+                raise UsageError(
+                    f"no *.safetensors or pytorch_model.bin in the text-encoder folder {p} (text_weights)"
+                )
             p = files[0]
         if not p.exists():
-            raise FileNotFoundError(f"text-encoder weights not found: {p}")
+            raise UsageError(f"text-encoder weights not found: {p} (model config text_weights)")
         if p.suffix == ".safetensors":
             from safetensors.torch import load_file
 
@@ -83,7 +87,7 @@ class TextEncoder(nn.Module):
         state.pop("embeddings.position_ids", None)
         missing, unexpected = self.bert.load_state_dict(state, strict=False)
         if missing or unexpected:
-            raise ValueError(
+            raise UsageError(
                 f"text-encoder weights {p} do not match the configured BERT: "
                 f"missing {missing[:5]}, unexpected {unexpected[:5]}"
             )

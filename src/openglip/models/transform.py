@@ -14,12 +14,13 @@ def resized_size(height: int, width: int, min_size: int, max_size: int) -> tuple
     size = min_size
     short, long = float(min(height, width)), float(max(height, width))
     if long / short * size > max_size:
-        size = round(max_size * short / long)
+        # an extreme aspect ratio (1000x2) would round the short side to 0 px: keep at least 1
+        size = max(1, round(max_size * short / long))
     if (width <= height and width == size) or (height <= width and height == size):
         return height, width
     if width < height:
-        return int(size * height / width), size
-    return size, int(size * width / height)
+        return max(1, int(size * height / width)), size
+    return size, max(1, int(size * width / height))
 
 
 class ImageTransform:

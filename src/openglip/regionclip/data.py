@@ -16,6 +16,7 @@ from torch.utils.data import Dataset
 
 from ..data.datasets import item_rng
 from ..data.shapes import CATEGORIES, ShapesWorld
+from ..errors import UsageError
 from .features import image_to_tensor
 from .proposals import random_crops
 
@@ -86,7 +87,7 @@ class _ShapesStream(Dataset):
 
     def __init__(self, world: ShapesWorld, *, size: int, seed: int, fresh_each_epoch: bool):
         if size < 1:
-            raise ValueError(f"dataset size must be at least 1, got {size}")
+            raise UsageError(f"dataset size must be at least 1, got {size}")
         self.world, self.size, self.seed, self.fresh_each_epoch = world, size, seed, fresh_each_epoch
 
     def __len__(self) -> int:
@@ -125,7 +126,7 @@ class ShapesCaptions(_ShapesStream):
         fresh_each_epoch: bool = True,
     ):
         if caption not in CAPTION_KINDS:
-            raise ValueError(f"caption must be one of {CAPTION_KINDS}, not {caption!r}")
+            raise UsageError(f"caption must be one of {CAPTION_KINDS}, not {caption!r}")
         world = ShapesWorld(
             split=split, image_size=image_size, min_objects=min_objects, max_objects=max_objects, seed=seed
         )
@@ -171,7 +172,7 @@ class ShapesBoxes(_ShapesStream):
         classes = list(CATEGORIES if classes is None else classes)
         unknown = sorted(set(classes) - set(CATEGORIES))
         if unknown:
-            raise ValueError(f"not shapes categories: {unknown}")
+            raise UsageError(f"not shapes categories: {unknown}")
         # category index -> class index (-1: not a class)
         self.to_class = np.array(
             [classes.index(n) if n in classes else -1 for n in CATEGORIES], dtype=np.int64

@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import UsageError
+
 PIXEL_MEAN, PIXEL_STD = 127.0, 128.0
 BACKBONES = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2", "tiny_cnn")
 
@@ -39,7 +41,7 @@ def build_backbone(name: str, *, pretrained: bool) -> nn.Module:
         return FrozenBNEfficientNet(name.removeprefix("efficientnet_"), "pypi" if pretrained else None)
     if name == "tiny_cnn":
         return TinyCNN(channels=(16, 32, 64))
-    raise ValueError(f"unknown backbone {name!r}; choose from {', '.join(BACKBONES)}")
+    raise UsageError(f"unknown backbone {name!r}; choose from {', '.join(BACKBONES)}")
 
 
 class SmallFPN(nn.Module):

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 from torchvision.ops import batched_nms
 
+from ..errors import UsageError
 from ..images import load_image
 from ..models.transform import ImageTransform
 from ..structures import Detections
@@ -59,12 +60,12 @@ class NameEmbedder:
         """``(N, D)`` unit vectors ``normalize(template_mean(name) - centre)``."""
         names = tuple(names)
         if not names or any(not isinstance(n, str) or not n.strip() for n in names):
-            raise ValueError(f"class names must be non-empty strings, got {list(names)[:5]}")
+            raise UsageError(f"class names must be non-empty strings, got {list(names)[:5]}")
         if names not in self._cache:
             if self.text is None:
                 self.text = load_text_encoder(self.encoder, device="cpu")
             if self.text.name != self.encoder:
-                raise ValueError(f"the model's text space is {self.encoder!r}, not {self.text.name!r}")
+                raise UsageError(f"the model's text space is {self.encoder!r}, not {self.text.name!r}")
             raw = template_embeddings(self.text, names, self.templates).cpu()
             self._cache[names] = torch.nn.functional.normalize(raw - centre.detach().cpu(), dim=-1)
         return self._cache[names].to(centre.device)

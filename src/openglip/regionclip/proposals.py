@@ -14,6 +14,7 @@ from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead, concat_box_prediction_layers
 from torchvision.ops import batched_nms, nms
 
+from ..errors import UsageError
 from .features import FeatureExtractor
 
 
@@ -68,7 +69,7 @@ class ProposalNetwork(nn.Module):
     ):
         super().__init__()
         if len(anchor_sizes) % 3:
-            raise ValueError(f"anchor_sizes must split evenly over 3 levels, got {anchor_sizes}")
+            raise UsageError(f"anchor_sizes must split evenly over 3 levels, got {anchor_sizes}")
         k = len(anchor_sizes) // 3
         sizes = tuple(tuple(anchor_sizes[i * k : (i + 1) * k]) for i in range(3))
         self.features = FeatureExtractor(backbone=backbone, pretrained=pretrained, channels=fpn_channels)

@@ -16,6 +16,7 @@ from torch import nn
 from ..config import TrainConfig, config_from_dict
 from ..data.shapes import BASE
 from ..engine.optim import freeze_parts, param_groups
+from ..errors import UsageError
 from .concepts import ConceptPool, TextEncoder
 from .config import PretrainConfig, RPNConfig, TeacherConfig, TransferConfig
 from .data import RegionBatch, collate_regions
@@ -82,7 +83,7 @@ class TeacherTask(_Task):
 
     def __init__(self, cfg: TeacherConfig, *, pool: ConceptPool, text: TextEncoder):
         if pool.dim != cfg.embed_dim:
-            raise ValueError(f"the concept pool is {pool.dim}-d but embed_dim={cfg.embed_dim}")
+            raise UsageError(f"the concept pool is {pool.dim}-d but embed_dim={cfg.embed_dim}")
         self.cfg, self.pool, self.text = cfg, pool, text
 
     def build_model(self) -> ContrastiveTeacher:
@@ -156,11 +157,11 @@ class PretrainTask(_Task):
         rpn: ProposalNetwork | None,
     ):
         if cfg.region_source not in ("rpn", "random"):
-            raise ValueError(f"region_source must be rpn or random, not {cfg.region_source!r}")
+            raise UsageError(f"region_source must be rpn or random, not {cfg.region_source!r}")
         if cfg.region_source == "rpn" and rpn is None:
-            raise ValueError("region_source=rpn needs a trained RPN: set rpn=PATH")
+            raise UsageError("region_source=rpn needs a trained RPN: set rpn=PATH")
         if not torch.allclose(teacher.text_centre.cpu(), pool.centre.cpu(), atol=1e-5):
-            raise ValueError(
+            raise UsageError(
                 "the teacher was trained in another concept pool's text space: use the same concepts file"
             )
         self.cfg, self.pool, self.text = cfg, pool, text

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import roi_align
 
+from ..errors import UsageError
 from .features import BACKBONES
 
 
@@ -39,7 +40,7 @@ class PooledEncoder(nn.Module):
             self.body._fc = nn.Identity()  # the ImageNet classifier is not used
             self.efficientnet, self.out_channels = True, 1280
         else:
-            raise ValueError(f"unknown backbone {backbone!r}; choose from {', '.join(BACKBONES)}")
+            raise UsageError(f"unknown backbone {backbone!r}; choose from {', '.join(BACKBONES)}")
 
     def train(self, mode: bool = True):
         super().train(mode)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from ..config import TrainConfig
 from ..data.shapes import ShapesWorld
+from ..errors import UsageError
 from ..prompts import get_extractor
 from .concepts import ConceptPool, TextEncoder, load_text_encoder
 from .config import ConceptConfig, PretrainConfig, RPNConfig, TeacherConfig, TransferConfig
@@ -32,7 +33,7 @@ STAGE_DEFAULTS: dict[str, dict] = {
 def default_train_config(stage: str, out_dir: str, **changes) -> TrainConfig:
     """The CPU-sized :class:`TrainConfig` of a stage (``teacher``, ``rpn``, ``pretrain``, ``transfer``)."""
     if stage not in STAGE_DEFAULTS:
-        raise ValueError(f"unknown stage {stage!r}; choose from {', '.join(STAGE_DEFAULTS)}")
+        raise UsageError(f"unknown stage {stage!r}; choose from {', '.join(STAGE_DEFAULTS)}")
     return dataclasses.replace(
         TrainConfig(), out_dir=str(out_dir), **{**_COMMON, **STAGE_DEFAULTS[stage], **changes}
     )

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torchvision.ops import batched_nms
 
+from ..errors import UsageError
 from ..images import load_image
 from ..models.text_encoder import TextEncoder
 from ..prompts import load_tokenizer, parse_prompt
@@ -164,7 +165,7 @@ class ZeroShotTeacher:
                 if proposals == "yolo":
                     raise
         elif proposals != "windows":
-            raise ValueError(f"proposals must be auto, yolo or windows, not {proposals!r}")
+            raise UsageError(f"proposals must be auto, yolo or windows, not {proposals!r}")
 
     def centred(self, emb: torch.Tensor) -> torch.Tensor:
         return F.normalize(emb - self.centre, dim=-1)
@@ -228,9 +229,9 @@ class ZeroShotTeacher:
         single = not isinstance(images, (list, tuple))
         items = [images] if single else list(images)
         if (prompt is None) == (prompts is None):
-            raise ValueError("give exactly one of prompt= (shared) or prompts= (one per image)")
+            raise UsageError("predict: give exactly one of prompt= (shared) or prompts= (one per image)")
         if prompts is not None and len(prompts) != len(items):
-            raise ValueError(f"{len(prompts)} prompts for {len(items)} images")
+            raise UsageError(f"predict: {len(prompts)} prompts for {len(items)} images; give one per image")
         parsed = (
             [parse_prompt(p) for p in prompts] if prompts is not None else [parse_prompt(prompt)] * len(items)
         )
