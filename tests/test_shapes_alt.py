@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -144,3 +146,40 @@ def test_renderers_differ_in_look_but_not_in_rules(alt_val):
     assert _solidity(alt_val, "star") < _solidity(own, "star") - 0.04
     assert _solidity(alt_val, "cross") < _solidity(own, "cross") - 0.03
     assert len({s.image.shape for s in own}) == 1 and len({s.image.shape for s in alt_val}) > 40
+
+
+def test_cli_writes_and_evaluates_the_alt_world(tmp_path, tiny_checkpoint, capsys):
+    from PIL import Image
+
+    from openglip.cli import main
+
+    out = tmp_path / "alt"
+    assert (
+        main(["data", "shapes", "--renderer", "alt", "--out", str(out), "--images", "4", "--split", "val"])
+        == 0
+    )
+    coco = json.loads((out / "annotations.coco.json").read_text())
+    assert coco["info"]["renderer"] == "alt" and len(coco["images"]) == 4
+    world = AltShapesWorld(split="val", seed=0)
+    for k, entry in enumerate(coco["images"]):
+        with Image.open(out / entry["file_name"]) as im:
+            assert (im.height, im.width) == (entry["height"], entry["width"])
+            assert np.array_equal(np.asarray(im), world.sample(k).image)
+    metrics = tmp_path / "metrics.json"
+    args = [
+        "evaluate",
+        "--weights",
+        str(tiny_checkpoint),
+        "--renderer",
+        "alt",
+        "--images",
+        "3",
+        "--out",
+        str(metrics),
+    ]
+    assert main(args) == 0
+    values = json.loads(metrics.read_text())["metrics"]
+    assert 0.0 <= values["AP50"] <= 1.0 and 0.0 <= values["R@1"] <= 1.0
+    with pytest.raises(SystemExit) as bad:  # argparse's exit code for a bad choice
+        main(["evaluate", "--weights", str(tiny_checkpoint), "--renderer", "oil-paint"])
+    assert bad.value.code == 2

@@ -20,6 +20,12 @@ def _add_data(sub):
     s.add_argument("--split", default="train", choices=["train", "val", "test", "all"])
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--size", type=int, default=128, help="image side in pixels")
+    s.add_argument(
+        "--renderer",
+        default="shapes",
+        choices=["shapes", "alt"],
+        help="shapes: the world's own renderer; alt: a second, independent one (other look, varied canvases)",
+    )
     s.set_defaults(func=cmd_data_shapes)
 
 
@@ -31,7 +37,12 @@ def cmd_data_shapes(args) -> int:
     if args.size < 32:
         raise UsageError("--size must be at least 32")
     paths = write_dataset(
-        args.out, num_images=args.images, split=args.split, image_size=args.size, seed=args.seed
+        args.out,
+        num_images=args.images,
+        split=args.split,
+        image_size=args.size,
+        seed=args.seed,
+        renderer=args.renderer,
     )
     for key, path in paths.items():
         print(f"{key}: {path}")

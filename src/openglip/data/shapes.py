@@ -443,6 +443,7 @@ def write_dataset(
     seed: int = 0,
     min_objects: int = 1,
     max_objects: int = 5,
+    renderer: str = "shapes",
 ) -> dict[str, Path]:
     """Render a dataset to disk: PNG images, a COCO json and ODVG detection / grounding jsonl files.
 
@@ -454,6 +455,8 @@ def write_dataset(
         seed: random seed.
         min_objects: fewest objects per image.
         max_objects: most objects per image.
+        renderer: ``"shapes"`` (:class:`ShapesWorld`) or ``"alt"`` (the second renderer,
+            :class:`~openglip.data.shapes_alt.AltShapesWorld`, whose canvases vary in size).
 
     Returns:
         Paths under keys ``"images"`` (folder), ``"coco"``, ``"detection"`` and ``"grounding"``; file names in the
@@ -463,11 +466,15 @@ def write_dataset(
 
     out = Path(out_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
-    world = ShapesWorld(
+    if renderer not in ("shapes", "alt"):
+        raise ValueError(f"renderer must be 'shapes' or 'alt', not {renderer!r}")
+    from .shapes_alt import AltShapesWorld  # imported here: shapes_alt builds on this module
+
+    world = (AltShapesWorld if renderer == "alt" else ShapesWorld)(
         split=split, image_size=image_size, min_objects=min_objects, max_objects=max_objects, seed=seed
     )
     images, anns, det_lines, grd_lines = [], [], [], []
-    for index in tqdm(range(num_images), desc=f"shapes/{split}", disable=num_images <= 200):
+    for index in tqdm(range(num_images), desc=f"{renderer}/{split}", disable=num_images <= 200):
         sample = world.sample(index)
         name = f"images/{index:06d}.png"
         Image.fromarray(sample.image).save(out / name, compress_level=1)
@@ -483,7 +490,7 @@ def write_dataset(
         "grounding": "grounding.odvg.jsonl",
     }
     paths = {"images": out / "images", **{k: out / v for k, v in names.items()}}
-    info = {"description": "OpenGLIP shapes world", "split": split, "seed": seed}
+    info = {"description": "OpenGLIP shapes world", "split": split, "seed": seed, "renderer": renderer}
     coco = {"info": info, "images": images, "annotations": anns, "categories": _coco_categories()}
     write_text_atomic(paths["coco"], json.dumps(coco))
     write_text_atomic(paths["detection"], "".join(line + "\n" for line in det_lines))
