@@ -155,7 +155,7 @@ def _backdrop(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     if rng.random() < 0.4:  # vignette, as from a cheap lens
         r = np.hypot((xx - w / 2) / w, (yy - h / 2) / h)
         img *= (1 - rng.uniform(0.1, 0.3) * r**2 * 2)[:, :, None]
-    return np.clip(img, 0.33 * 255 * 0.7, 0.72 * 255 + 10).astype(np.float32)
+    return np.clip(img, 60, 194).astype(np.float32)  # apart from black (<= 72) and white (>= 200) objects
 
 
 def _clutter(rng: np.random.Generator, img: np.ndarray) -> None:
