@@ -22,6 +22,9 @@ from openglip.data.shapes import (
     to_odvg,
     write_dataset,
 )
+from openglip.data.shapes_look import camera, dilate
+
+from .shapes_colours import colour_name, core_colour
 
 NOVEL_IDS = {CATEGORIES.index(name) for name in NOVEL}
 
@@ -109,12 +112,54 @@ def test_boxes_tight_masks_disjoint(val_samples):
 
 
 def test_objects_have_their_colour(val_samples):
-    for s in val_samples[:30]:
+    for name, rgb in COLOUR_RGB.items():
+        assert colour_name(rgb) == name
+    checked = 0
+    for s in val_samples[:40]:
         for label, mask in zip(s.labels, s.masks):
-            rgb = np.array(COLOUR_RGB[CATEGORIES[label].split()[0]], dtype=np.float32)
-            mean = s.image[mask].astype(np.float32).mean(axis=0)
-            dist = {c: np.linalg.norm(mean - np.array(v)) for c, v in COLOUR_RGB.items()}
-            assert min(dist, key=dist.get) == CATEGORIES[label].split()[0], (mean, rgb)
+            colour = core_colour(s.image, mask)  # shaded, blurred, JPEG-compressed, yet its own colour
+            assert colour_name(colour) == CATEGORIES[label].split()[0], (colour, CATEGORIES[label])
+            checked += 1
+    assert checked > 80
+
+
+def test_the_look_varies(val_samples):
+    from scipy import ndimage
+
+    hollow = total = 0
+    tints, sats = [], []
+    for s in val_samples:
+        for mask in s.masks:  # a hollow object's filled outline has much more area than its pixels
+            hollow += mask.sum() < 0.75 * ndimage.binary_fill_holes(mask).sum()
+            total += 1
+        taken = s.masks.any(axis=0)
+        for mask in s.masks:
+            taken |= ndimage.binary_fill_holes(mask)
+        bg = s.image[~dilate(taken, 3)].astype(np.float32)
+        tints.append(np.median(bg.max(axis=1) - bg.min(axis=1)))
+        sats.append(np.median((bg.max(axis=1) - bg.min(axis=1)) / np.maximum(bg.max(axis=1), 1)))
+    assert 0.1 <= hollow / total <= 0.35
+    assert min(tints) < 8 and max(tints) > 25  # grey and tinted backgrounds
+    assert max(sats) < 0.4  # never a vivid colour: colour words name objects only
+
+
+def test_camera_blurs_sometimes():
+    step = np.full((48, 48, 3), 60.0, dtype=np.float32)
+    step[:, 24:] = 200.0
+    widths = []
+    for seed in range(60):
+        profile = camera(np.random.default_rng(seed), step.copy()).astype(np.float32).mean(axis=(0, 2))
+        widths.append(int(((profile > 75) & (profile < 185)).sum()))  # columns inside the edge
+    blurred = np.mean([w >= 2 for w in widths])
+    assert min(widths) == 0 and 0.15 <= blurred <= 0.5
+
+
+def test_vary_canvas_and_zoom():
+    world = ShapesWorld(split="val", image_size=100, seed=6, vary_canvas=True)
+    sizes = {world.sample(i).image.shape[:2] for i in range(20)}
+    assert len(sizes) > 10 and all(80 <= h <= 125 and 80 <= w <= 125 for h, w in sizes)
+    assert any(h != w for h, w in sizes)
+    assert ShapesWorld(split="val", image_size=100, seed=6).sample(0).image.shape == (100, 100, 3)
 
 
 def test_captions_spans_and_relations(val_samples):

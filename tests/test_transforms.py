@@ -13,11 +13,15 @@ from openglip.data.records import ImageRecord
 from openglip.data.transforms import (
     ColorJitter,
     Compose,
+    RandomBlur,
+    RandomCropKeepBoxes,
     RandomHorizontalFlip,
+    RandomJPEG,
     RandomResize,
     default_eval_transforms,
     default_train_transforms,
     record_target,
+    shapes_train_transforms,
     swap_left_right,
     to_model_input,
 )
@@ -205,3 +209,64 @@ def test_record_target_copies():
     target["boxes"] += 5
     assert rec.boxes.max() == 1 and target["labels"].dtype == np.int64 and target["masks"].dtype == bool
     assert target["caption"] is None and target["spans"] == [[(0, 1)]]
+
+
+def test_crop_keeps_every_box_whole():
+    image, target = _sample()
+    original = np.asarray(image)
+    crop = RandomCropKeepBoxes(p=1.0, min_scale=0.5)
+    sizes = set()
+    for seed in range(20):
+        out, t = crop(image, target, np.random.default_rng(seed))
+        h, w = out.height, out.width
+        sizes.add((h, w))
+        assert t["boxes"].shape == (3, 4) and t["masks"].shape == (3, h, w)
+        assert (
+            (t["boxes"][:, :2] >= 0).all() and (t["boxes"][:, 2] <= w).all() and (t["boxes"][:, 3] <= h).all()
+        )
+        for mask, box in zip(t["masks"], t["boxes"]):
+            assert _tight(mask) == box.tolist()  # still tight: no object was cut
+        x0, y0 = (target["boxes"][0, :2] - t["boxes"][0, :2]).astype(int)
+        assert np.array_equal(np.asarray(out), original[y0 : y0 + h, x0 : x0 + w])
+        assert h >= 0.5 * 90 - 1 and w >= 0.5 * 120 - 1
+        again, t2 = crop(image, target, np.random.default_rng(seed))
+        assert np.array_equal(np.asarray(again), np.asarray(out)) and np.array_equal(t2["boxes"], t["boxes"])
+    assert len(sizes) > 10 and len({round(w / h, 1) for h, w in sizes}) > 3  # framing and aspect vary
+    out, t = RandomCropKeepBoxes(p=0.0)(image, target, np.random.default_rng(0))
+    assert out is image and t is target
+
+
+def test_blur_and_jpeg_keep_geometry_and_hue():
+    colours = [(200, 40, 40), (40, 160, 60), (40, 70, 200), (230, 200, 40), (140, 60, 180), (240, 130, 30)]
+    strip = np.array([colours], dtype=np.uint8).repeat(16, axis=1)  # (1, 96, 3): 16 px per colour
+    image = Image.fromarray(strip.repeat(16, axis=0))  # (16, 96, 3)
+    target = {"boxes": np.array([[1.0, 2.0, 5.0, 6.0]], dtype=np.float32)}
+    for transform in (RandomBlur(p=1.0, radius=(1.0, 1.0)), RandomJPEG(p=1.0, quality=(30, 30))):
+        a, ta = transform(image, target, np.random.default_rng(1))
+        b, _ = transform(image, target, np.random.default_rng(1))
+        assert ta is target and a.size == image.size
+        assert np.array_equal(np.asarray(a), np.asarray(b))
+        assert not np.array_equal(np.asarray(a), np.asarray(image))
+        out = np.asarray(a)
+        for k, rgb in enumerate(colours):
+            centre = out[8, 16 * k + 8]  # the middle of each colour patch
+            h0 = colorsys.rgb_to_hsv(*(v / 255 for v in rgb))[0]
+            h1 = colorsys.rgb_to_hsv(*(v / 255 for v in centre))[0]
+            assert min(abs(h1 - h0), 1 - abs(h1 - h0)) < 0.03, (transform, rgb, centre)
+    same, _ = RandomJPEG(p=0.0)(image, target, np.random.default_rng(1))
+    assert same is image
+
+
+def test_shapes_train_transforms_are_broader_and_deterministic():
+    image, target = _sample()
+    train = shapes_train_transforms(min_sizes=(40, 60, 80), max_size=200, flip_p=0.5, jitter=0.2)
+    kinds = [type(t) for t in train.transforms]
+    assert RandomCropKeepBoxes in kinds and RandomBlur in kinds and RandomJPEG in kinds
+    outs = [train(image, target, np.random.default_rng([2, k % 5])) for k in range(10)]
+    for k in range(5):
+        assert np.array_equal(np.asarray(outs[k][0]), np.asarray(outs[k + 5][0]))
+        np.testing.assert_array_equal(outs[k][1]["boxes"], outs[k + 5][1]["boxes"])
+    for out, t in outs:
+        assert len(t["boxes"]) == 3 and t["masks"].shape[1:] == (out.height, out.width)
+        for mask, box in zip(t["masks"], t["boxes"]):  # resized masks stay within a pixel of their boxes
+            assert np.abs(np.array(_tight(mask)) - box).max() <= 1.5

@@ -36,6 +36,12 @@ def _add_data(sub):
     s.add_argument("--split", default="train", choices=["train", "val", "test", "all"])
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--size", type=int, default=128, help="image side in pixels")
+    s.add_argument(
+        "--renderer",
+        default="shapes",
+        choices=["shapes", "alt"],
+        help="shapes: the world's own renderer; alt: a second, independent one (other look, varied canvases)",
+    )
     s.set_defaults(func=cmd_data_shapes)
 
 
@@ -53,7 +59,12 @@ def cmd_data_shapes(args) -> int:
     if args.images is None:
         raise UsageError("--images is required for --format coco")
     paths = write_dataset(
-        args.out, num_images=args.images, split=args.split, image_size=args.size, seed=args.seed
+        args.out,
+        num_images=args.images,
+        split=args.split,
+        image_size=args.size,
+        seed=args.seed,
+        renderer=args.renderer,
     )
     for key, path in paths.items():
         print(f"{key}: {path}")

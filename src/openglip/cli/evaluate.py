@@ -24,6 +24,12 @@ def _add_evaluate(sub):
     p.add_argument("--image-root", default=None)
     p.add_argument("--images", type=int, default=200, help="shapes: number of val images")
     p.add_argument("--image-size", type=int, default=128, help="shapes: image side")
+    p.add_argument(
+        "--renderer",
+        default="shapes",
+        choices=["shapes", "alt"],
+        help="shapes: images from the training renderer; alt: the same world drawn by a second renderer",
+    )
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--out", help="also write the metrics (and predictions) as JSON here")
     p.add_argument("--prompt-file", help="a tuned prompt (openglip tune --mode prompt) to apply")
@@ -56,7 +62,11 @@ def cmd_evaluate(args) -> int:
     predictions: list = []
     if args.data == "shapes":
         metrics = evaluate_shapes(
-            detector, num_images=args.images, image_size=args.image_size, tuned_prompt=tuned
+            detector,
+            num_images=args.images,
+            image_size=args.image_size,
+            tuned_prompt=tuned,
+            renderer=args.renderer,
         )
     else:
         metrics, predictions = evaluate_file(

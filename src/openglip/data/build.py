@@ -12,7 +12,7 @@ from torch.utils.data import Dataset
 from ..errors import DataError
 from .datasets import GroundingDataset, ShapesDataset
 from .records import ImageRecord, log
-from .transforms import default_train_transforms, to_model_input
+from .transforms import default_train_transforms, shapes_train_transforms, to_model_input
 
 
 def read_annotations(path: str | Path, image_root: str | None = None) -> tuple[list[ImageRecord], list[str]]:
@@ -64,7 +64,9 @@ class MultiDataset(Dataset):
 
 def build_train_dataset(model_cfg, cfg) -> Dataset:
     """The training dataset of a run: transforms, detection->grounding conversion, several files merged."""
-    transform = default_train_transforms(
+    # the shapes world adds crops, blur and JPEG so that a model does not learn its one renderer's look
+    make = shapes_train_transforms if cfg.data == "shapes" else default_train_transforms
+    transform = make(
         min_sizes=cfg.train_min_sizes,
         max_size=cfg.train_max_size,
         flip_p=cfg.flip_prob,

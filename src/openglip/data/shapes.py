@@ -1,33 +1,37 @@
-"""The built-in synthetic grounding world "shapes": coloured shapes on grey-ish textured backgrounds.
+"""The built-in synthetic grounding world "shapes": coloured shapes on muted, textured backgrounds.
 
 A deterministic, seedable generator that needs no input files. Every image holds 1..5 objects named
 ``"{colour} {shape}"`` (48 categories); 8 colour/shape combinations (:data:`NOVEL`) never appear in the
 ``"train"`` split, so a model trained on it can be tested zero-shot on them. Each sample carries detection
 annotations (tight boxes of the visible masks) and grounding captions with character spans.
 
-Rendering: backgrounds are desaturated grey tones (luminance 90..150, far from both white and black objects)
-with a gradient, blotchy noise, stripes or a checker texture; shapes are rotated at random, anti-aliased
-(4x supersampling), shaded slightly and may partially occlude each other (an occluded object always keeps at
-least 60% of its pixels, and never touches an object of its own colour). Sizes scale with ``min(H, W) / 128``:
-a "small" object spans about 14-22 px and a "large" one about 30-44 px at 128 px.
+Rendering (:mod:`openglip.data.shapes_look`): backgrounds are muted tints (never a vivid colour, luminance far
+from both white and black objects) with gradients, noise, stripes, checkers, grids, dots, two-tone mixes and
+grey clutter strokes; shapes are rotated at random, anti-aliased (4x supersampling), filled, rimmed in a darker
+shade or hollow (then the mask is the outline band), shaded with gradients and highlights, and may partially
+occlude each other (an occluded object always keeps at least 60% of its pixels, and never touches an object of
+its own colour; hollow objects are never overlapped). The camera sometimes blurs and JPEG-compresses and always
+adds noise. Sizes scale with ``min(H, W) / 128`` and a per-image zoom of 0.88..1.15: a "small" object spans
+about 14-22 px and a "large" one about 30-44 px at 128 px. ``vary_canvas=True`` also varies each image's size
+and aspect ratio. :mod:`openglip.data.shapes_alt` draws the same world with another renderer.
 """
 
 from __future__ import annotations
 
 import itertools
 import json
-import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from ..errors import UsageError
 from ..files import write_text_atomic
 from ..structures import mask_to_rle
+from . import shapes_look as look
 
 COLOURS: tuple[str, ...] = ("red", "green", "blue", "yellow", "purple", "orange", "white", "black")
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "star", "hexagon", "cross")
@@ -63,7 +67,8 @@ _NOVEL_IDS = np.array([CATEGORIES.index(n) for n in NOVEL], dtype=np.int64)
 _SIZE_RANGE = {"small": (14.0, 22.0), "large": (30.0, 44.0)}  # nominal extent in px at 128 px
 # circumradius / (nominal extent / 2): makes the axis-aligned extents of the shapes roughly comparable
 _RADIUS_FACTOR = dict(zip(SHAPES, (1.0, 1.13, 1.2, 1.15, 1.05, 1.05)))
-_SS = 4  # supersampling factor of the shape rasteriser
+_STYLES = ("filled", "rimmed", "hollow")  # hollow: only the outline band is drawn (and is the mask)
+_STYLE_P = (0.64, 0.16, 0.2)
 _PAD = 3  # patch padding in px (>= the 2 px dilation used to keep objects apart)
 _KEEP = 0.6  # an occluded object keeps at least this fraction of its pixels when placed
 _DROP = 0.5  # objects with less visible than this are dropped from the annotations
@@ -110,94 +115,27 @@ class ShapesSample:
         return [CATEGORIES[int(i)] for i in self.labels]
 
 
-def _unit_polygon(shape: str, theta: float) -> np.ndarray:
-    """Vertices ``(K, 2)`` of a shape with circumradius 1, rotated by ``theta``."""
-    if shape == "square":
-        ang, rad = np.arange(4) * (np.pi / 2) + np.pi / 4, np.ones(4)
-    elif shape == "triangle":
-        ang, rad = np.arange(3) * (2 * np.pi / 3) - np.pi / 2, np.ones(3)
-    elif shape == "hexagon":
-        ang, rad = np.arange(6) * (np.pi / 3), np.ones(6)
-    elif shape == "star":
-        ang, rad = np.arange(10) * (np.pi / 5) - np.pi / 2, np.tile([1.0, 0.48], 5)
-    elif shape == "cross":
-        a = 0.34
-        quarter, turn = np.array([(a, -1), (a, -a), (1, -a)]), np.array([[0, 1], [-1, 0]])  # (x,y) -> (-y,x)
-        pts = np.concatenate([quarter @ np.linalg.matrix_power(turn, k) for k in range(4)])
-        c, s = math.cos(theta), math.sin(theta)
-        return pts @ np.array([[c, s], [-s, c]])
-    else:
-        raise ValueError(f"no polygon for shape {shape!r}")
-    ang = ang + theta
-    return np.stack([rad * np.cos(ang), rad * np.sin(ang)], axis=1)
-
-
-def _render_patch(shape: str, radius: float, theta: float, frac: tuple[float, float]) -> np.ndarray:
-    """Anti-aliased coverage ``(P, P)`` float32 in [0, 1] of one shape centred in a padded square patch."""
-    size = math.ceil(2 * radius + 2 * _PAD + 1)
-    cx, cy = radius + _PAD + frac[0], radius + _PAD + frac[1]
-    canvas = Image.new("L", (size * _SS, size * _SS), 0)
-    draw = ImageDraw.Draw(canvas)
-    if shape == "circle":
-        draw.ellipse(
-            [(cx - radius) * _SS, (cy - radius) * _SS, (cx + radius) * _SS - 1, (cy + radius) * _SS - 1],
-            fill=255,
-        )
-    else:
-        pts = (_unit_polygon(shape, theta) * radius + (cx, cy)) * _SS
-        draw.polygon([tuple(p) for p in pts.tolist()], fill=255)
-    arr = np.asarray(canvas, dtype=np.uint16).reshape(size, _SS, size, _SS)
-    return arr.sum(axis=(1, 3), dtype=np.float32) / (255.0 * _SS * _SS)
-
-
-def _ramp(h: int, w: int, phi: float) -> np.ndarray:
-    """``x cos(phi) + y sin(phi)`` on an ``(h, w)`` grid."""
-    return (
-        np.cos(phi) * np.arange(w, dtype=np.float32)[None, :]
-        + np.sin(phi) * np.arange(h, dtype=np.float32)[:, None]
-    )
-
-
-def _dilate(mask: np.ndarray, steps: int = 2) -> np.ndarray:
-    out = mask.copy()
-    for _ in range(steps):
-        grown = out.copy()
-        grown[1:] |= out[:-1]
-        grown[:-1] |= out[1:]
-        grown[:, 1:] |= out[:, :-1]
-        grown[:, :-1] |= out[:, 1:]
-        out = grown
-    return out
-
-
-def _background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
-    """A grey-ish ``(H, W, 3)`` float32 background: tinted grey plus a gradient / noise / stripes / checker."""
-    base = rng.uniform(90.0, 150.0) + rng.uniform(-10.0, 10.0, size=3)
-    kind = int(rng.integers(5))
-    field_ = None
-    if kind == 1:  # linear gradient
-        t = _ramp(h, w, rng.uniform(0, 2 * np.pi))
-        field_ = (t - t.mean()) * (rng.uniform(10.0, 18.0) / max(float(np.abs(t - t.mean()).max()), 1.0))
-    elif kind == 2:  # blotchy low-frequency noise
-        gh, gw = int(rng.integers(3, 9)), int(rng.integers(3, 9))
-        low = Image.fromarray(rng.standard_normal((gh, gw)).astype(np.float32))
-        field_ = np.asarray(low.resize((w, h), Image.BILINEAR)) * rng.uniform(5.0, 10.0)
-    elif kind == 3:  # stripes
-        t, period = _ramp(h, w, rng.uniform(0, np.pi)), rng.uniform(6.0, 20.0)
-        field_ = np.sin(t * (2 * np.pi / period)) * rng.uniform(4.0, 9.0)
-    elif kind == 4:  # checker
-        period = int(rng.integers(6, 20))
-        checks = (np.arange(h)[:, None] // period + np.arange(w)[None, :] // period) % 2
-        field_ = (checks.astype(np.float32) * 2 - 1) * rng.uniform(3.0, 7.0)
-    img = np.empty((h, w, 3), dtype=np.float32)
-    img[:] = base.astype(np.float32)
-    if field_ is not None:
-        img += field_.astype(np.float32)[:, :, None]
-    return img
-
-
 def _article(phrase: str) -> str:
     return "an" if phrase[0] in "aeiou" else "a"
+
+
+def draw_category(rng: np.random.Generator, split: str) -> int:
+    """One category index drawn by the split rule: ``"train"`` only :data:`BASE`, ``"val"``/``"test"`` about 40%
+    :data:`NOVEL`, ``"all"`` uniform over the 48.
+
+    Args:
+        rng: random generator.
+        split: ``"train"``, ``"val"``, ``"test"`` or ``"all"``.
+
+    Returns:
+        An index into :data:`CATEGORIES`.
+    """
+    if split == "train":
+        return int(rng.choice(_BASE_IDS))
+    if split == "all":
+        return int(rng.integers(len(CATEGORIES)))
+    pool = _NOVEL_IDS if rng.random() < _NOVEL_FRACTION[split] else _BASE_IDS
+    return int(rng.choice(pool))
 
 
 class ShapesWorld:
@@ -212,6 +150,8 @@ class ShapesWorld:
         min_objects: fewest objects per image (best effort: an object that finds no free place is skipped).
         max_objects: most objects per image.
         seed: non-negative random seed.
+        vary_canvas: draw each image's height and width independently from 0.8..1.25x ``image_size`` (varied
+            sizes and aspect ratios); off by default, so that every image has ``image_size``.
     """
 
     def __init__(
@@ -222,6 +162,7 @@ class ShapesWorld:
         min_objects: int = 1,
         max_objects: int = 5,
         seed: int = 0,
+        vary_canvas: bool = False,
     ) -> None:
         if split not in _SPLITS:
             raise UsageError(f"shapes: split must be one of {sorted(_SPLITS)}, not {split!r}")
@@ -236,15 +177,11 @@ class ShapesWorld:
             raise UsageError(f"shapes: the seed must be 0 or more, got {seed}")
         self.split, self.height, self.width = split, h, w
         self.min_objects, self.max_objects, self.seed = min_objects, max_objects, seed
+        self.vary_canvas = vary_canvas
         self.scale = min(h, w) / 128.0
 
     def _draw_label(self, rng: np.random.Generator) -> int:
-        if self.split == "train":
-            return int(rng.choice(_BASE_IDS))
-        if self.split == "all":
-            return int(rng.integers(len(CATEGORIES)))
-        pool = _NOVEL_IDS if rng.random() < _NOVEL_FRACTION[self.split] else _BASE_IDS
-        return int(rng.choice(pool))
+        return draw_category(rng, self.split)
 
     def sample(self, index: int) -> ShapesSample:
         """Render sample ``index``.
@@ -259,10 +196,15 @@ class ShapesWorld:
             raise ValueError("index must be non-negative")
         rng = np.random.default_rng([self.seed, _SPLITS[self.split], int(index)])
         h, w = self.height, self.width
-        img = _background(rng, h, w)
-        idmap = np.full((h, w), -1, dtype=np.int32)
+        if self.vary_canvas:
+            h, w = (max(32, round(side * rng.uniform(0.8, 1.25))) for side in (h, w))
+        scale = min(h, w) / 128.0
+        img = look.background(rng, h, w)
+        idmap = np.full((h, w), -1, dtype=np.int32)  # visible object per pixel
+        reserved = np.zeros((h, w), dtype=bool)  # hollow objects' insides: nothing may be placed there
         objs: list[dict[str, Any]] = []  # z-order: later objects are drawn on top
         seen: set[tuple[int, str]] = set()
+        zoom = rng.uniform(0.88, 1.15)
         target = int(rng.integers(self.min_objects, self.max_objects + 1))
         attempts = 0
         while len(objs) < target and attempts < target + 3 * self.max_objects:
@@ -272,25 +214,34 @@ class ShapesWorld:
             if (label, size) in seen:
                 continue
             colour, shape = COLOURS[label // len(SHAPES)], SHAPES[label % len(SHAPES)]
-            extent = rng.uniform(*_SIZE_RANGE[size]) * self.scale
+            extent = rng.uniform(*_SIZE_RANGE[size]) * scale * zoom
             radius = extent / 2 * _RADIUS_FACTOR[shape]
-            cover = _render_patch(shape, radius, rng.uniform(0, 2 * np.pi), tuple(rng.uniform(0, 1, size=2)))
+            style = _STYLES[int(rng.choice(len(_STYLES), p=_STYLE_P))]
+            ring = max(2.5, extent * rng.uniform(0.1, 0.16)) if style != "filled" else 0.0
+            fill, band = look.render_shape(
+                shape, radius, rng.uniform(0, 2 * np.pi), tuple(rng.uniform(0, 1, size=2)), _PAD, ring
+            )
+            hollow = style == "hollow"
+            cover = band if hollow else fill
             mask = cover >= 0.5
-            halo = _dilate(mask)
+            halo = look.dilate(fill >= 0.5)
             ph, pw = mask.shape
-            if ph > h or pw > w:
+            if ph > h or pw > w or not mask.any():
                 continue
-            allow_occlusion = rng.random() < 0.3
+            allow_occlusion = not hollow and rng.random() < 0.3
             full = np.array([o["area"] for o in objs], dtype=np.int64)
             visible = np.bincount(idmap[idmap >= 0], minlength=len(objs))
             for _ in range(_TRIES):
                 y0, x0 = int(rng.integers(0, h - ph + 1)), int(rng.integers(0, w - pw + 1))
                 region = idmap[y0 : y0 + ph, x0 : x0 + pw]
+                if reserved[y0 : y0 + ph, x0 : x0 + pw][halo].any():
+                    continue
                 near = region[halo]
                 near = near[near >= 0]
                 if near.size == 0:
                     break
-                if not allow_occlusion or any(objs[j]["colour"] == colour for j in np.unique(near)):
+                others = [objs[j] for j in np.unique(near)]
+                if not allow_occlusion or any(o["colour"] == colour or o["hollow"] for o in others):
                     continue
                 hits = region[mask]
                 lost = np.bincount(hits[hits >= 0], minlength=len(objs))
@@ -299,19 +250,19 @@ class ShapesWorld:
             else:
                 continue
             region[mask] = len(objs)
-            rgb = np.array(COLOUR_RGB[colour], dtype=np.float32)
-            bright = rng.uniform(0.93, 1.02) if colour in ("white", "black") else rng.uniform(0.85, 1.05)
-            phi, grad = rng.uniform(0, 2 * np.pi), rng.uniform(0.0, 0.06)
-            ramp = _ramp(ph, pw, phi) * (2.0 / pw) - (math.cos(phi) + math.sin(phi))
-            shade = (bright * (1 + grad * ramp))[:, :, None] * rgb
+            if hollow:
+                reserved[y0 : y0 + ph, x0 : x0 + pw] |= halo
+            rim = band if style == "rimmed" else None
+            shade = look.paint_object(rng, colour, COLOUR_RGB[colour], (ph, pw), band=rim)
             alpha = cover[:, :, None]
             patch = img[y0 : y0 + ph, x0 : x0 + pw]
             patch *= 1 - alpha
             patch += alpha * shade
-            objs.append({"label": label, "size": size, "colour": colour, "area": int(mask.sum())})
+            objs.append(
+                {"label": label, "size": size, "colour": colour, "hollow": hollow, "area": int(mask.sum())}
+            )
             seen.add((label, size))
-        img += rng.standard_normal((h, w, 3), dtype=np.float32) * rng.uniform(1.0, 4.0)
-        image = np.clip(img + 0.5, 0, 255).astype(np.uint8)
+        image = look.camera(rng, img)
 
         masks = idmap[None] == np.arange(len(objs), dtype=np.int32)[:, None, None]
         keep = [i for i, o in enumerate(objs) if masks[i].sum() >= _DROP * o["area"] and masks[i].any()]
@@ -323,7 +274,7 @@ class ShapesWorld:
             boxes[i] = (xs[0], ys[0], xs[-1] + 1, ys[-1] + 1)
         labels = np.array([o["label"] for o in objs], dtype=np.int64)
         sizes = [o["size"] for o in objs]
-        captions = _make_captions(rng, boxes, labels, sizes, self.scale)
+        captions = make_captions(rng, boxes, labels, sizes, scale)
         return ShapesSample(image, boxes, labels, masks, sizes, captions)
 
     __getitem__ = sample
@@ -353,10 +304,23 @@ def _append(text: str, phrase: str, box_index: int, regions: list[dict[str, Any]
     return text + phrase
 
 
-def _make_captions(
+def make_captions(
     rng: np.random.Generator, boxes: np.ndarray, labels: np.ndarray, sizes: list[str], scale: float
 ) -> list[GroundingCaption]:
-    """A referring caption (``"the small green triangle left of the red circle"``) and a listing caption."""
+    """A referring caption (``"the small green triangle left of the red circle"``) and a listing caption.
+
+    The caption grammar of the world, shared by every renderer of it.
+
+    Args:
+        rng: random generator.
+        boxes: ``(N, 4)`` xyxy boxes (relations compare their centres).
+        labels: ``(N,)`` category indices.
+        sizes: ``"small"`` / ``"large"`` per object.
+        scale: ``min(H, W) / 128``; a relation needs centres more than ``4 * scale`` px apart.
+
+    Returns:
+        ``[referring, listing]``, or ``[]`` for an image without objects.
+    """
     n = len(labels)
     if n == 0:
         return []
@@ -482,6 +446,7 @@ def write_dataset(
     seed: int = 0,
     min_objects: int = 1,
     max_objects: int = 5,
+    renderer: str = "shapes",
 ) -> dict[str, Path]:
     """Render a dataset to disk: PNG images, a COCO json and ODVG detection / grounding jsonl files.
 
@@ -493,6 +458,8 @@ def write_dataset(
         seed: random seed.
         min_objects: fewest objects per image.
         max_objects: most objects per image.
+        renderer: ``"shapes"`` (:class:`ShapesWorld`) or ``"alt"`` (the second renderer,
+            :class:`~openglip.data.shapes_alt.AltShapesWorld`, whose canvases vary in size).
 
     Returns:
         Paths under keys ``"images"`` (folder), ``"coco"``, ``"detection"``, ``"label_map"`` (the detection
@@ -507,11 +474,15 @@ def write_dataset(
     if out.exists() and not out.is_dir():
         raise UsageError(f"{out} is a file; give a directory for the dataset")
     (out / "images").mkdir(parents=True, exist_ok=True)
-    world = ShapesWorld(
+    if renderer not in ("shapes", "alt"):
+        raise UsageError(f"renderer must be 'shapes' or 'alt', not {renderer!r}")
+    from .shapes_alt import AltShapesWorld  # imported here: shapes_alt builds on this module
+
+    world = (AltShapesWorld if renderer == "alt" else ShapesWorld)(
         split=split, image_size=image_size, min_objects=min_objects, max_objects=max_objects, seed=seed
     )
     images, anns, det_lines, grd_lines = [], [], [], []
-    for index in tqdm(range(num_images), desc=f"shapes/{split}", disable=num_images <= 200):
+    for index in tqdm(range(num_images), desc=f"{renderer}/{split}", disable=num_images <= 200):
         sample = world.sample(index)
         name = f"images/{index:06d}.png"
         Image.fromarray(sample.image).save(out / name, compress_level=1)
@@ -528,7 +499,7 @@ def write_dataset(
     }
     paths = {"images": out / "images", **{k: out / v for k, v in names.items()}}
     paths["label_map"] = write_label_map(paths["detection"], CATEGORIES)
-    info = {"description": "OpenGLIP shapes world", "split": split, "seed": seed}
+    info = {"description": "OpenGLIP shapes world", "split": split, "seed": seed, "renderer": renderer}
     coco = {"info": info, "images": images, "annotations": anns, "categories": _coco_categories()}
     write_text_atomic(paths["coco"], json.dumps(coco))
     write_text_atomic(paths["detection"], "".join(line + "\n" for line in det_lines))

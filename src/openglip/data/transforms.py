@@ -8,6 +8,7 @@ All randomness comes from ``rng``, so a sample's augmentation is replayed exactl
 
 from __future__ import annotations
 
+import io
 import re
 from collections.abc import Sequence
 from typing import Any
@@ -15,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 import torchvision.transforms.functional as TF
-from PIL import Image, ImageEnhance
+from PIL import Image, ImageEnhance, ImageFilter
 
 from ..errors import UsageError
 from ..models.transform import ImageTransform, resized_size
@@ -221,6 +222,109 @@ class ColorJitter:
         return f"ColorJitter(brightness={b}, contrast={c}, saturation={s})"
 
 
+class RandomCropKeepBoxes:
+    """With probability ``p``, crop a random window that still holds every box whole.
+
+    No object is cut, so captions and detection prompts stay true; the crop changes the image's aspect ratio
+    and how large the objects are relative to it (a zoom-in once the crop is resized). Each side keeps at
+    least ``min_scale`` of its length. Boxes shift with the crop and masks are cut with it.
+
+    Args:
+        p: crop probability.
+        min_scale: smallest kept fraction of each side.
+    """
+
+    def __init__(self, p: float = 0.5, min_scale: float = 0.6) -> None:
+        if not 0 < min_scale <= 1:
+            raise ValueError(f"min_scale must be in (0, 1], got {min_scale}")
+        self.p, self.min_scale = float(p), float(min_scale)
+
+    def __call__(
+        self, image: Image.Image, target: Target, rng: np.random.Generator
+    ) -> tuple[Image.Image, Target]:
+        draw = rng.random(5)  # always the same amount of randomness
+        if not draw[0] < self.p:
+            return image, target
+        w, h = image.width, image.height
+        boxes = np.asarray(target["boxes"], dtype=np.float32).reshape(-1, 4)
+        if len(boxes):  # the union of the boxes must stay inside the window
+            lo = np.floor(boxes[:, :2].min(axis=0)).astype(int)
+            hi = np.ceil(boxes[:, 2:].max(axis=0)).astype(int)
+        else:
+            lo, hi = np.array([w, h]), np.array([0, 0])
+        window = []
+        for axis, size in ((0, w), (1, h)):
+            need = max(int(hi[axis] - lo[axis]), 1)
+            length = round(
+                max(need, self.min_scale * size) + draw[1 + axis] * (size - max(need, self.min_scale * size))
+            )
+            first = max(0, int(hi[axis]) - length)
+            last = min(int(lo[axis]), size - length) if len(boxes) else size - length
+            window.append((first + round(draw[3 + axis] * max(last - first, 0)), length))
+        (x0, cw), (y0, ch) = window
+        if (cw, ch) == (w, h):
+            return image, target
+        image = image.crop((x0, y0, x0 + cw, y0 + ch))
+        target = dict(target)
+        target["boxes"] = (boxes - np.array([x0, y0, x0, y0], dtype=np.float32)).astype(np.float32)
+        if target.get("masks") is not None:
+            target["masks"] = np.ascontiguousarray(
+                np.asarray(target["masks"], dtype=bool)[:, y0 : y0 + ch, x0 : x0 + cw]
+            )
+        return image, target
+
+    def __repr__(self) -> str:
+        return f"RandomCropKeepBoxes(p={self.p}, min_scale={self.min_scale})"
+
+
+class RandomBlur:
+    """With probability ``p``, a Gaussian blur of radius drawn from ``radius`` (geometry unchanged).
+
+    Args:
+        p: blur probability.
+        radius: ``(low, high)`` Gaussian radius in px.
+    """
+
+    def __init__(self, p: float = 0.2, radius: tuple[float, float] = (0.3, 1.0)) -> None:
+        self.p, self.radius = float(p), (float(radius[0]), float(radius[1]))
+
+    def __call__(
+        self, image: Image.Image, target: Target, rng: np.random.Generator
+    ) -> tuple[Image.Image, Target]:
+        apply, radius = rng.random() < self.p, rng.uniform(*self.radius)
+        if apply:
+            image = image.filter(ImageFilter.GaussianBlur(radius))
+        return image, target
+
+    def __repr__(self) -> str:
+        return f"RandomBlur(p={self.p}, radius={self.radius})"
+
+
+class RandomJPEG:
+    """With probability ``p``, a JPEG round trip at a quality drawn from ``quality`` (compression artefacts).
+
+    Args:
+        p: probability.
+        quality: ``(low, high)`` JPEG quality, inclusive.
+    """
+
+    def __init__(self, p: float = 0.2, quality: tuple[int, int] = (30, 90)) -> None:
+        self.p, self.quality = float(p), (int(quality[0]), int(quality[1]))
+
+    def __call__(
+        self, image: Image.Image, target: Target, rng: np.random.Generator
+    ) -> tuple[Image.Image, Target]:
+        apply, quality = rng.random() < self.p, int(rng.integers(self.quality[0], self.quality[1] + 1))
+        if apply:
+            buf = io.BytesIO()
+            image.convert("RGB").save(buf, format="JPEG", quality=quality)
+            image = Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
+        return image, target
+
+    def __repr__(self) -> str:
+        return f"RandomJPEG(p={self.p}, quality={self.quality})"
+
+
 def to_model_input(
     image: Image.Image, mean: Sequence[float], std: Sequence[float], bgr: bool = True
 ) -> torch.Tensor:
@@ -245,8 +349,41 @@ def default_train_transforms(
     max_size: int = 1333,
     flip_p: float = 0.5,
     jitter: float = 0.2,
+    *,
+    crop_p: float = 0.0,
+    blur_p: float = 0.0,
+    jpeg_p: float = 0.0,
 ) -> Compose:
-    """Training augmentation: horizontal flip (with caption swap), multi-scale resize, colour jitter.
+    """Training augmentation: horizontal flip (with caption swap), optionally a crop that keeps every box,
+    multi-scale resize, colour jitter, optionally blur and JPEG artefacts.
+
+    Args:
+        min_sizes: candidate shorter sides.
+        max_size: longest side allowed.
+        flip_p: flip probability.
+        jitter: brightness/contrast/saturation strength.
+        crop_p: probability of :class:`RandomCropKeepBoxes` (0: not used).
+        blur_p: probability of :class:`RandomBlur` (0: not used).
+        jpeg_p: probability of :class:`RandomJPEG` (0: not used).
+
+    Returns:
+        The composed transform.
+    """
+    steps: list[Any] = [RandomHorizontalFlip(flip_p)]
+    if crop_p > 0:
+        steps.append(RandomCropKeepBoxes(crop_p))
+    steps += [RandomResize(min_sizes, max_size), ColorJitter(jitter, jitter, jitter)]
+    if blur_p > 0:
+        steps.append(RandomBlur(blur_p))
+    if jpeg_p > 0:
+        steps.append(RandomJPEG(jpeg_p))
+    return Compose(steps)
+
+
+def shapes_train_transforms(min_sizes: Sequence[int], max_size: int, flip_p: float, jitter: float) -> Compose:
+    """The shapes world's training augmentation: :func:`default_train_transforms` plus crops that keep every
+    box (half the images), blur and JPEG artefacts (a fifth each), so that a model learns colours and shapes
+    rather than one renderer's sharpness, framing and object scale.
 
     Args:
         min_sizes: candidate shorter sides.
@@ -257,9 +394,7 @@ def default_train_transforms(
     Returns:
         The composed transform.
     """
-    return Compose(
-        [RandomHorizontalFlip(flip_p), RandomResize(min_sizes, max_size), ColorJitter(jitter, jitter, jitter)]
-    )
+    return default_train_transforms(min_sizes, max_size, flip_p, jitter, crop_p=0.5, blur_p=0.2, jpeg_p=0.2)
 
 
 def default_eval_transforms(min_size: int = 800, max_size: int = 1333) -> Compose:

@@ -156,11 +156,29 @@ def evaluate_grounding(
     return grounding_recall(gts, preds)
 
 
-def shapes_eval_set(num_images: int = 200, *, image_size: int = 128, seed: int = 1234, split: str = "val"):
-    """The shapes world's evaluation images: (COCO gt dict, images, grounding items of the referring captions)."""
-    from ..data.shapes import ShapesWorld, to_coco
+SHAPES_RENDERERS = ("shapes", "alt")  # the world's own renderer and openglip.data.shapes_alt's
 
-    world = ShapesWorld(split=split, image_size=image_size, seed=seed)
+
+def shapes_eval_set(
+    num_images: int = 200,
+    *,
+    image_size: int = 128,
+    seed: int = 1234,
+    split: str = "val",
+    renderer: str = "shapes",
+):
+    """The shapes world's evaluation images: (COCO gt dict, images, grounding items of the referring captions).
+
+    ``renderer="alt"`` draws the same world with :class:`~openglip.data.shapes_alt.AltShapesWorld` (another
+    look, canvases of varied size), to measure what a model learned beyond its training renderer's style.
+    """
+    from ..data.shapes import ShapesWorld, to_coco
+    from ..data.shapes_alt import AltShapesWorld
+
+    if renderer not in SHAPES_RENDERERS:
+        raise UsageError(f"unknown shapes renderer {renderer!r}; use one of {', '.join(SHAPES_RENDERERS)}")
+    world_cls = AltShapesWorld if renderer == "alt" else ShapesWorld
+    world = world_cls(split=split, image_size=image_size, seed=seed)
     samples = [world.sample(i) for i in range(num_images)]
     gt = to_coco(samples, [f"{i:06d}.png" for i in range(num_images)])
     images = [s.image for s in samples]
@@ -204,11 +222,13 @@ def evaluate_shapes(
     image_size: int = 128,
     seed: int = 1234,
     tuned_prompt=None,
+    renderer: str = "shapes",
 ) -> dict:
-    """Box AP on all / base / novel categories and grounding recall on the shapes world's val split.
+    """Box AP on all / base / novel categories and grounding recall on the shapes world's val split, drawn by
+    ``renderer`` (``"shapes"``: the training renderer; ``"alt"``: a second, independent one).
 
     ``tuned_prompt``, when given, must be the one the detector uses for the categories' prompt (checked)."""
-    gt, images, items = shapes_eval_set(num_images, image_size=image_size, seed=seed)
+    gt, images, items = shapes_eval_set(num_images, image_size=image_size, seed=seed, renderer=renderer)
     _check_tuned_prompt(
         tuned_prompt, [c["name"] for c in sorted(gt["categories"], key=lambda c: c["id"])], "shapes"
     )
