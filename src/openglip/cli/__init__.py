@@ -14,7 +14,7 @@ import sys
 from ..errors import EXIT_BAD_INPUT, EXIT_BUG, OpenGLIPError
 
 # sub-command modules, in the order ``openglip --help`` lists them
-COMMANDS = ("detect", "train", "evaluate", "label", "convert", "data")
+COMMANDS = ("detect", "train", "evaluate", "label", "convert", "data", "serve")
 # commands whose trailing key=value words are config overrides
 OVERRIDE_COMMANDS = ("train", "tune", "regionclip")
 
