@@ -244,9 +244,38 @@ def test_health_metrics_and_page(client, jpeg):
 # --- batching, concurrency, timeouts against a real uvicorn server ---------------------------------------------
 
 
+def test_worker_runs_one_call_per_group_and_applies_each_threshold():
+    from openglip.prompts import parse_prompt
+    from openglip.serve import BatchWorker, Job
+    from openglip.structures import Detections
+
+    calls = []
+
+    class Recorder:
+        def predict(self, images, *, prompts, box_threshold, batch_size):
+            calls.append((list(images), box_threshold))
+            scores = np.array([0.2, 0.5, 0.9], np.float32)
+            return [Detections(np.zeros((3, 4)), scores, np.zeros(3), ["x"] * 3) for _ in images]
+
+    worker = BatchWorker(Recorder(), max_batch=8, max_wait_ms=200)
+    prompt = parse_prompt("x.")
+    jobs = [
+        Job(name, prompt, threshold, group=name[0])
+        for name, threshold in (("a1", 0.1), ("b1", 0.6), ("a2", 0.4))
+    ]
+    for job in jobs:
+        worker.submit(job)
+    answers = [job.future.result(30) for job in jobs]
+    worker.stop()
+    assert calls == [(["a1", "a2"], 0.1), (["b1"], 0.6)]  # the oldest request's group first
+    assert [len(a.detections) for a in answers] == [3, 1, 2]  # each request's own threshold
+    assert [a.batch_size for a in answers] == [2, 1, 2]
+
+
 def test_32_concurrent_requests_are_batched_and_each_gets_its_own_answer(tiny_detector, chelsea):
-    # four different crops of the same size (batched == alone up to float noise), four different prompts
-    crops = [_encode(np.ascontiguousarray(chelsea[:200, x : x + 300])) for x in (0, 50, 100, 151)]
+    # four different crops in two sizes (two padded input sizes: 128x192 and 128x128), four different prompts
+    crops = [_encode(np.ascontiguousarray(chelsea[:200, x : x + 300])) for x in (0, 151)]
+    crops += [_encode(np.ascontiguousarray(chelsea[:, x : x + 300])) for x in (0, 151)]
     prompts = ["cat. dog.", "a red chair", "person. car. tree. cup.", "sofa."]
     expected = {
         (i, j): _expected(tiny_detector, crops[i], prompts[j], 0.52) for i in range(4) for j in range(4)
@@ -293,7 +322,7 @@ class GatedDetector:
 def test_a_timed_out_request_gets_504_and_its_batch_still_answers(tiny_detector, chelsea):
     gated = GatedDetector(tiny_detector)
     crop = _encode(np.ascontiguousarray(chelsea[:200, :300]))
-    app = create_app(gated, ServeSettings(max_batch=3, max_wait_ms=20_000, timeout_s=3.0))
+    app = create_app(gated, ServeSettings(max_batch=3, max_wait_ms=20_000, timeout_s=5.0))
     with (
         app_server(app) as url,
         httpx.Client(base_url=url, timeout=60) as http,
@@ -307,9 +336,9 @@ def test_a_timed_out_request_gets_504_and_its_batch_still_answers(tiny_detector,
 
         try:
             first = pool.submit(ask, "cat.")
-            time.sleep(1.5)  # the first request has used half its time when the other two join its batch
+            time.sleep(2.5)  # the first request has used half its time when the other two join its batch
             others = [pool.submit(ask, p) for p in ("dog.", "sofa.")]
-            late = first.result()  # times out at 3 s while its batch of three is held at the gate
+            late = first.result()  # times out at 5 s while its batch of three is held at the gate
             assert late.status_code == 504 and late.json()["error"] == "timeout"
             assert len(gated.batches) == 1 and sorted(gated.batches[0]) == ["cat.", "dog.", "sofa."]
         finally:
@@ -339,7 +368,10 @@ def test_a_request_that_times_out_in_the_queue_is_never_run(tiny_detector, chels
 
         try:
             running = pool.submit(ask, "cat.")
-            time.sleep(0.5)  # "cat." is in the model when "dog." is queued
+            for _ in range(200):  # until "cat." is in the model
+                if gated.batches:
+                    break
+                time.sleep(0.05)
             queued = pool.submit(ask, "dog.")
             assert running.result().status_code == 504 and queued.result().status_code == 504
         finally:

@@ -51,6 +51,12 @@ def register(sub) -> None:
     p.add_argument(
         "--threshold", type=float, default=0.3, help="box score threshold when a request gives none"
     )
+    p.add_argument(
+        "--mix-sizes",
+        action="store_true",
+        help="batch images of different input sizes together (bigger batches with mixed traffic; a padded "
+        "image's scores then move slightly)",
+    )
     p.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
     p.set_defaults(func=cmd_serve)
 
@@ -97,6 +103,7 @@ def cmd_serve(args) -> int:
         max_prompt_tokens=args.max_prompt_tokens,
         timeout_s=args.timeout_s,
         default_threshold=args.threshold,
+        mix_sizes=args.mix_sizes,
     )
     try:
         if args.weights and args.preset is None:

@@ -33,9 +33,10 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import OpenGLIPError, UsageError
-from ..images import ImageError
+from ..images import ImageError, load_image
+from ..models.transform import resized_size
 from .batching import BatchWorker, Job
-from .inputs import DetectRequest, ServeError, check_prompt, decode_image, from_form, from_json, oriented_rgb
+from .inputs import DetectRequest, ServeError, check_prompt, decode_image, from_form, from_json
 from .metrics import ServeMetrics
 
 log = logging.getLogger("openglip.serve")
@@ -55,6 +56,9 @@ class ServeSettings:
         max_prompt_tokens: longest prompt in the model's tokens (with [CLS] and [SEP]); longer gets 422.
         timeout_s: a request not answered within this many seconds gets 504 and is cancelled.
         default_threshold: box score threshold when a request gives none.
+        mix_sizes: let images of different padded input sizes share a model call. Off, a request's boxes are
+            those of ``Detector.predict`` on its image alone (up to float rounding); on, batches are larger with mixed traffic
+            but a padded image's scores move slightly (the padding reaches its features).
     """
 
     max_batch: int = 8
@@ -64,6 +68,7 @@ class ServeSettings:
     max_prompt_tokens: int = 256
     timeout_s: float = 30.0
     default_threshold: float = 0.3
+    mix_sizes: bool = False
 
     def __post_init__(self):
         checks = [
@@ -173,11 +178,45 @@ def _result_json(finished, prompt, threshold: float, total_s: float) -> dict:
     }
 
 
-def _draw_png(image, dets) -> bytes:
+@dataclass
+class _Upload:
+    """A decoded upload: what the model gets, the oriented RGB picture to draw on, and its batching group."""
+
+    image: object  # the decoded image itself when it is huge, so that predict reports boxes in its pixels
+    rgb: object  # EXIF-rotated 8-bit RGB PIL image (reduced when huge)
+    size: tuple[int, int]  # (height, width) of the oriented original
+    group: tuple[int, int] | None  # padded model input size (H, W)
+
+
+def _padded_shape(detector, height: int, width: int) -> tuple[int, int] | None:
+    transform = getattr(detector, "transform", None)
+    if transform is None:
+        return None
+    h, w = resized_size(height, width, transform.min_size, transform.max_size)
+    d = max(1, transform.size_divisibility)
+    return -(-h // d) * d, -(-w // d) * d
+
+
+def _prepare(detector, data: bytes, settings: ServeSettings) -> _Upload:
+    """Decode and orient an upload (in a thread-pool thread, beside the model worker)."""
+    raw = decode_image(data, settings.max_pixels)
+    try:
+        rgb, size = load_image(raw, where="upload")
+    except ImageError as err:
+        raise ServeError(415, "not_an_image", str(err)) from None
+    whole = rgb.size == (size[1], size[0])
+    group = None if settings.mix_sizes else _padded_shape(detector, rgb.height, rgb.width)
+    return _Upload(rgb if whole else raw, rgb, size, group)
+
+
+def _draw_png(upload: _Upload, dets) -> bytes:
     from ..visualize import render
 
+    rgb = upload.rgb
+    if rgb.size != (upload.size[1], upload.size[0]):  # a huge image was reduced when read: draw at full size
+        rgb = rgb.resize((upload.size[1], upload.size[0]))
     buffer = io.BytesIO()
-    render(oriented_rgb(image), dets).save(buffer, format="PNG")
+    render(rgb, dets).save(buffer, format="PNG")
     return buffer.getvalue()
 
 
@@ -266,8 +305,8 @@ def create_app(detector, settings: ServeSettings | None = None) -> FastAPI:
         body = await _read_body(request, settings.max_upload_bytes)
         req = await _parse(request, body, settings.default_threshold)
         prompt = check_prompt(req.prompt, tokenizer, settings.max_prompt_tokens)
-        image = await run_in_threadpool(decode_image, req.image_bytes, settings.max_pixels)
-        future = worker.submit(Job(image, prompt, req.threshold))
+        upload = await run_in_threadpool(_prepare, detector, req.image_bytes, settings)
+        future = worker.submit(Job(upload.image, prompt, req.threshold, group=upload.group))
         try:
             finished = await asyncio.wait_for(asyncio.wrap_future(future), settings.timeout_s)
         except asyncio.TimeoutError:
@@ -282,7 +321,7 @@ def create_app(detector, settings: ServeSettings | None = None) -> FastAPI:
         except (OpenGLIPError, ValueError) as err:  # e.g. a phrase with no tokens
             raise ServeError(422, "invalid_field", str(err)) from None
         if req.draw:
-            png = await run_in_threadpool(_draw_png, image, finished.detections)
+            png = await run_in_threadpool(_draw_png, upload, finished.detections)
             return Response(
                 png, media_type="image/png", headers={"X-Detections": str(len(finished.detections))}
             )

@@ -3,7 +3,8 @@
 One worker thread owns the detector (PyTorch modules and the detector's text-feature cache are not meant to
 be shared between threads). Requests wait in a queue; the worker takes the oldest one, then keeps taking
 requests until the batch is full (``max_batch``) or the oldest request has waited ``max_wait_ms``, and runs
-them as one batch; prompts may differ per image.
+them as one batch; prompts may differ per image. Each job carries a ``group`` (the server's: the padded input
+size); a batch holding several groups becomes one ``predict`` call per group.
 
 A request whose client gave up (the server's per-request timeout) is *cancelled*: while it is still queued
 the worker drops it; once its batch runs, its result is discarded. Neither changes the answers of the other
@@ -17,7 +18,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
 
@@ -35,6 +36,8 @@ class Job:
         image: anything ``Detector.predict`` reads (the server passes a decoded RGB PIL image).
         prompt: the parsed prompt.
         threshold: minimum score of a returned box.
+        group: jobs share a model call only when their groups are equal (the server uses the padded input
+            size, so that a request's boxes never depend on the other requests of its batch).
         future: receives a :class:`Finished` (or the exception that made the prediction fail).
         enqueued: ``time.perf_counter()`` when the job entered the queue.
     """
@@ -42,6 +45,7 @@ class Job:
     image: object
     prompt: Prompt
     threshold: float
+    group: Hashable | None = None
     future: Future = field(default_factory=Future)
     enqueued: float = field(default_factory=time.perf_counter)
 
@@ -165,8 +169,11 @@ class BatchWorker:
             batch, stop = self._collect(first)
             # a cancelled (timed-out) request is dropped here, before it costs any compute
             live = [job for job in batch if job.future.set_running_or_notify_cancel()]
-            if live:
-                self._run_batch(live)
+            groups: dict = {}
+            for job in live:
+                groups.setdefault(job.group, []).append(job)
+            for jobs in groups.values():  # one model call per group, the oldest request's group first
+                self._run_batch(jobs)
             if stop:
                 return
 

@@ -31,7 +31,6 @@ from dataclasses import dataclass
 
 from PIL import Image, UnidentifiedImageError
 
-from ..images import load_image
 from ..prompts import Prompt, PromptError, parse_prompt, token_spans
 
 _TRUE = ("1", "true", "yes", "on")
@@ -108,7 +107,7 @@ def from_json(body: bytes, default_threshold: float) -> DetectRequest:
     return DetectRequest(
         image_bytes,
         prompt,
-        _as_threshold(data.get("threshold", default_threshold)),
+        default_threshold if data.get("threshold") is None else _as_threshold(data["threshold"]),
         _as_bool(data.get("draw", False), "draw"),
     )
 
@@ -136,8 +135,7 @@ async def from_form(form, default_threshold: float) -> DetectRequest:
 
 
 def decode_image(data: bytes, max_pixels: int) -> Image.Image:
-    """Image bytes -> a decoded PIL image (any mode; ``Detector.predict`` converts it to RGB and applies its
-    EXIF orientation, and reports boxes in the pixels of the oriented original).
+    """Image bytes -> a decoded PIL image (any mode, EXIF orientation not yet applied).
 
     Raises:
         ServeError: 415 when the bytes are not an image, 413 when it has more than ``max_pixels`` pixels
@@ -170,14 +168,6 @@ def decode_image(data: bytes, max_pixels: int) -> Image.Image:
                 415, "not_an_image", f"the image could not be decoded ({type(err).__name__}: {err})"
             ) from None
     return image
-
-
-def oriented_rgb(image: Image.Image) -> Image.Image:
-    """The upload as the model saw it, at full size: EXIF-rotated 8-bit RGB (for drawing the boxes on)."""
-    rgb, (height, width) = load_image(image, where="upload")
-    if rgb.size != (width, height):  # a huge image was reduced when read: draw at full size
-        rgb = rgb.resize((width, height))
-    return rgb
 
 
 def check_prompt(text: str, tokenizer, max_tokens: int) -> Prompt:
