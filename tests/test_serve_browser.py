@@ -4,6 +4,8 @@ and reads the result table back; a screenshot is kept in ``outputs/test-artifact
 
 from __future__ import annotations
 
+import base64
+import io
 import os
 from pathlib import Path
 
@@ -125,4 +127,21 @@ def test_page_uploads_a_photo_and_shows_the_detections(
         assert "422" in browser.find_element(By.ID, "status").text
         assert "empty_prompt" in browser.find_element(By.ID, "status").text
         assert _rows(browser) == []
+
+        # an image dropped on the drop zone replaces the chosen one
+        buffer = io.BytesIO()
+        Image.fromarray(np.ascontiguousarray(chelsea[:, :300])).save(buffer, format="PNG")
+        browser.execute_script(
+            "const bytes = Uint8Array.from(atob(arguments[0]), c => c.charCodeAt(0));"
+            "const transfer = new DataTransfer();"
+            "transfer.items.add(new File([bytes], 'dropped.png', {type: 'image/png'}));"
+            "document.getElementById('drop-zone').dispatchEvent("
+            "  new DragEvent('drop', {dataTransfer: transfer, bubbles: true, cancelable: true}));",
+            base64.b64encode(buffer.getvalue()).decode(),
+        )
+        assert browser.find_element(By.ID, "drop-text").text == "dropped.png"
+        prompt.send_keys("sofa.")
+        assert _detect_and_wait(browser) == "done"
+        dropped = tiny_detector.predict(np.ascontiguousarray(chelsea[:, :300]), "sofa.", box_threshold=0.54)
+        assert [r[1] for r in _rows(browser)] == list(dropped.phrases)
     assert Image.open(SCREENSHOT).size[0] >= 1000
