@@ -250,12 +250,10 @@ def create_app(detector, settings: ServeSettings | None = None) -> FastAPI:
             await run_in_threadpool(worker.stop)
 
     app = FastAPI(title="OpenGLIP", docs_url=None, redoc_url=None, lifespan=lifespan)
-    app.state.detector, app.state.settings, app.state.worker, app.state.metrics = (
-        detector,
-        settings,
-        worker,
-        metrics,
-    )
+    app.state.detector = detector
+    app.state.settings = settings
+    app.state.worker = worker
+    app.state.metrics = metrics
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException):
@@ -318,7 +316,7 @@ def create_app(detector, settings: ServeSettings | None = None) -> FastAPI:
             ) from None
         except ImageError as err:
             raise ServeError(415, "not_an_image", str(err)) from None
-        except (OpenGLIPError, ValueError) as err:  # e.g. a phrase with no tokens
+        except OpenGLIPError as err:  # bad input only the model could see; anything else is a bug (500)
             raise ServeError(422, "invalid_field", str(err)) from None
         if req.draw:
             png = await run_in_threadpool(_draw_png, upload, finished.detections)
