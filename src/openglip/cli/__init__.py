@@ -26,6 +26,7 @@ COMMANDS = (
     "data",
     "export",
     "benchmark",
+    "serve",
 )
 # commands whose trailing key=value words are config overrides
 OVERRIDE_COMMANDS = ("train", "tune", "regionclip", "benchmark")
