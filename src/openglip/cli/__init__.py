@@ -14,7 +14,7 @@ import sys
 from ..errors import EXIT_BAD_INPUT, EXIT_BUG, OpenGLIPError
 
 # sub-command modules, in the order ``openglip --help`` lists them
-COMMANDS = ("detect", "train", "tune", "evaluate", "label", "convert", "data")
+COMMANDS = ("detect", "train", "tune", "evaluate", "label", "convert", "data", "regionclip")
 # commands whose trailing key=value words are config overrides
 OVERRIDE_COMMANDS = ("train", "tune", "regionclip")
 
@@ -31,9 +31,6 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     for name in COMMANDS:
         importlib.import_module(f"{__name__}.{name}").register(sub)
-    from ..regionclip.cli import register as _add_regionclip
-
-    _add_regionclip(sub)
     return parser
 
 
