@@ -68,14 +68,22 @@ def mean_std(values: list[float]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default="outputs/regionclip_bench", help="run directory (finished stages are reused)")
-    parser.add_argument("--steps", type=int, default=150, help="training steps of the RPN, pretraining and transfer")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--out", default="outputs/regionclip_bench", help="run directory (finished stages are reused)"
+    )
+    parser.add_argument(
+        "--steps", type=int, default=150, help="training steps of the RPN, pretraining and transfer"
+    )
     parser.add_argument("--teacher-steps", type=int, default=200, help="teacher steps")
     parser.add_argument("--seeds", type=int, default=3, help="seeds of the held-out-word table")
     parser.add_argument("--images", type=int, default=200, help="val images for every evaluation")
     parser.add_argument("--backbone", default="efficientnet_lite0", help="backbone of every network")
-    parser.add_argument("--held-out-word", default="hexagon", help="the word no transfer box names ('' skips)")
+    parser.add_argument(
+        "--held-out-word", default="hexagon", help="the word no transfer box names ('' skips)"
+    )
     parser.add_argument("--fresh", action="store_true", help="delete --out first")
     args = parser.parse_args(argv)
 
@@ -83,7 +91,13 @@ def main(argv: list[str] | None = None) -> int:
 
     from openglip.data.shapes import BASE, CATEGORIES
     from openglip.regionclip import ConceptPool, load_region_teacher, load_sentence_encoder, load_student
-    from openglip.regionclip.config import ConceptConfig, PretrainConfig, RPNConfig, TeacherConfig, TransferConfig
+    from openglip.regionclip.config import (
+        ConceptConfig,
+        PretrainConfig,
+        RPNConfig,
+        TeacherConfig,
+        TransferConfig,
+    )
     from openglip.regionclip.evaluate import (
         evaluate_detector,
         evaluate_zero_shot,

@@ -13,7 +13,7 @@ from torch import nn
 
 from openglip.errors import UsageError
 from openglip.regionclip.concepts import ConceptPool, count_phrases, normalize_phrase, template_embeddings
-from openglip.regionclip.data import ShapesBoxes, ShapesCaptions, collate_regions
+from openglip.regionclip.data import collate_regions
 from openglip.regionclip.proposals import random_crops, top_regions
 from openglip.regionclip.teacher import ContrastiveTeacher, square_context_boxes
 

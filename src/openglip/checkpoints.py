@@ -181,7 +181,8 @@ def _derived_ok(key: str, value: torch.Tensor, model) -> bool:
 def is_official_state_dict(state: Mapping[str, torch.Tensor]) -> bool:
     # "rpn.head." alone is not enough: any torchvision-style RPN module (RegionCLIP's) has such keys
     return any(
-        k.removeprefix("module.").startswith(("rpn.head.dyhead_tower.", "language_backbone.body.")) for k in state
+        k.removeprefix("module.").startswith(("rpn.head.dyhead_tower.", "language_backbone.body."))
+        for k in state
     )
 
 
