@@ -144,7 +144,7 @@ def test_transfer_resumes_exactly_and_detects_novel_names(parts, tmp_path):
     assert _losses(tmp_path / "cut") == _losses(tmp_path / "full")
 
     detector = load_detector(full, text=parts["text"])
-    detector.score_thresh = 0.0  # an untrained tiny detector: keep every box
+    detector.post.score_thresh = 0.0  # an untrained tiny detector: keep every box
     assert detector.seen_classes == tuple(BASE) and detector.pretrained is not None
     images = [ShapesWorld(split="val", image_size=64, seed=5).sample(i).image for i in range(2)]
     dets = detector.predict(images, list(NOVEL[:3]))

@@ -27,7 +27,7 @@ from torchvision.models.detection import _utils as det_utils
 from torchvision.ops import box_iou, clip_boxes_to_image
 
 from .concepts import SentenceEncoder
-from .inference import NameEmbedder, RegionPredictor, with_objectness
+from .inference import NameEmbedder, Postprocess, RegionPredictor, with_objectness
 from .proposals import ProposalNetwork
 
 
@@ -60,9 +60,7 @@ class OpenVocabDetector(RegionPredictor):
         student: the box head (a student of :mod:`.model`).
         temperature: ``T`` of the classifier.
         rois_per_image, positive_fraction, fg_iou: RoI sampling in training.
-        score_thresh, nms_thresh, detections_per_image: post-processing.
-        multiply_rpn_score: at test, ``score = sqrt(p * objectness)``.
-        min_size, max_size: test resize rule.
+        post: test-time settings.
         templates, encoder: the text space (prompt templates and sentence encoder name).
         text: an already loaded sentence encoder (else loaded on first :meth:`predict`).
         pretrained: a frozen copy of the pretrained student, to calibrate unseen classes (None: no calibration).
@@ -79,12 +77,7 @@ class OpenVocabDetector(RegionPredictor):
         rois_per_image: int,
         positive_fraction: float,
         fg_iou: float,
-        score_thresh: float,
-        nms_thresh: float,
-        detections_per_image: int,
-        multiply_rpn_score: bool,
-        min_size: int,
-        max_size: int,
+        post: Postprocess,
         templates: Sequence[str],
         encoder: str,
         text: SentenceEncoder | None = None,
@@ -107,8 +100,7 @@ class OpenVocabDetector(RegionPredictor):
         self.box_coder = det_utils.BoxCoder((10.0, 10.0, 5.0, 5.0))
         self.matcher = det_utils.Matcher(fg_iou, fg_iou, allow_low_quality_matches=False)
         self.sampler = det_utils.BalancedPositiveNegativeSampler(rois_per_image, positive_fraction)
-        self.score_thresh, self.nms_thresh, self.limit = score_thresh, nms_thresh, detections_per_image
-        self.multiply_rpn_score, self.min_size, self.max_size = multiply_rpn_score, min_size, max_size
+        self.post = post
         self.names = NameEmbedder(encoder=encoder, templates=templates, text=text)
 
     def train(self, mode: bool = True):
@@ -184,7 +176,7 @@ class OpenVocabDetector(RegionPredictor):
             w = self.unseen_weight
             calibrated = probs.clamp(min=1e-12) ** (1 - w) * pre_probs.clamp(min=1e-12) ** w
             probs = torch.where(unseen[None, :], calibrated, probs)
-        probs = with_objectness(probs, out.objectness, self.multiply_rpn_score)
+        probs = with_objectness(probs, out.objectness, self.post.multiply_rpn_score)
         counts = [len(r) for r in out.regions]
         for regions, deltas, p in zip(out.regions, out.box_deltas.split(counts), probs.split(counts)):
             boxes = self.box_coder.decode_single(deltas, regions)

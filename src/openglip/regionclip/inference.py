@@ -6,6 +6,7 @@ class names, no detection training)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, fields
 
 import numpy as np
 import torch
@@ -123,11 +124,28 @@ def with_objectness(probs: torch.Tensor, objectness: list[torch.Tensor], multipl
     return (probs * torch.cat(objectness)[:, None]).sqrt() if multiply else probs
 
 
+@dataclass
+class Postprocess:
+    """Test-time settings of RegionCLIP's detectors (fields of the same names in :class:`TransferConfig`)."""
+
+    score_thresh: float = 0.01  # keep class scores above this
+    nms_thresh: float = 0.5  # per-class NMS
+    detections_per_image: int = 100
+    multiply_rpn_score: bool = True  # score = sqrt(class probability * objectness)
+    min_size: int = 128  # shorter image side
+    max_size: int = 224  # longer side cap
+
+    @classmethod
+    def of(cls, cfg) -> Postprocess:
+        """The settings held by a config with these fields."""
+        return cls(**{f.name: getattr(cfg, f.name) for f in fields(cls)})
+
+
 class RegionPredictor(nn.Module):
     """The :class:`~openglip.structures.Predictor` call shared by RegionCLIP's detectors.
 
-    A subclass sets ``names`` (a :class:`NameEmbedder`), ``score_thresh``, ``nms_thresh``, ``limit``, ``min_size``,
-    ``max_size`` and implements :meth:`score`.
+    A subclass sets ``names`` (a :class:`NameEmbedder`) and ``post`` (a :class:`Postprocess`) and implements
+    :meth:`score`.
     """
 
     def score(self, batch: torch.Tensor, text: torch.Tensor, names: Sequence[str]):
@@ -171,14 +189,15 @@ class RegionPredictor(nn.Module):
             chunk = items[start : start + (batch_size if per_image is None else 1)]
             names = list(shared if per_image is None else per_image[start])
             text = self.names(names, self.centre())  # (C, D)
-            batch, scales, sizes = prepare_images(chunk, min_size=self.min_size, max_size=self.max_size)
+            post = self.post
+            batch, scales, sizes = prepare_images(chunk, min_size=post.min_size, max_size=post.max_size)
             for i, (boxes, scores) in enumerate(self.score(batch.to(text.device), text, names)):
                 b, s, lab = select_detections(
                     boxes,
                     scores,
-                    score_thresh=self.score_thresh,
-                    nms_thresh=self.nms_thresh,
-                    limit=self.limit,
+                    score_thresh=post.score_thresh,
+                    nms_thresh=post.nms_thresh,
+                    limit=post.detections_per_image,
                 )
                 dets = to_detections(b, s, lab, names, scales[i], sizes[i])
                 results.append(dets[dets.scores >= box_threshold])
@@ -196,9 +215,7 @@ class ZeroShotDetector(RegionPredictor):
         embedder: a pretrained student (:mod:`.model`) or a teacher (``embed_regions``/``scale``).
         templates: prompt templates of the concept pool.
         encoder: sentence encoder name.
-        score_thresh, nms_thresh, detections_per_image: post-processing.
-        multiply_rpn_score: ``sqrt(p * objectness)`` instead of ``p``.
-        min_size, max_size: test resize rule.
+        post: test-time settings (default: :class:`Postprocess`'s).
         text: an already loaded sentence encoder (else loaded on first use).
     """
 
@@ -209,19 +226,13 @@ class ZeroShotDetector(RegionPredictor):
         embedder: nn.Module,
         templates: Sequence[str],
         encoder: str,
-        score_thresh: float = 0.01,
-        nms_thresh: float = 0.5,
-        detections_per_image: int = 100,
-        multiply_rpn_score: bool = True,
-        min_size: int = 128,
-        max_size: int = 224,
+        post: Postprocess | None = None,
         text: SentenceEncoder | None = None,
     ):
         super().__init__()
         self.rpn, self.embedder = rpn.eval(), embedder.eval()
         self.names = NameEmbedder(encoder=encoder, templates=templates, text=text)
-        self.score_thresh, self.nms_thresh, self.limit = score_thresh, nms_thresh, detections_per_image
-        self.multiply_rpn_score, self.min_size, self.max_size = multiply_rpn_score, min_size, max_size
+        self.post = post or Postprocess()
 
     def centre(self) -> torch.Tensor:
         return self.embedder.text_centre
@@ -240,7 +251,7 @@ class ZeroShotDetector(RegionPredictor):
     def score(self, batch: torch.Tensor, text: torch.Tensor, names: Sequence[str]):
         proposals, objectness, _ = self.rpn(batch)
         probs = with_objectness(
-            self.region_probs(batch, proposals, text), objectness, self.multiply_rpn_score
+            self.region_probs(batch, proposals, text), objectness, self.post.multiply_rpn_score
         )
         return zip(proposals, probs.split([len(p) for p in proposals]))
 

@@ -23,6 +23,7 @@ from .clip import CLIPTeacher, is_clip
 from .concepts import ConceptPool, SentenceEncoder
 from .config import RPNConfig, StudentConfig, TeacherConfig, TransferConfig
 from .detector import OpenVocabDetector
+from .inference import Postprocess
 from .model import CLIPStudent, RegionStudent
 from .proposals import ProposalNetwork
 from .teacher import ContrastiveTeacher
@@ -74,32 +75,29 @@ def load_state(model: nn.Module, state: dict[str, torch.Tensor], where: str) -> 
 # -- builders -------------------------------------------------------------------------------------------------
 
 
+def _pick(cfg, *names: str) -> dict:
+    """``{name: cfg.name}`` (JSON lists as tuples): the constructor arguments a config holds under the same names."""
+    return {n: tuple(v) if isinstance(v := getattr(cfg, n), list) else v for n in names}
+
+
 def build_teacher(
     cfg: TeacherConfig, *, pretrained: bool | None = None, centre: torch.Tensor | None = None
 ) -> ContrastiveTeacher:
     """A teacher from its config (``pretrained`` overrides ``cfg.pretrained``)."""
     return ContrastiveTeacher(
-        backbone=cfg.backbone,
         pretrained=cfg.pretrained if pretrained is None else pretrained,
-        embed_dim=cfg.embed_dim,
-        init_temperature=cfg.init_temperature,
-        crop_size=cfg.crop_size,
-        crop_context=cfg.crop_context,
         text_centre=centre,
+        **_pick(cfg, "backbone", "embed_dim", "init_temperature", "crop_size", "crop_context"),
     )
 
 
 def build_rpn(cfg: RPNConfig, *, pretrained: bool | None = None) -> ProposalNetwork:
     """An RPN from its config."""
+    fields = ("backbone", "fpn_channels", "anchor_sizes", "aspect_ratios", "pre_nms_top_n", "post_nms_top_n")
     return ProposalNetwork(
-        backbone=cfg.backbone,
         pretrained=cfg.pretrained if pretrained is None else pretrained,
-        fpn_channels=cfg.fpn_channels,
-        anchor_sizes=tuple(cfg.anchor_sizes),
-        aspect_ratios=tuple(cfg.aspect_ratios),
-        pre_nms_top_n=cfg.pre_nms_top_n,
-        post_nms_top_n=cfg.post_nms_top_n,
         nms_thresh=cfg.nms_thresh,
+        **_pick(cfg, *fields),
     )
 
 
@@ -114,13 +112,8 @@ def build_student(
             student.text_centre.copy_(centre)
         return student
     student = RegionStudent(
-        backbone=cfg.backbone,
         pretrained=cfg.pretrained if pretrained is None else pretrained,
-        fpn_channels=cfg.fpn_channels,
-        roi_size=cfg.roi_size,
-        head_dim=cfg.head_dim,
-        embed_dim=cfg.embed_dim,
-        init_temperature=cfg.init_temperature,
+        **_pick(cfg, "backbone", "fpn_channels", "roi_size", "head_dim", "embed_dim", "init_temperature"),
     )
     if centre is not None:
         student.text_centre.copy_(centre)
@@ -169,16 +162,8 @@ def build_detector(
     return OpenVocabDetector(
         rpn=rpn,
         student=student,
-        temperature=cfg.temperature,
-        rois_per_image=cfg.rois_per_image,
-        positive_fraction=cfg.positive_fraction,
-        fg_iou=cfg.fg_iou,
-        score_thresh=cfg.score_thresh,
-        nms_thresh=cfg.nms_thresh,
-        detections_per_image=cfg.detections_per_image,
-        multiply_rpn_score=cfg.multiply_rpn_score,
-        min_size=cfg.min_size,
-        max_size=cfg.max_size,
+        post=Postprocess.of(cfg),
+        **_pick(cfg, "temperature", "rois_per_image", "positive_fraction", "fg_iou"),
         templates=tuple(templates),
         encoder=str(encoder),
         text=text,
