@@ -10,6 +10,7 @@ class names), which keeps them in one space.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -67,7 +68,13 @@ class MiniLMText:
 
 def load_sentence_encoder(name: str = TEXT_ENCODER, *, device: str | torch.device = "cpu") -> SentenceEncoder:
     """The sentence encoder called ``name``: MiniLM-L6 (``all-MiniLM-L6-v2``, ships with OpenGLIP) or a CLIP
-    text tower from a local file (``clip:RN50:/path/RN50.pt``)."""
+    text tower from a local file (``clip:RN50:/path/RN50.pt``); one instance per process (the stages of a run
+    share it and its sentence cache)."""
+    return _load_sentence_encoder(name, str(device))
+
+
+@functools.lru_cache(maxsize=4)
+def _load_sentence_encoder(name: str, device: str) -> SentenceEncoder:
     from .clip import CLIPSentenceEncoder, is_clip
 
     if is_clip(name):
