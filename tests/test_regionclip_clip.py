@@ -107,3 +107,7 @@ def test_missing_or_foreign_clip_weights_are_one_clear_error(tmp_path):
     torch.save(torchvision.models.resnet18().state_dict(), foreign)
     with pytest.raises(UsageError, match=r"resnet18\.pt: not RN50 CLIP weights"):
         load_region_teacher(f"clip:RN50:{foreign}")
+    scripted = tmp_path / "scripted.pt"  # a TorchScript archive (OpenAI's release format) of something else
+    torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), scripted)
+    with pytest.raises(UsageError, match=r"scripted\.pt: not RN50 CLIP weights"):
+        load_region_teacher(f"clip:RN50:{scripted}")

@@ -61,7 +61,10 @@ def parse_clip_spec(spec: str) -> tuple[str, str]:
             f"CLIP model {spec!r} must be given as clip:ARCH:PATH, e.g. clip:RN50:/models/RN50.pt"
         )
     arch, path = parts[1], parts[2]
-    import open_clip
+    try:
+        import open_clip
+    except ImportError:
+        raise UsageError(f"{spec}: CLIP models need open_clip: pip install 'openglip[clip]'") from None
 
     if arch not in open_clip.list_models():
         known = [m for m in open_clip.list_models() if m.startswith("RN")]
@@ -91,7 +94,7 @@ def _is_torchscript(path: str) -> bool:
 def load_clip(spec: str) -> nn.Module:
     """The open_clip model named by ``spec`` (eval mode, fp32, on CPU), cached per spec.
 
-    OpenAI's weights were trained with QuickGELU; a TorchScript release file is loaded with it.
+    OpenAI's weights were trained with QuickGELU; a TorchScript release file (OpenAI's format) is loaded with it.
 
     Raises:
         UsageError: a bad spec, a missing file, or weights of another architecture (the message names the file).
@@ -100,11 +103,12 @@ def load_clip(spec: str) -> nn.Module:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # open_clip must never reach for the hub
     import open_clip
 
-    quick_gelu = path != "random" and _is_torchscript(path)
+    # OpenAI's releases are TorchScript archives, which torch.load reads only with weights_only=False
+    scripted = path != "random" and _is_torchscript(path)
     try:
         model = open_clip.create_model(
-            arch, pretrained=None if path == "random" else path, force_quick_gelu=quick_gelu, device="cpu",
-            pretrained_image=False, pretrained_text=False,
+            arch, pretrained=None if path == "random" else path, force_quick_gelu=scripted, device="cpu",
+            pretrained_image=False, pretrained_text=False, weights_only=not scripted,
         )  # fmt: skip
     except RuntimeError as err:
         first = str(err).strip().splitlines()[0][:300]
