@@ -13,11 +13,9 @@ Dataset items are addressed by ``(epoch, index)`` keys; everything random about 
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -29,7 +27,6 @@ from ..images import load_image
 from .features import image_to_tensor
 from .proposals import random_crops
 
-log = logging.getLogger("openglip.regionclip")
 CAPTION_KINDS = ("listing", "referring", "random")
 
 
@@ -357,20 +354,3 @@ class BoxDataset(Dataset):
         keep = labels >= 0
         boxes = torch.from_numpy(np.asarray(rec.boxes, dtype=np.float32)[keep] * scale).reshape(-1, 4)
         return RegionItem(image, "", boxes, torch.from_numpy(labels[keep]), rec.image_id)
-
-
-def describe(data: DetectionData | Sequence[CaptionRecord], what: str) -> None:
-    """Log what a stage reads (and what its reader skipped)."""
-    if isinstance(data, DetectionData):
-        counts = {s: len(data.split_names(s)) for s in ("base", "novel")}
-        skipped = f", skipped {data.skipped}" if data.skipped else ""
-        log.info(
-            "%s: %d images from %s, categories %s%s", what, len(data.records), data.source, counts, skipped
-        )
-    else:
-        log.info("%s: %d image-caption pairs", what, len(data))
-
-
-def source_label(path: str) -> str:
-    """``path`` for a file, ``"shapes"`` for the built-in world."""
-    return str(Path(path)) if path else "shapes"
