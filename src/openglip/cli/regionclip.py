@@ -155,42 +155,33 @@ def _done(path: Path, stage: str) -> int:
     return 0
 
 
-def cmd_teacher(args) -> int:
-    from ..regionclip.config import TeacherConfig
-    from ..regionclip.train import run_teacher
+def _train(stage: str, label: str, args, **paths) -> int:
+    """Run a training stage: its config from the defaults, the path options and the overrides."""
+    from ..regionclip import config, train
 
-    cfg, train_cfg = _stage("teacher", TeacherConfig(), args, concepts=args.concepts)
-    return _done(run_teacher(cfg, train_cfg, resume=args.resume, device=args.device), "teacher")
+    default = {"teacher": config.TeacherConfig, "rpn": config.RPNConfig, "pretrain": config.PretrainConfig,
+               "transfer": config.TransferConfig}[stage]()  # fmt: skip
+    cfg, train_cfg = _stage(stage, default, args, **paths)
+    run = getattr(train, f"run_{stage}")
+    return _done(run(cfg, train_cfg, resume=args.resume, device=args.device), label)
+
+
+def cmd_teacher(args) -> int:
+    return _train("teacher", "teacher", args, concepts=args.concepts)
 
 
 def cmd_rpn(args) -> int:
-    from ..regionclip.config import RPNConfig
-    from ..regionclip.train import run_rpn
-
-    cfg, train_cfg = _stage("rpn", RPNConfig(), args, split_file=args.split_file)
-    return _done(run_rpn(cfg, train_cfg, resume=args.resume, device=args.device), "rpn")
+    return _train("rpn", "rpn", args, split_file=args.split_file)
 
 
 def cmd_pretrain(args) -> int:
-    from ..regionclip.config import PretrainConfig
-    from ..regionclip.train import run_pretrain
-
-    cfg, train_cfg = _stage(
-        "pretrain", PretrainConfig(), args, concepts=args.concepts, teacher=args.teacher, rpn=args.rpn,
-        backbone=args.student_init,
-    )  # fmt: skip
-    return _done(run_pretrain(cfg, train_cfg, resume=args.resume, device=args.device), "student")
+    paths = dict(concepts=args.concepts, teacher=args.teacher, rpn=args.rpn, backbone=args.student_init)
+    return _train("pretrain", "student", args, **paths)
 
 
 def cmd_transfer(args) -> int:
-    from ..regionclip.config import TransferConfig
-    from ..regionclip.train import run_transfer
-
-    cfg, train_cfg = _stage(
-        "transfer", TransferConfig(), args, concepts=args.concepts, rpn=args.rpn, student=args.student,
-        split_file=args.split_file,
-    )  # fmt: skip
-    return _done(run_transfer(cfg, train_cfg, resume=args.resume, device=args.device), "detector")
+    paths = dict(concepts=args.concepts, rpn=args.rpn, student=args.student, split_file=args.split_file)
+    return _train("transfer", "detector", args, **paths)
 
 
 def cmd_evaluate(args) -> int:
@@ -244,14 +235,8 @@ def _regions(args, data) -> dict[str, float]:
             raise UsageError("--protocol regions with --teacher needs the concept pool (--concepts FILE)")
         embedder, pool = load_region_teacher(args.teacher), ConceptPool.load(args.concepts)
         templates, encoder = pool.templates, pool.encoder
-    return region_classification(
-        embedder,
-        data,
-        templates=templates,
-        encoder=encoder,
-        num_images=args.images,
-        image_size=args.image_size,
-    )
+    kwargs = dict(templates=templates, encoder=encoder, num_images=args.images, image_size=args.image_size)
+    return region_classification(embedder, data, **kwargs)
 
 
 def main(argv: list[str] | None = None) -> int:
