@@ -22,10 +22,10 @@ STUDENT = [*TINY, "roi_size=3", "head_dim=32"]
 OVERRIDES = {
     "concepts": ["min_count=1"],
     "teacher": ["backbone=tiny_cnn", "pretrained=false", "crop_size=16", *TRAIN],
-    "rpn": [*TINY, *TRAIN],
+    "rpn": [*TINY, "post_nms_top_n=10", *TRAIN],
     "pretrain": [*STUDENT, "regions_per_image=2", *TRAIN],
     "transfer": [*STUDENT, "rois_per_image=16", "min_size=64", "max_size=64", *TRAIN],
-    "evaluate": [],
+    "evaluate": ["--images", "2"],
 }
 
 
