@@ -25,7 +25,7 @@ OVERRIDES = {
     "rpn": [*TINY, "post_nms_top_n=10", *TRAIN],
     "pretrain": [*STUDENT, "regions_per_image=2", *TRAIN],
     "transfer": [*STUDENT, "rois_per_image=16", "min_size=64", "max_size=64", *TRAIN],
-    "evaluate": ["--images", "2"],
+    "evaluate": ["--images", "3"],
 }
 
 
