@@ -105,7 +105,11 @@ def register(subparsers) -> None:
     p.add_argument("--image-root", help="folder the data file's image names are relative to")
     p.add_argument("--split-file", help=SPLIT_FILE)
     p.add_argument("--images", type=int, default=200, help="evaluate on the first N images")
-    p.add_argument("--image-size", type=int, default=128, help="regions protocol: longer image side")
+    p.add_argument(
+        "--image-size",
+        type=int,
+        help="longer side of the test images (default: the detector's setting; regions: 128)",
+    )
     p.add_argument(
         "--unseen-weight", type=float, help="override the detector's unseen-class calibration (0: off)"
     )
@@ -203,7 +207,11 @@ def cmd_evaluate(args) -> int:
         metrics, title = _regions(args, data), f"region classification with ground-truth boxes: {models[0]}"
     elif args.detector:
         metrics = ev.evaluate_detector(
-            args.detector, data, num_images=args.images, unseen_weight=args.unseen_weight
+            args.detector,
+            data,
+            num_images=args.images,
+            unseen_weight=args.unseen_weight,
+            image_size=args.image_size,
         )
         title = f"detector {args.detector}"
     else:
@@ -211,7 +219,7 @@ def cmd_evaluate(args) -> int:
             raise UsageError("zero-shot detection needs the proposals of --rpn FILE")
         metrics = ev.evaluate_zero_shot(
             args.rpn, data, student=args.student or "", teacher=args.teacher or "", concepts=args.concepts or "",
-            num_images=args.images,
+            num_images=args.images, image_size=args.image_size,
         )  # fmt: skip
         title = f"zero-shot {models[0]}"
     shown = ev.summary(metrics) if args.protocol == "detection" else {}
@@ -235,7 +243,9 @@ def _regions(args, data) -> dict[str, float]:
             raise UsageError("--protocol regions with --teacher needs the concept pool (--concepts FILE)")
         embedder, pool = load_region_teacher(args.teacher), ConceptPool.load(args.concepts)
         templates, encoder = pool.templates, pool.encoder
-    kwargs = dict(templates=templates, encoder=encoder, num_images=args.images, image_size=args.image_size)
+    kwargs = dict(
+        templates=templates, encoder=encoder, num_images=args.images, image_size=args.image_size or 128
+    )
     return region_classification(embedder, data, **kwargs)
 
 

@@ -112,19 +112,35 @@ def zero_shot_detector(
     )
 
 
+def _sized(detector, image_size: int | None):
+    """Test images resized so that their longer side is ``image_size`` (None: the detector's own setting)."""
+    if image_size is not None:
+        detector.post.min_size = detector.post.max_size = image_size
+    return detector
+
+
 def evaluate_zero_shot(
-    rpn_path, data: DetectionData, *, student="", teacher="", concepts="", text=None, **kwargs
+    rpn_path,
+    data: DetectionData,
+    *,
+    student="",
+    teacher="",
+    concepts="",
+    text=None,
+    image_size=None,
+    **kwargs,
 ):
     """:func:`evaluate_predictor` of a pretrained student or the teacher used zero-shot on RPN proposals."""
     detector = zero_shot_detector(rpn_path, student=student, teacher=teacher, concepts=concepts, text=text)
-    return evaluate_predictor(detector, data, **kwargs)
+    return evaluate_predictor(_sized(detector, image_size), data, **kwargs)
 
 
 def evaluate_detector(
-    path: str | os.PathLike, data: DetectionData, *, text=None, unseen_weight=None, **kwargs
+    path: str | os.PathLike, data: DetectionData, *, text=None, unseen_weight=None, image_size=None, **kwargs
 ):
-    """:func:`evaluate_predictor` of a transferred detector file (``unseen_weight`` overrides its calibration)."""
-    detector = load_detector(path, text=text)
+    """:func:`evaluate_predictor` of a transferred detector file (``unseen_weight`` overrides its calibration,
+    ``image_size`` its test resize)."""
+    detector = _sized(load_detector(path, text=text), image_size)
     if unseen_weight is not None:
         detector.unseen_weight = unseen_weight
     return evaluate_predictor(detector, data, **kwargs)
