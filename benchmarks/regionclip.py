@@ -1,7 +1,7 @@
 """RegionCLIP on the shapes world's open-vocabulary split: the paper's ablations, the held-out-word test over
 several seeds, and zero-shot region classification.
 
-    python benchmarks/regionclip.py [--steps 150] [--teacher-steps 200] [--seeds 3] [--images 200] \\
+    python benchmarks/regionclip.py [--steps 100] [--teacher-steps 200] [--seeds 3] [--images 150] \\
         [--out outputs/regionclip_bench]
 
 Stages (step-based, so the numbers do not depend on the machine's speed): concept pool (captions of the "all"
@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--teacher-steps", type=int, default=200, help="teacher steps")
     parser.add_argument("--seeds", type=int, default=3, help="seeds of the held-out-word table")
-    parser.add_argument("--images", type=int, default=200, help="val images for every evaluation")
+    parser.add_argument("--images", type=int, default=150, help="val images for every evaluation")
     parser.add_argument("--backbone", default="efficientnet_lite0", help="backbone of every network")
     parser.add_argument(
         "--held-out-word", default="hexagon", help="the word no transfer box names ('' skips)"
