@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         "--out", default="outputs/regionclip_bench", help="run directory (finished stages are reused)"
     )
     parser.add_argument(
-        "--steps", type=int, default=150, help="training steps of the RPN, pretraining and transfer"
+        "--steps", type=int, default=100, help="training steps of the RPN, pretraining and transfer"
     )
     parser.add_argument("--teacher-steps", type=int, default=200, help="teacher steps")
     parser.add_argument("--seeds", type=int, default=3, help="seeds of the held-out-word table")
