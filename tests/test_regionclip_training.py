@@ -14,10 +14,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from openglip.data.shapes import NOVEL, ShapesWorld
+from openglip.data.shapes import BASE, NOVEL, ShapesWorld
 from openglip.regionclip import ConceptPool, load_detector, load_student
 from openglip.regionclip.config import PretrainConfig, RPNConfig, TeacherConfig, TransferConfig
-from openglip.regionclip.evaluate import evaluate_predictor, evaluate_zero_shot
+from openglip.regionclip.evaluate import evaluate_predictor, evaluate_zero_shot, evaluation_data
 from openglip.regionclip.tasks import TransferTask
 from openglip.regionclip.train import default_train_config, run_pretrain, run_rpn, run_teacher, run_transfer
 from openglip.structures import Detections
@@ -144,31 +144,44 @@ def test_transfer_resumes_exactly_and_detects_novel_names(parts, tmp_path):
     assert _losses(tmp_path / "cut") == _losses(tmp_path / "full")
 
     detector = load_detector(full, text=parts["text"])
-    detector.score_thresh = 0.0  # an untrained tiny detector: keep every box
+    detector.post.score_thresh = 0.0  # an untrained tiny detector: keep every box
+    assert detector.seen_classes == tuple(BASE) and detector.pretrained is not None
     images = [ShapesWorld(split="val", image_size=64, seed=5).sample(i).image for i in range(2)]
     dets = detector.predict(images, list(NOVEL[:3]))
     assert len(dets) == 2 and all(isinstance(d, Detections) for d in dets)
     assert len(dets[0]) > 0 and set(dets[0].labels) <= {0, 1, 2}
     assert set(dets[0].phrases) <= set(NOVEL[:3]) and dets[0].image_size == (64, 64)
     assert (dets[0].xyxy >= 0).all() and (dets[0].xyxy <= 64).all()
-    assert len(detector.predict(images[0], ["pink elephant"])) == 1  # any name, one image
-    # the pretrained student initialises the box head
-    built = TransferTask(cfg, text=parts["text"]).build_model()
-    student = load_file(str(pretrain))
-    assert all(
-        torch.equal(built.student.state_dict()[k], v) for k, v in student.items() if k != "text_centre"
+    one = detector.predict(images[0], "pink elephant. red circle.")  # any name, one image, a caption prompt
+    assert isinstance(one, Detections) and set(one.phrases) <= {"pink elephant", "red circle"}
+    # unseen names are calibrated by the frozen pretrained student, seen ones keep the detector's score
+    batch = torch.stack([torch.from_numpy(i).permute(2, 0, 1).float().sub(127).div(128) for i in images])
+    names = [BASE[0], NOVEL[0]]
+    text = detector.names(names, detector.centre())
+    calibrated = [p for _, p in detector.score(batch, text, names)]
+    detector.unseen_weight = 0.0
+    plain = [p for _, p in detector.score(batch, text, names)]
+    assert torch.allclose(calibrated[0][:, 0], plain[0][:, 0]) and not torch.allclose(
+        calibrated[0][:, 1], plain[0][:, 1]
     )
+    # the pretrained student initialises the box head and is kept, frozen, for the calibration
+    built = TransferTask(cfg, text=parts["text"], classes=list(BASE)).build_model()
+    student = load_file(str(pretrain))
+    for part in (built.student, built.pretrained):
+        assert all(torch.equal(part.state_dict()[k], v) for k, v in student.items() if k != "text_centre")
+    assert not any(p.requires_grad for p in built.pretrained.parameters())
 
-    metrics = evaluate_predictor(detector.predict, num_images=3, image_size=64)
+    data = evaluation_data(num_images=3, image_size=64)
+    metrics = evaluate_predictor(detector, data)
     assert {"AP50", "base/AP50", "novel/AP50"} <= set(metrics)
-    zero = evaluate_zero_shot(pretrain, parts["rpn"], text=parts["text"], num_images=3, image_size=64)
+    zero = evaluate_zero_shot(parts["rpn"], data, student=pretrain, text=parts["text"])
     assert 0.0 <= zero["AP50"] <= 1.0
 
 
 def test_cli_pretraining_survives_a_kill_and_resumes_exactly(tmp_path, capsys):
     """The real commands (MiniLM text, tiny CNNs): concepts, teacher, rpn and a reference pretraining in this process,
     then a pretraining killed after step 3 and resumed, in subprocesses (as a crashed job would be)."""
-    from openglip.regionclip.cli import main
+    from openglip.cli.regionclip import main
 
     tiny = [
         "backbone=tiny_cnn",
@@ -206,7 +219,7 @@ def test_cli_pretraining_survives_a_kill_and_resumes_exactly(tmp_path, capsys):
     cmd = [
         sys.executable,
         "-m",
-        "openglip.regionclip.cli",
+        "openglip.cli.regionclip",
         "pretrain",
         "--out",
         str(tmp_path / "cut"),
@@ -239,17 +252,17 @@ import sys, torch
 sys.path.insert(0, sys.argv[2])
 from tests.test_regionclip_units import HashText
 from openglip.engine.trainer import Trainer
-from openglip.regionclip import ConceptPool, load_rpn, load_teacher
+from openglip.regionclip import ConceptPool, load_region_teacher, load_rpn
 from openglip.regionclip.config import PretrainConfig
-from openglip.regionclip.data import ShapesCaptions
+from openglip.regionclip.data import CaptionDataset, shapes_caption_data
 from openglip.regionclip.tasks import PretrainTask
 from openglip.regionclip.train import default_train_config
 out, concepts, teacher, rpn = sys.argv[1], sys.argv[3], sys.argv[4], sys.argv[5]
 cfg = PretrainConfig(backbone="tiny_cnn", pretrained=False, fpn_channels=16, roi_size=3, head_dim=32, embed_dim=16,
                      image_size=64, epoch_size=16, concepts=concepts, teacher=teacher, rpn=rpn, regions_per_image=4)
-task = PretrainTask(cfg, pool=ConceptPool.load(concepts), text=HashText(16), teacher=load_teacher(teacher),
+task = PretrainTask(cfg, pool=ConceptPool.load(concepts), text=HashText(16), teacher=load_region_teacher(teacher),
                     rpn=load_rpn(rpn))
-data = ShapesCaptions(size=16, image_size=64, seed=21)
+data = CaptionDataset(shapes_caption_data(16, image_size=64, seed=21), image_size=64)
 tc = default_train_config("pretrain", out, max_steps=3, batch_size=2, checkpoint_every=0, log_every=1, warmup_steps=0)
 trainer = Trainer(task, tc, data, device="cpu")
 trainer.fit()

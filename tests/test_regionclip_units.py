@@ -13,7 +13,7 @@ from torch import nn
 
 from openglip.errors import UsageError
 from openglip.regionclip.concepts import ConceptPool, count_phrases, normalize_phrase, template_embeddings
-from openglip.regionclip.data import ShapesBoxes, ShapesCaptions, collate_regions
+from openglip.regionclip.data import collate_regions
 from openglip.regionclip.proposals import random_crops, top_regions
 from openglip.regionclip.teacher import ContrastiveTeacher, square_context_boxes
 
@@ -170,63 +170,69 @@ def test_top_regions_removes_duplicates_across_levels():
     )
 
 
-def test_datasets_replay_items_and_keep_only_the_requested_classes():
+def test_shapes_records_feed_the_same_datasets_as_files_and_keep_only_the_requested_classes():
     from openglip.data.shapes import BASE, CATEGORIES
+    from openglip.regionclip.data import (
+        BoxDataset,
+        CaptionDataset,
+        shapes_caption_data,
+        shapes_detection_data,
+    )
 
-    cap = ShapesCaptions(size=4, image_size=64, seed=3, random_regions=5, caption="random")
+    records = shapes_caption_data(4, image_size=64, seed=3, caption="random")
+    cap = CaptionDataset(records, image_size=64, random_regions=5, seed=3)
     x, y = cap[(1, 2)], cap[(1, 2)]
     assert torch.equal(x.image, y.image) and torch.equal(x.boxes, y.boxes) and x.caption == y.caption
-    assert x.image_id == 6 and x.boxes.shape == (5, 4) and x.caption
-    boxes = ShapesBoxes(size=4, classes=BASE[:10], image_size=64, seed=0)
+    assert x.image_id == 3 and x.boxes.shape == (5, 4) and x.caption and x.image.shape == (3, 64, 64)
+    data = shapes_detection_data(4, image_size=64, seed=0)
+    assert data.split_names("novel") == [c for c in CATEGORIES if c not in BASE]
+    boxes = BoxDataset(data, classes=BASE[:10], image_size=64)
     for i in range(4):
         item = boxes[(0, i)]
         assert len(item.boxes) == len(item.labels) and (item.labels < 10).all()
-        names = [BASE[j] for j in item.labels]
-        assert all(n in CATEGORIES for n in names)
+    # a smaller image side rescales the boxes with the image
+    half = BoxDataset(data, image_size=32)[(0, 0)]
+    full = BoxDataset(data, image_size=64)[(0, 0)]
+    assert half.image.shape == (3, 32, 32) and torch.allclose(half.boxes * 2, full.boxes)
     batch = collate_regions([boxes[(0, i)] for i in range(3)])
     assert batch.images.shape == (3, 3, 64, 64) and len(batch) == 3
-    with pytest.raises(ValueError, match="not shapes categories"):
-        ShapesBoxes(size=1, classes=["pink elephant"])
+    with pytest.raises(UsageError, match="pink elephant"):
+        BoxDataset(data, classes=["pink elephant"], image_size=64)
 
 
 def test_openglip_cli_has_the_regionclip_stages(capsys):
     from openglip.cli import main
 
     assert main(["regionclip", "evaluate", "--images", "3"]) == 2
-    assert "either --detector" in capsys.readouterr().err
+    assert "give one of --detector" in capsys.readouterr().err
     assert main(["regionclip", "evaluate", "--student", "s.safetensors"]) == 2
     assert "--rpn" in capsys.readouterr().err
 
 
-def test_shapes_evaluation_reports_extra_splits_and_perfect_predictions_score_one():
-    from openglip.data.shapes import CATEGORIES, ShapesWorld
-    from openglip.regionclip.evaluate import VAL_SEED, evaluate_predictor
+def test_evaluation_reports_splits_and_perfect_predictions_score_one():
+    from openglip.data.shapes import CATEGORIES
+    from openglip.regionclip.evaluate import evaluate_predictor, evaluation_data
     from openglip.structures import Detections
 
-    world = ShapesWorld(split="val", image_size=64, seed=VAL_SEED)
+    data = evaluation_data(num_images=6, image_size=64)
     truth = {}
     for i in range(6):
-        s = world.sample(i)
-        truth[s.image.tobytes()] = s
+        rec = data.records[i]
+        truth[rec.image.tobytes()] = rec
 
-    def oracle(images, names):  # the ground truth of each image, looked up by its pixels
-        out = []
-        for image in images:
-            s = truth[image.tobytes()]
-            out.append(
-                Detections(
-                    xyxy=s.boxes,
-                    scores=np.ones(len(s.boxes)),
-                    labels=s.labels,
-                    phrases=[names[k] for k in s.labels],
-                    prompt_phrases=tuple(names),
-                )
-            )
-        return out
+    class Oracle:  # the ground truth of each image, looked up by its pixels
+        def predict(self, images, prompt, box_threshold=0.0):
+            names = list(prompt.phrases)
+            out = []
+            for image in images:
+                r = truth[image.tobytes()]
+                out.append(Detections(r.boxes, np.ones(len(r.boxes)), r.labels, [names[k] for k in r.labels],
+                                      prompt_phrases=tuple(names)))  # fmt: skip
+            return out
 
     hexagons = [c for c in CATEGORIES if c.endswith("hexagon")]
-    m = evaluate_predictor(oracle, num_images=6, image_size=64, extra_splits={"hexagon": hexagons})
+    m = evaluate_predictor(Oracle(), data, extra_splits={"hexagon": hexagons})
     assert m["AP50"] == pytest.approx(1.0) and m["novel/AP50"] == pytest.approx(1.0)
-    assert m["hexagon/AP50"] == pytest.approx(1.0)  # the 6 images hold 2 hexagons
+    assert m["base/AP50"] == pytest.approx(1.0) and m["hexagon/AP50"] == pytest.approx(1.0)
     with pytest.raises(ValueError, match="pink elephant"):
-        evaluate_predictor(oracle, num_images=2, image_size=64, extra_splits={"x": ["pink elephant"]})
+        evaluate_predictor(Oracle(), data, extra_splits={"x": ["pink elephant"]})

@@ -180,7 +180,11 @@ def _derived_ok(key: str, value: torch.Tensor, model) -> bool:
 
 
 def is_official_state_dict(state: Mapping[str, torch.Tensor]) -> bool:
-    return any(k.removeprefix("module.").startswith(("rpn.head.", "language_backbone.body.")) for k in state)
+    # "rpn.head." alone is not enough: any torchvision-style RPN module (RegionCLIP's) has such keys
+    return any(
+        k.removeprefix("module.").startswith(("rpn.head.dyhead_tower.", "language_backbone.body."))
+        for k in state
+    )
 
 
 def guess_preset(state: Mapping[str, torch.Tensor]) -> str | None:

@@ -27,6 +27,7 @@ COMMANDS = (
     "export",
     "benchmark",
     "serve",
+    "regionclip",
 )
 # commands whose trailing key=value words are config overrides
 OVERRIDE_COMMANDS = ("train", "tune", "regionclip", "benchmark")
@@ -44,9 +45,6 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     for name in COMMANDS:
         importlib.import_module(f"{__name__}.{name}").register(sub)
-    from ..regionclip.cli import register as _add_regionclip
-
-    _add_regionclip(sub)
     return parser
 
 

@@ -217,7 +217,7 @@ def read_coco(
     for image_id, entry in images.items():
         path = resolve_image(entry["file_name"], root)
         if check_images and not os.path.isfile(path):
-            report.add("missing_image")
+            report.add("missing_image", where=f"image id {image_id}: {path}")
             continue
         size = image_size(entry, path)
         if size is None:

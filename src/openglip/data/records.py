@@ -49,19 +49,28 @@ class SkipReport:
 
     source: str = ""
     counts: Counter = field(default_factory=Counter)
+    first: dict[str, str] = field(default_factory=dict)  # reason -> where its first case was (e.g. "line 3")
 
-    def add(self, reason: str, n: int = 1) -> None:
+    def add(self, reason: str, n: int = 1, where: str | None = None) -> None:
         if n:
             self.counts[reason] += n
+            if where is not None:
+                self.first.setdefault(reason, where)
 
     @property
     def total(self) -> int:
         return sum(self.counts.values())
 
+    def detail(self) -> str:
+        """``"reason: count (first: where), ..."``."""
+        return ", ".join(
+            f"{k}: {v}" + (f" (first: {self.first[k]})" if k in self.first else "")
+            for k, v in sorted(self.counts.items())
+        )
+
     def log(self) -> None:
         if self.counts:
-            detail = ", ".join(f"{k}: {v}" for k, v in sorted(self.counts.items()))
-            log.warning("%s: skipped %d bad entries (%s)", self.source, self.total, detail)
+            log.warning("%s: skipped %d bad entries (%s)", self.source, self.total, self.detail())
 
     def __str__(self) -> str:
         detail = ", ".join(f"{k}={v}" for k, v in sorted(self.counts.items()))

@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 from ..errors import DataError
 
 SPLIT_NAMES = ("base", "novel")
+FREQUENCIES = ("r", "c", "f")  # LVIS frequency groups: rare, common, frequent
 
 
 def _check(mapping: Mapping[str, str], where: str) -> dict[str, str]:
@@ -102,4 +103,66 @@ def split_category_ids(categories: Iterable[dict], split: Mapping[str, str]) -> 
     out: dict[str, list[int]] = {"base": [], "novel": []}
     for c in categories:
         out[split_of(split, c["name"])].append(int(c["id"]))
+    return out
+
+
+def apply_category_split(categories: Sequence[dict], split: Mapping[str, str], *, where: str) -> list[dict]:
+    """Copies of COCO ``categories`` whose ``"split"`` is set from ``split`` (from :func:`read_category_split`):
+    listed names get their split; an unlisted category is base when the split lists only novel names, and gets
+    no split (evaluated in "all" only) when it lists base names too.
+
+    Raises:
+        DataError: the split names a category that ``categories`` does not have (``where`` names the split file).
+    """
+    known = {c["name"] for c in categories}
+    unknown = sorted(set(split) - known)
+    if unknown:
+        raise DataError(
+            f"{where}: {'/'.join(sorted({split[n] for n in unknown}))} categor{'y' if len(unknown) == 1 else 'ies'} "
+            f"{unknown[:5]} not in the annotation file's categories; fix the name (categories are e.g. "
+            f"{sorted(known)[:5]})"
+        )
+    lists_base = "base" in split.values()
+    out = []
+    for c in categories:
+        c = dict(c)
+        if c["name"] in split:
+            c["split"] = split[c["name"]]
+        elif not lists_base:
+            c["split"] = "base"
+        else:
+            c.pop("split", None)
+        out.append(c)
+    return out
+
+
+def check_category_split(categories: Sequence[dict], *, where: str) -> None:
+    """A split is usable: every ``"split"`` is base or novel, at least one category is base, every
+    ``"frequency"`` is r, c or f.
+
+    Raises:
+        DataError: naming the file (``where``) and the first bad category.
+    """
+    for c in categories:
+        if "split" in c and c["split"] not in SPLIT_NAMES:
+            raise DataError(f"{where}: category {c['name']!r} has split {c['split']!r}; use 'base' or 'novel'")
+        if "frequency" in c and c["frequency"] not in FREQUENCIES:
+            raise DataError(
+                f"{where}: category {c['name']!r} has frequency {c['frequency']!r}; use 'r', 'c' or 'f'"
+            )
+    if any("split" in c for c in categories) and not any(c.get("split") == "base" for c in categories):
+        raise DataError(
+            f"{where}: no base category (every category is novel); mark the categories with training boxes "
+            "'split': 'base' or give a split file that names only the novel ones"
+        )
+
+
+def category_splits(categories: Sequence[dict]) -> dict[str, list[int]]:
+    """Category ids by split for :func:`openglip.metrics.coco_detection_metrics`: ``base``/``novel`` (from
+    ``"split"``) and ``r``/``c``/``f`` (from LVIS's ``"frequency"``), each only when some category has it."""
+    out: dict[str, list[int]] = {}
+    for c in categories:
+        for key in ("split", "frequency"):
+            if key in c:
+                out.setdefault(c[key], []).append(c["id"])
     return out

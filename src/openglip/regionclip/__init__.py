@@ -1,27 +1,35 @@
-"""RegionCLIP (Zhong et al., CVPR 2022) on OpenGLIP's data, teacher and trainer.
+"""RegionCLIP (Zhong et al., CVPR 2022) on OpenGLIP's data readers, evaluator and trainer.
 
 Region-level visual-semantic alignment learnt from image-caption pairs without box labels, then transferred to
 open-vocabulary detection:
 
-1. :class:`ConceptPool` — noun phrases parsed from the captions, counted, embedded with prompt templates.
-2. :class:`ContrastiveTeacher` — stands in for CLIP: an image encoder trained by image-caption InfoNCE into the
-   frozen text space; it embeds region crops and aligns each region with its best concept.
+1. :class:`ConceptPool` — noun phrases parsed from the captions, counted, embedded with prompt templates by a
+   :class:`SentenceEncoder` (MiniLM-L6, or a CLIP text tower from a local file).
+2. The teacher that aligns each region to its best concept: a CLIP ResNet (:class:`CLIPTeacher`, RoIAlign on C4 +
+   attention pooling) when the user has the weights, else the small stand-in :class:`ContrastiveTeacher`.
 3. :class:`ProposalNetwork` — a class-agnostic RPN trained on base-category boxes; :func:`random_crops`.
-4. :class:`RegionStudent` + :mod:`.losses` — region-text contrastive, image-text contrastive and KL distillation.
-5. :class:`OpenVocabDetector` — RPN + student box head, classifier = class-name embeddings + background.
-6. :mod:`.evaluate` — novel / base / all AP50 on the shapes val split; :mod:`.cli` — ``openglip regionclip ...``.
+4. :class:`RegionStudent` / :class:`CLIPStudent` + :mod:`.losses` — region-text contrastive, image-text
+   contrastive and KL distillation.
+5. :class:`OpenVocabDetector` — RPN + student box head, classifier = class-name embeddings + background, unseen
+   classes calibrated by the frozen pretrained student.
+6. :mod:`.data` (user files or the shapes world, one path), :mod:`.evaluate` (detection AP per split and r/c/f,
+   region classification with ground-truth boxes). The CLI is ``openglip regionclip ...``.
 """
 
-from .concepts import ConceptPool, MiniLMText, load_text_encoder
+from .clip import CLIPSentenceEncoder, CLIPTeacher
+from .concepts import ConceptPool, MiniLMText, SentenceEncoder, load_sentence_encoder
 from .config import ConceptConfig, PretrainConfig, RPNConfig, StudentConfig, TeacherConfig, TransferConfig
 from .detector import OpenVocabDetector
 from .inference import ZeroShotDetector
-from .model import RegionStudent
+from .model import CLIPStudent, RegionStudent
 from .proposals import ProposalNetwork, random_crops
 from .teacher import ContrastiveTeacher
-from .weights import load_detector, load_rpn, load_student, load_teacher
+from .weights import load_detector, load_region_teacher, load_rpn, load_student
 
 __all__ = [
+    "CLIPSentenceEncoder",
+    "CLIPStudent",
+    "CLIPTeacher",
     "ConceptConfig",
     "ConceptPool",
     "ContrastiveTeacher",
@@ -31,14 +39,15 @@ __all__ = [
     "ProposalNetwork",
     "RPNConfig",
     "RegionStudent",
+    "SentenceEncoder",
     "StudentConfig",
     "TeacherConfig",
     "TransferConfig",
     "ZeroShotDetector",
     "load_detector",
+    "load_region_teacher",
     "load_rpn",
+    "load_sentence_encoder",
     "load_student",
-    "load_teacher",
-    "load_text_encoder",
     "random_crops",
 ]

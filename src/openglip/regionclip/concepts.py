@@ -10,6 +10,7 @@ class names), which keeps them in one space.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -30,8 +31,10 @@ _ARTICLES = ("a", "an", "the")
 _FORMAT = "openglip-regionclip-concepts"
 
 
-class TextEncoder(Protocol):
-    """A frozen sentence encoder: ``sentences(texts) -> (N, D)`` unit vectors; ``name`` identifies it."""
+class SentenceEncoder(Protocol):
+    """A frozen encoder of whole sentences into one vector each (RegionCLIP embeds prompt-templated concepts and
+    captions; GLIP's text encoder, by contrast, returns token features): ``sentences(texts) -> (N, D)`` unit
+    vectors; ``name`` identifies it (and :func:`load_sentence_encoder` rebuilds it from the name)."""
 
     name: str
 
@@ -63,10 +66,21 @@ class MiniLMText:
         return self.space.sentences(list(texts))
 
 
-def load_text_encoder(name: str = TEXT_ENCODER, *, device: str | torch.device = "cpu") -> TextEncoder:
-    """The text encoder called ``name`` (only MiniLM-L6 ships with OpenGLIP)."""
+def load_sentence_encoder(name: str = TEXT_ENCODER, *, device: str | torch.device = "cpu") -> SentenceEncoder:
+    """The sentence encoder called ``name``: MiniLM-L6 (``all-MiniLM-L6-v2``, ships with OpenGLIP) or a CLIP
+    text tower from a local file (``clip:RN50:/path/RN50.pt``); one instance per process (the stages of a run
+    share it and its sentence cache)."""
+    return _load_sentence_encoder(name, str(device))
+
+
+@functools.lru_cache(maxsize=4)
+def _load_sentence_encoder(name: str, device: str) -> SentenceEncoder:
+    from .clip import CLIPSentenceEncoder, is_clip
+
+    if is_clip(name):
+        return CLIPSentenceEncoder(name, device=device)
     if name != TEXT_ENCODER:
-        raise UsageError(f"unknown text encoder {name!r}; available: {TEXT_ENCODER}")
+        raise UsageError(f"unknown text encoder {name!r}; use {TEXT_ENCODER} or clip:ARCH:PATH")
     return MiniLMText(device=device)
 
 
@@ -89,7 +103,9 @@ def count_phrases(captions: Iterable[str], extractor: Callable[[str], list[tuple
     return counts
 
 
-def template_embeddings(text: TextEncoder, names: Sequence[str], templates: Sequence[str]) -> torch.Tensor:
+def template_embeddings(
+    text: SentenceEncoder, names: Sequence[str], templates: Sequence[str]
+) -> torch.Tensor:
     """Prompt-averaged embeddings ``normalize(mean_t text(t.format(name)))``, (N, D), not centred."""
     if not templates:
         raise UsageError("need at least one prompt template")
@@ -140,12 +156,16 @@ class ConceptPool:
         cls,
         captions: Iterable[str],
         *,
-        text: TextEncoder,
+        text: SentenceEncoder,
         extractor: Callable[[str], list[tuple[int, int]]],
         min_count: int = 1,
         templates: Sequence[str] = TEMPLATES,
+        centre: bool = True,
     ) -> ConceptPool:
         """Parse, count, filter (``count >= min_count``) and embed the noun phrases of ``captions``.
+
+        ``centre`` subtracts the pool's mean embedding (MiniLM's space needs it, see the module docstring); a CLIP
+        text space is used as it is, since CLIP's image embeddings live in it.
 
         Raises:
             ValueError: no phrase is frequent enough.
@@ -159,7 +179,7 @@ class ConceptPool:
             )
         names = [n for n, _ in kept]
         raw = template_embeddings(text, names, templates)  # (C, D)
-        centre = raw.mean(0)
+        centre = raw.mean(0) if centre else torch.zeros_like(raw[0])
         return cls(
             names=names,
             counts=[c for _, c in kept],
@@ -169,7 +189,7 @@ class ConceptPool:
             encoder=text.name,
         )
 
-    def embed(self, names: Sequence[str], text: TextEncoder) -> torch.Tensor:
+    def embed(self, names: Sequence[str], text: SentenceEncoder) -> torch.Tensor:
         """Centred embeddings ``(N, D)`` of any names (e.g. class names) in the pool's space.
 
         Raises:

@@ -1,13 +1,20 @@
-"""RegionCLIP's data on the shapes world: image-caption pairs (the "web" corpus; captions name every category,
-novel ones included) and box-annotated images (the "train" split: base categories only).
+"""RegionCLIP's data: image-caption pairs (concept pool, teacher, pretraining) and box-annotated images with a
+base/novel category split (RPN, transfer, evaluation).
 
-Items are addressed by ``(epoch, index)`` keys; everything random about an item comes from
+One data path: the readers return records (:class:`CaptionRecord`, :class:`BoxRecord`) whose ``image`` is a file
+path or an array, and the datasets load either. User files go through the core readers
+(:func:`openglip.data.captions.read_caption_pairs`, :func:`openglip.data.coco.read_coco`,
+:mod:`openglip.data.splits`); without a file, the built-in shapes world yields the same records (rendered when
+an item is read), so the shapes demo and a user's data take the same code.
+
+Dataset items are addressed by ``(epoch, index)`` keys; everything random about an item comes from
 ``item_rng(seed, epoch, index)``, so a resumed run sees the same items (see :mod:`openglip.data.datasets`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -15,12 +22,191 @@ import torch
 from torch.utils.data import Dataset
 
 from ..data.datasets import item_rng
-from ..data.shapes import CATEGORIES, ShapesWorld
-from ..errors import UsageError
+from ..errors import DataError, UsageError
+from ..images import load_image
 from .features import image_to_tensor
 from .proposals import random_crops
 
 CAPTION_KINDS = ("listing", "referring", "random")
+
+
+# -- records --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class CaptionRecord:
+    """An image (path or ``(H, W, 3)`` uint8 array) and one caption of it."""
+
+    image: object
+    caption: str
+    image_id: int = 0
+
+
+@dataclass
+class BoxRecord:
+    """An image with its boxes ``(K, 4)`` xyxy px of the original image and ``labels (K,)`` indexing the
+    categories of its :class:`DetectionData`."""
+
+    image: object
+    boxes: np.ndarray
+    labels: np.ndarray
+    image_id: int = 0
+    size: tuple[int, int] | None = None  # (height, width) when known without opening the image
+
+
+class LazyRecords(Sequence):
+    """``n`` records made on access by ``make(i)`` (the shapes world renders an image only when it is read)."""
+
+    def __init__(self, n: int, make: Callable[[int], object]):
+        self.n, self.make = n, make
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self.make(k) for k in range(*i.indices(self.n))]
+        if not -self.n <= i < self.n:
+            raise IndexError(i)
+        return self.make(i % self.n)
+
+
+@dataclass
+class DetectionData:
+    """Box-annotated images and their categories.
+
+    Attributes:
+        records: one :class:`BoxRecord` per image.
+        categories: COCO category dicts sorted by id (``id``, ``name`` and, when known, ``"split"``
+            base/novel and ``"frequency"`` r/c/f); labels index this list.
+        source: where the data came from (a file, or ``"shapes/<split>"``).
+    """
+
+    records: Sequence[BoxRecord]
+    categories: list[dict]
+    source: str = ""
+    skipped: dict = field(default_factory=dict)
+
+    @property
+    def names(self) -> list[str]:
+        return [c["name"] for c in self.categories]
+
+    def split_names(self, split: str) -> list[str]:
+        """Names of the categories in ``split``; for ``"base"`` every category when the data carry no split."""
+        if split == "base" and not any("split" in c for c in self.categories):
+            return self.names
+        return [c["name"] for c in self.categories if c.get("split") == split]
+
+    def coco(self, num_images: int | None = None) -> tuple[dict, list]:
+        """``(COCO ground-truth dict, images)`` of the first ``num_images`` records (image ids 1..n, the
+        categories with their splits), for :func:`openglip.engine.evaluate.evaluate_detection`."""
+        n = len(self.records) if num_images is None else min(num_images, len(self.records))
+        images, annotations, sources = [], [], []
+        for i in range(n):
+            rec = self.records[i]
+            h, w = rec.size or load_image(rec.image)[1]
+            name = str(rec.image) if isinstance(rec.image, (str, os.PathLike)) else f"{i:06d}.png"
+            images.append({"id": i + 1, "file_name": name, "height": h, "width": w})
+            for box, label in zip(rec.boxes.tolist(), rec.labels.tolist()):
+                x1, y1, x2, y2 = box
+                annotations.append(
+                    {"id": len(annotations) + 1, "image_id": i + 1, "category_id": self.categories[label]["id"],
+                     "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1), "iscrowd": 0}
+                )  # fmt: skip
+            sources.append(rec.image)
+        return {"images": images, "annotations": annotations, "categories": self.categories}, sources
+
+
+# -- readers --------------------------------------------------------------------------------------------------
+
+
+def read_caption_data(
+    path: str | os.PathLike, image_root: str | os.PathLike | None = None
+) -> list[CaptionRecord]:
+    """Image-caption pairs from a caption JSONL or a COCO Captions JSON file (bad records skipped and logged).
+
+    Raises:
+        DataError: the file is missing or malformed, or holds no usable pair.
+    """
+    from ..data.captions import read_caption_pairs
+
+    pairs, _ = read_caption_pairs(path, image_root or None)
+    return [CaptionRecord(p, c, k + 1) for k, (p, c) in enumerate(pairs)]
+
+
+def read_detection_data(
+    path: str | os.PathLike,
+    image_root: str | os.PathLike | None = None,
+    *,
+    split_file: str | os.PathLike = "",
+) -> DetectionData:
+    """COCO detection JSON with its category split (from the categories' ``"split"`` or from ``split_file``).
+
+    Raises:
+        DataError: the file or split file is missing or malformed, the split names an unknown category, no
+            category is base, or no image is usable.
+    """
+    from ..data.coco import coco_category_info, read_coco
+    from ..data.splits import apply_category_split, check_category_split, read_category_split
+
+    categories = coco_category_info(path)
+    if split_file:
+        categories = apply_category_split(categories, read_category_split(split_file), where=str(split_file))
+    check_category_split(categories, where=str(split_file or path))
+    records, _, report = read_coco(path, image_root or None)
+    if not records:
+        raise DataError(f"{path}: no usable image ({report.detail() or 'the file lists no image'})")
+    boxes = [
+        BoxRecord(r.file_name, r.boxes, r.labels, k + 1, (r.height, r.width)) for k, r in enumerate(records)
+    ]
+    return DetectionData(boxes, categories, str(path), dict(report.counts))
+
+
+def shapes_caption_data(
+    num_images: int,
+    *,
+    image_size: int = 128,
+    min_objects: int = 1,
+    max_objects: int = 5,
+    seed: int = 0,
+    caption: str = "listing",
+) -> Sequence[CaptionRecord]:
+    """The built-in caption corpus: shapes images of split "all" (novel combinations included) with a listing
+    (``"a red hexagon and a small blue star."``), a referring, or a random one of the two captions."""
+    from ..data.shapes import ShapesWorld
+
+    if caption not in CAPTION_KINDS:
+        raise UsageError(f"caption must be one of {CAPTION_KINDS}, not {caption!r}")
+    world = ShapesWorld(
+        split="all", image_size=image_size, min_objects=min_objects, max_objects=max_objects, seed=seed
+    )
+
+    def make(i: int) -> CaptionRecord:
+        sample = world.sample(i)
+        which = {"referring": 0, "listing": 1}.get(caption, int(item_rng(seed + 1, 0, i).integers(2)))
+        text = sample.captions[which].caption if sample.captions else ""  # an image where no object fit
+        return CaptionRecord(sample.image, text, i + 1)
+
+    return LazyRecords(num_images, make)
+
+
+def shapes_detection_data(
+    num_images: int, *, split: str = "train", image_size: int = 128, max_objects: int = 5, seed: int = 0
+) -> DetectionData:
+    """The built-in detection data: shapes images with the 48 categories and their base/novel split (the "train"
+    split holds base objects only; "val" 40% novel ones)."""
+    from ..data.shapes import ShapesWorld, to_coco
+
+    world = ShapesWorld(split=split, image_size=image_size, max_objects=max_objects, seed=seed)
+
+    def make(i: int) -> BoxRecord:
+        s = world.sample(i)
+        return BoxRecord(s.image, s.boxes, s.labels, i + 1, s.image.shape[:2])
+
+    return DetectionData(LazyRecords(num_images, make), to_coco([], [])["categories"], f"shapes/{split}")
+
+
+# -- datasets -------------------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -81,112 +267,90 @@ def collate_regions(items: Sequence[RegionItem]) -> RegionBatch:
     )
 
 
-class _ShapesStream(Dataset):
-    """An (effectively endless) shapes stream: item ``(epoch, index)`` renders world sample ``epoch * size + index``
-    (or ``index`` when ``fresh_each_epoch`` is off)."""
+def load_resized(source, image_size: int) -> tuple[torch.Tensor, float]:
+    """``(normalised (3, h, w) tensor, scale)``: the image resized so that its longer side is ``image_size``."""
+    image, _ = load_image(source)
+    scale = image_size / max(image.width, image.height)
+    if scale != 1.0:
+        from PIL import Image
 
-    def __init__(self, world: ShapesWorld, *, size: int, seed: int, fresh_each_epoch: bool):
-        if size < 1:
-            raise UsageError(f"dataset size must be at least 1, got {size}")
-        self.world, self.size, self.seed, self.fresh_each_epoch = world, size, seed, fresh_each_epoch
-
-    def __len__(self) -> int:
-        return self.size
-
-    def _key(self, key) -> tuple[int, int, int]:
-        epoch, index = key if isinstance(key, tuple) else (0, key)
-        return epoch, index, epoch * self.size + index if self.fresh_each_epoch else index
+        size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+        image = image.resize(size, Image.BILINEAR)
+    return image_to_tensor(np.array(image)), scale
 
 
-class ShapesCaptions(_ShapesStream):
-    """Image-caption pairs of the shapes world (box annotations are not exposed).
+def _key(key) -> tuple[int, int]:
+    return key if isinstance(key, tuple) else (0, key)
+
+
+class CaptionDataset(Dataset):
+    """Image-caption pairs for the teacher and pretraining.
 
     Args:
-        size: items per (virtual) epoch.
-        split: shapes split (``"all"``: every category, novel ones included).
-        image_size: image side.
-        min_objects, max_objects: objects per image.
-        seed: shapes seed (also seeds the per-item generators).
-        caption: ``"listing"`` (``"a red hexagon and a small blue star."``), ``"referring"`` or ``"random"``.
+        records: :class:`CaptionRecord` s (from :func:`read_caption_data` or :func:`shapes_caption_data`).
+        image_size: longer image side.
         random_regions: when > 0, every item carries this many :func:`random_crops` as its ``boxes``.
-        fresh_each_epoch: render new images every epoch.
+        seed: seeds the per-item random regions.
     """
 
     def __init__(
-        self,
-        *,
-        size: int,
-        split: str = "all",
-        image_size: int = 128,
-        min_objects: int = 1,
-        max_objects: int = 5,
-        seed: int = 0,
-        caption: str = "listing",
-        random_regions: int = 0,
-        fresh_each_epoch: bool = True,
+        self, records: Sequence[CaptionRecord], *, image_size: int, random_regions: int = 0, seed: int = 0
     ):
-        if caption not in CAPTION_KINDS:
-            raise UsageError(f"caption must be one of {CAPTION_KINDS}, not {caption!r}")
-        world = ShapesWorld(
-            split=split, image_size=image_size, min_objects=min_objects, max_objects=max_objects, seed=seed
+        if len(records) == 0:
+            raise DataError("no image-caption pairs to train on")
+        self.records, self.image_size, self.random_regions, self.seed = (
+            records,
+            image_size,
+            random_regions,
+            seed,
         )
-        super().__init__(world, size=size, seed=seed, fresh_each_epoch=fresh_each_epoch)
-        self.caption, self.random_regions = caption, random_regions
+
+    def __len__(self) -> int:
+        return len(self.records)
 
     def __getitem__(self, key) -> RegionItem:
-        epoch, index, world_index = self._key(key)
-        rng = item_rng(self.seed + 1, epoch, index)
-        sample = self.world.sample(world_index)
-        which = {"referring": 0, "listing": 1}.get(self.caption, int(rng.integers(2)))
-        caption = sample.captions[which].caption if sample.captions else ""  # an image where no object fit
-        item = RegionItem(image_to_tensor(sample.image), caption, image_id=world_index)
+        epoch, index = _key(key)
+        rec = self.records[index]
+        image, _ = load_resized(rec.image, self.image_size)
+        item = RegionItem(image, rec.caption, image_id=rec.image_id)
         if self.random_regions:
-            h, w = sample.image.shape[:2]
+            h, w = image.shape[1:]
+            rng = item_rng(self.seed + 1, epoch, index)
             item.boxes = torch.from_numpy(random_crops(h, w, self.random_regions, rng))
         return item
 
 
-class ShapesBoxes(_ShapesStream):
-    """Box-annotated shapes images for the RPN and the detector.
+class BoxDataset(Dataset):
+    """Box-annotated images for the RPN and the detector.
 
     Args:
-        size: items per (virtual) epoch.
-        classes: the category names the labels index (default: all 48); boxes of other categories are dropped.
-        split: shapes split (``"train"``: base categories only).
-        image_size, max_objects, seed, fresh_each_epoch: as in :class:`ShapesCaptions`.
+        data: the images and categories.
+        classes: the category names the labels index (default: the base categories); boxes of other categories
+            are dropped, so their objects count as background, as unannotated novel objects do in OV-COCO.
+        image_size: longer image side.
     """
 
-    def __init__(
-        self,
-        *,
-        size: int,
-        classes: Sequence[str] | None = None,
-        split: str = "train",
-        image_size: int = 128,
-        max_objects: int = 5,
-        seed: int = 0,
-        fresh_each_epoch: bool = True,
-    ):
-        world = ShapesWorld(split=split, image_size=image_size, max_objects=max_objects, seed=seed)
-        super().__init__(world, size=size, seed=seed, fresh_each_epoch=fresh_each_epoch)
-        classes = list(CATEGORIES if classes is None else classes)
-        unknown = sorted(set(classes) - set(CATEGORIES))
+    def __init__(self, data: DetectionData, *, classes: Sequence[str] | None = None, image_size: int):
+        classes = list(data.split_names("base") if classes is None else classes)
+        unknown = sorted(set(classes) - set(data.names))
         if unknown:
-            raise UsageError(f"not shapes categories: {unknown}")
+            raise UsageError(f"not categories of {data.source}: {unknown[:5]}")
+        if not classes:
+            raise DataError(f"{data.source}: no base category to train on")
+        self.data, self.classes, self.image_size = data, classes, image_size
         # category index -> class index (-1: not a class)
         self.to_class = np.array(
-            [classes.index(n) if n in classes else -1 for n in CATEGORIES], dtype=np.int64
+            [classes.index(n) if n in classes else -1 for n in data.names], dtype=np.int64
         )
 
+    def __len__(self) -> int:
+        return len(self.data.records)
+
     def __getitem__(self, key) -> RegionItem:
-        _, _, world_index = self._key(key)
-        sample = self.world.sample(world_index)
-        labels = self.to_class[sample.labels]
+        _, index = _key(key)
+        rec = self.data.records[index]
+        image, scale = load_resized(rec.image, self.image_size)
+        labels = self.to_class[np.asarray(rec.labels, dtype=np.int64)]
         keep = labels >= 0
-        return RegionItem(
-            image_to_tensor(sample.image),
-            sample.captions[1].caption if sample.captions else "",
-            torch.from_numpy(sample.boxes[keep].copy()),
-            torch.from_numpy(labels[keep]),
-            world_index,
-        )
+        boxes = torch.from_numpy(np.asarray(rec.boxes, dtype=np.float32)[keep] * scale).reshape(-1, 4)
+        return RegionItem(image, "", boxes, torch.from_numpy(labels[keep]), rec.image_id)

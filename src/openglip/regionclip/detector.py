@@ -6,6 +6,14 @@ is the student (RoIAlign + 2-FC head + projection, initialised from the pretrain
 class-agnostic box regressor. Class logits are ``cos(v, t_c) / T`` for each class name ``t_c`` and
 ``<v, w_bg> / T`` for background, ``v`` being the unit region embedding. Because classes are only text,
 :meth:`OpenVocabDetector.predict` works for any list of class names.
+
+Keeping what pretraining learnt. Closed-set transfer only ever pushes regions *away* from the training classes'
+embeddings, never away from the classes it has no box of; in the pool-centred text space the shape words are
+nearly opposite directions, so a region pushed off five of them points at the sixth, and every region (background
+included) ends up scoring high for a never-trained class. A detector transferred from a pretrained student
+therefore keeps a frozen copy of that student and calibrates the classes it has no box of with it (ViLD-style):
+``p_c = p_det^(1 - w) * p_pre^w`` with ``w = unseen_weight`` for unseen classes, ``p_det`` alone for the
+training classes, so the base classes keep the transferred detector's scores.
 """
 
 from __future__ import annotations
@@ -18,10 +26,8 @@ from torch import nn
 from torchvision.models.detection import _utils as det_utils
 from torchvision.ops import box_iou, clip_boxes_to_image
 
-from ..structures import Detections
-from .concepts import TextEncoder
-from .inference import NameEmbedder, detect_in_batches, with_objectness
-from .model import RegionStudent
+from .concepts import SentenceEncoder
+from .inference import NameEmbedder, Postprocess, RegionPredictor, with_objectness
 from .proposals import ProposalNetwork
 
 
@@ -46,59 +52,62 @@ class DetectorOutput:
     box_targets: torch.Tensor | None = None
 
 
-class OpenVocabDetector(nn.Module):
+class OpenVocabDetector(RegionPredictor):
     """RPN (frozen) + student box head + text classifier with a background embedding.
 
     Args:
         rpn: the trained class-agnostic RPN; it stays frozen and in eval mode.
-        student: the box head (a :class:`RegionStudent`).
+        student: the box head (a student of :mod:`.model`).
         temperature: ``T`` of the classifier.
         rois_per_image, positive_fraction, fg_iou: RoI sampling in training.
-        score_thresh, nms_thresh, detections_per_image: post-processing.
-        multiply_rpn_score: at test, ``score = sqrt(p * objectness)``.
-        min_size, max_size: test resize rule.
-        templates, encoder: the text space (prompt templates and text encoder name).
-        text: an already loaded text encoder (else loaded on first :meth:`predict`).
+        post: test-time settings.
+        templates, encoder: the text space (prompt templates and sentence encoder name).
+        text: an already loaded sentence encoder (else loaded on first :meth:`predict`).
+        pretrained: a frozen copy of the pretrained student, to calibrate unseen classes (None: no calibration).
+        seen_classes: the class names transfer trained on.
+        unseen_weight: ``w`` of the calibration (0: off).
     """
 
     def __init__(
         self,
         *,
         rpn: ProposalNetwork,
-        student: RegionStudent,
+        student: nn.Module,
         temperature: float,
         rois_per_image: int,
         positive_fraction: float,
         fg_iou: float,
-        score_thresh: float,
-        nms_thresh: float,
-        detections_per_image: int,
-        multiply_rpn_score: bool,
-        min_size: int,
-        max_size: int,
+        post: Postprocess,
         templates: Sequence[str],
         encoder: str,
-        text: TextEncoder | None = None,
+        text: SentenceEncoder | None = None,
+        pretrained: nn.Module | None = None,
+        seen_classes: Sequence[str] = (),
+        unseen_weight: float = 0.0,
     ):
         super().__init__()
         self.rpn = rpn.requires_grad_(False).eval()
         self.student = student
-        embed_dim, head_dim = student.region_proj.out_features, student.region_proj.in_features
-        self.background = nn.Parameter(torch.zeros(embed_dim))  # RegionCLIP: zero-initialised, not normalised
-        self.box_regressor = nn.Linear(head_dim, 4)
+        self.pretrained = None if pretrained is None else pretrained.requires_grad_(False).eval()
+        self.seen_classes, self.unseen_weight = tuple(seen_classes), unseen_weight
+        self.background = nn.Parameter(
+            torch.zeros(student.embed_dim)
+        )  # RegionCLIP: zero-initialised, not normalised
+        self.box_regressor = nn.Linear(student.feat_dim, 4)
         nn.init.normal_(self.box_regressor.weight, std=0.001)
         nn.init.zeros_(self.box_regressor.bias)
         self.temperature = temperature
         self.box_coder = det_utils.BoxCoder((10.0, 10.0, 5.0, 5.0))
         self.matcher = det_utils.Matcher(fg_iou, fg_iou, allow_low_quality_matches=False)
         self.sampler = det_utils.BalancedPositiveNegativeSampler(rois_per_image, positive_fraction)
-        self.score_thresh, self.nms_thresh, self.limit = score_thresh, nms_thresh, detections_per_image
-        self.multiply_rpn_score, self.min_size, self.max_size = multiply_rpn_score, min_size, max_size
+        self.post = post
         self.names = NameEmbedder(encoder=encoder, templates=templates, text=text)
 
     def train(self, mode: bool = True):
         super().train(mode)
         self.rpn.eval()  # frozen proposals: eval-mode top-n, no RPN losses
+        if self.pretrained is not None:
+            self.pretrained.eval()
         return self
 
     @torch.no_grad()
@@ -154,34 +163,21 @@ class OpenVocabDetector(nn.Module):
             logits, self.box_regressor(res.region_feats), proposals, objectness, out_labels, box_targets
         )
 
-    @torch.no_grad()
-    def predict(self, images, class_names: Sequence[str], *, batch_size: int = 16) -> list[Detections]:
-        """Detect ``class_names`` (any names: the classifier is their text embeddings) in one image or a list.
+    def centre(self) -> torch.Tensor:
+        return self.student.text_centre
 
-        Args:
-            images: a path, PIL image or ``(H, W, 3)`` array, or a list of them.
-            class_names: what to detect; ``Detections.labels`` index this list.
-            batch_size: images per forward pass.
-
-        Returns:
-            One :class:`Detections` per image, boxes in original pixels, at most ``detections_per_image``.
-        """
-        was_training = self.training
-        self.eval()
-        centre = self.student.text_centre
-        text = self.names(class_names, centre)  # (C, D)
-
-        def score(batch: torch.Tensor):
-            out = self(batch, text)
-            probs = with_objectness(out.logits.softmax(-1)[:, :-1], out.objectness, self.multiply_rpn_score)
-            counts = [len(r) for r in out.regions]
-            for regions, deltas, p in zip(out.regions, out.box_deltas.split(counts), probs.split(counts)):
-                boxes = self.box_coder.decode_single(deltas, regions)
-                yield clip_boxes_to_image(boxes, tuple(batch.shape[-2:])), p
-
-        results = detect_in_batches(
-            images, class_names, score, batch_size=batch_size, min_size=self.min_size, max_size=self.max_size,
-            device=centre.device, score_thresh=self.score_thresh, nms_thresh=self.nms_thresh, limit=self.limit,
-        )  # fmt: skip
-        self.train(was_training)
-        return results
+    def score(self, batch: torch.Tensor, text: torch.Tensor, names: Sequence[str]):
+        out = self(batch, text)
+        probs = out.logits.softmax(-1)[:, :-1]  # (R, C)
+        unseen = torch.tensor([n not in self.seen_classes for n in names], device=probs.device)
+        if self.pretrained is not None and self.unseen_weight > 0 and bool(unseen.any()):
+            pre = self.pretrained(batch, out.regions)
+            pre_probs = (pre.logit_scale * pre.region_emb @ text.t()).softmax(-1)  # (R, C)
+            w = self.unseen_weight
+            calibrated = probs.clamp(min=1e-12) ** (1 - w) * pre_probs.clamp(min=1e-12) ** w
+            probs = torch.where(unseen[None, :], calibrated, probs)
+        probs = with_objectness(probs, out.objectness, self.post.multiply_rpn_score)
+        counts = [len(r) for r in out.regions]
+        for regions, deltas, p in zip(out.regions, out.box_deltas.split(counts), probs.split(counts)):
+            boxes = self.box_coder.decode_single(deltas, regions)
+            yield clip_boxes_to_image(boxes, tuple(batch.shape[-2:])), p

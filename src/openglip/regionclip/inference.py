@@ -1,10 +1,12 @@
 """Inference shared by RegionCLIP's detectors: image preparation, class-name embeddings, per-class NMS into
-:class:`~openglip.structures.Detections`, and the zero-shot detector (RPN proposals + pretrained student region
-embeddings against class names, no detection training)."""
+:class:`~openglip.structures.Detections`, the :class:`~openglip.structures.Predictor` call they all answer, and
+the zero-shot detector (RPN proposals + the region embeddings of a pretrained student or of the teacher against
+class names, no detection training)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
 
 import numpy as np
 import torch
@@ -14,8 +16,9 @@ from torchvision.ops import batched_nms
 from ..errors import UsageError
 from ..images import load_image
 from ..models.transform import ImageTransform
+from ..prompts import parse_prompt
 from ..structures import Detections
-from .concepts import TextEncoder, load_text_encoder, template_embeddings
+from .concepts import SentenceEncoder, load_sentence_encoder, template_embeddings
 from .features import PIXEL_MEAN, PIXEL_STD
 
 
@@ -52,7 +55,7 @@ class NameEmbedder:
         text: an already loaded text encoder.
     """
 
-    def __init__(self, *, encoder: str, templates: Sequence[str], text: TextEncoder | None = None):
+    def __init__(self, *, encoder: str, templates: Sequence[str], text: SentenceEncoder | None = None):
         self.encoder, self.templates, self.text = encoder, tuple(templates), text
         self._cache: dict[tuple[str, ...], torch.Tensor] = {}
 
@@ -63,7 +66,7 @@ class NameEmbedder:
             raise UsageError(f"class names must be non-empty strings, got {list(names)[:5]}")
         if names not in self._cache:
             if self.text is None:
-                self.text = load_text_encoder(self.encoder, device="cpu")
+                self.text = load_sentence_encoder(self.encoder, device="cpu")
             if self.text.name != self.encoder:
                 raise UsageError(f"the model's text space is {self.encoder!r}, not {self.text.name!r}")
             raw = template_embeddings(self.text, names, self.templates).cpu()
@@ -121,90 +124,136 @@ def with_objectness(probs: torch.Tensor, objectness: list[torch.Tensor], multipl
     return (probs * torch.cat(objectness)[:, None]).sqrt() if multiply else probs
 
 
-def detect_in_batches(
-    images,
-    class_names: Sequence[str],
-    score: Callable[[torch.Tensor], Iterable[tuple[torch.Tensor, torch.Tensor]]],
-    *,
-    batch_size: int,
-    min_size: int,
-    max_size: int,
-    device: torch.device,
-    score_thresh: float,
-    nms_thresh: float,
-    limit: int,
-) -> list[Detections]:
-    """The predict loop of RegionCLIP's detectors: prepare each batch, ``score(batch)`` -> per image ``(boxes
-    (R_i, 4) in model pixels, class scores (R_i, C))``, per-class NMS, boxes back to original pixels."""
-    images, names = as_list(images), list(class_names)
-    results: list[Detections] = []
-    for start in range(0, len(images), batch_size):
-        batch, scales, sizes = prepare_images(
-            images[start : start + batch_size], min_size=min_size, max_size=max_size
+@dataclass
+class Postprocess:
+    """Test-time settings of RegionCLIP's detectors (fields of the same names in :class:`TransferConfig`)."""
+
+    score_thresh: float = 0.01  # keep class scores above this
+    nms_thresh: float = 0.5  # per-class NMS
+    detections_per_image: int = 100
+    multiply_rpn_score: bool = True  # score = sqrt(class probability * objectness)
+    min_size: int = 128  # shorter image side
+    max_size: int = 224  # longer side cap
+
+    @classmethod
+    def of(cls, cfg) -> Postprocess:
+        """The settings held by a config with these fields."""
+        return cls(**{f.name: getattr(cfg, f.name) for f in fields(cls)})
+
+
+class RegionPredictor(nn.Module):
+    """The :class:`~openglip.structures.Predictor` call shared by RegionCLIP's detectors.
+
+    A subclass sets ``names`` (a :class:`NameEmbedder`) and ``post`` (a :class:`Postprocess`) and implements
+    :meth:`score`.
+    """
+
+    def score(self, batch: torch.Tensor, text: torch.Tensor, names: Sequence[str]):
+        """Per image of ``batch (B, 3, H, W)``: ``(boxes (R_i, 4) in model pixels, class scores (R_i, C))``."""
+        raise NotImplementedError
+
+    def centre(self) -> torch.Tensor:
+        """``(D,)`` the text centre of the model's space (on the model's device)."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def predict(self, images, prompt=None, *, prompts=None, box_threshold: float = 0.0, batch_size: int = 16):
+        """Detect the prompt's phrases (any names: the classifier is their text embeddings).
+
+        Args:
+            images: a path, PIL image or ``(H, W, 3)`` array, or a list of them.
+            prompt: class names shared by every image: a list (``["red circle", "cat"]``), a caption
+                (``"red circle. cat."``) or a :class:`~openglip.prompts.Prompt`.
+            prompts: one prompt per image instead.
+            box_threshold: drop detections scoring below this.
+            batch_size: images per forward pass.
+
+        Returns:
+            :class:`Detections` (a list for a list of images): boxes in original pixels, ``labels`` index the
+            prompt's phrases, at most ``detections_per_image`` per image.
+        """
+        single = not isinstance(images, (list, tuple)) and not (
+            isinstance(images, np.ndarray) and images.ndim == 4
         )
-        for i, (boxes, scores) in enumerate(score(batch.to(device))):
-            b, s, lab = select_detections(
-                boxes, scores, score_thresh=score_thresh, nms_thresh=nms_thresh, limit=limit
-            )
-            results.append(to_detections(b, s, lab, names, scales[i], sizes[i]))
-    return results
+        items = as_list(images)
+        if (prompt is None) == (prompts is None):
+            raise UsageError("give exactly one of prompt= (shared) or prompts= (one per image)")
+        if prompts is not None and len(prompts) != len(items):
+            raise UsageError(f"{len(prompts)} prompts for {len(items)} images")
+        per_image = [parse_prompt(p).phrases for p in prompts] if prompts is not None else None
+        shared = None if prompt is None else parse_prompt(prompt).phrases
+        was_training = self.training
+        self.eval()
+        results: list[Detections] = []
+        for start in range(0, len(items), batch_size if per_image is None else 1):
+            chunk = items[start : start + (batch_size if per_image is None else 1)]
+            names = list(shared if per_image is None else per_image[start])
+            text = self.names(names, self.centre())  # (C, D)
+            post = self.post
+            batch, scales, sizes = prepare_images(chunk, min_size=post.min_size, max_size=post.max_size)
+            for i, (boxes, scores) in enumerate(self.score(batch.to(text.device), text, names)):
+                b, s, lab = select_detections(
+                    boxes,
+                    scores,
+                    score_thresh=post.score_thresh,
+                    nms_thresh=post.nms_thresh,
+                    limit=post.detections_per_image,
+                )
+                dets = to_detections(b, s, lab, names, scales[i], sizes[i])
+                results.append(dets[dets.scores >= box_threshold])
+        self.train(was_training)
+        return results[0] if single else results
 
 
-class ZeroShotDetector(nn.Module):
-    """A pretrained student used as a detector without transfer: each RPN proposal's region embedding against the
-    class names, ``score = softmax_c(scale * cos)`` (times the objectness, geometrically, when
-    ``multiply_rpn_score``), then per-class NMS.
+class ZeroShotDetector(RegionPredictor):
+    """Region embeddings used as a detector without transfer (RegionCLIP's zero-shot protocol): each RPN proposal's
+    embedding by a pretrained student or by the teacher against the class names, ``score = softmax_c(scale *
+    cos)`` (times the objectness, geometrically, when ``multiply_rpn_score``), then per-class NMS.
 
     Args:
         rpn: a trained :class:`~openglip.regionclip.proposals.ProposalNetwork`.
-        student: a pretrained :class:`~openglip.regionclip.model.RegionStudent`.
+        embedder: a pretrained student (:mod:`.model`) or a teacher (``embed_regions``/``scale``).
         templates: prompt templates of the concept pool.
-        encoder: text encoder name.
-        score_thresh, nms_thresh, detections_per_image: post-processing.
-        multiply_rpn_score: ``sqrt(p * objectness)`` instead of ``p``.
-        min_size, max_size: test resize rule.
-        text: an already loaded text encoder (else loaded on first use).
+        encoder: sentence encoder name.
+        post: test-time settings (default: :class:`Postprocess`'s).
+        text: an already loaded sentence encoder (else loaded on first use).
     """
 
     def __init__(
         self,
         *,
         rpn: nn.Module,
-        student: nn.Module,
+        embedder: nn.Module,
         templates: Sequence[str],
         encoder: str,
-        score_thresh: float = 0.01,
-        nms_thresh: float = 0.5,
-        detections_per_image: int = 100,
-        multiply_rpn_score: bool = True,
-        min_size: int = 128,
-        max_size: int = 224,
-        text: TextEncoder | None = None,
+        post: Postprocess | None = None,
+        text: SentenceEncoder | None = None,
     ):
         super().__init__()
-        self.rpn, self.student = rpn.eval(), student.eval()
+        self.rpn, self.embedder = rpn.eval(), embedder.eval()
         self.names = NameEmbedder(encoder=encoder, templates=templates, text=text)
-        self.score_thresh, self.nms_thresh, self.limit = score_thresh, nms_thresh, detections_per_image
-        self.multiply_rpn_score, self.min_size, self.max_size = multiply_rpn_score, min_size, max_size
+        self.post = post or Postprocess()
 
-    @torch.no_grad()
-    def predict(self, images, class_names: Sequence[str], *, batch_size: int = 16) -> list[Detections]:
-        """Detections of ``class_names`` in one image or a list (paths, PIL images, arrays); labels index
-        ``class_names``."""
-        device = self.student.text_centre.device
-        text = self.names(class_names, self.student.text_centre)  # (C, D)
+    def centre(self) -> torch.Tensor:
+        return self.embedder.text_centre
 
-        def score(batch: torch.Tensor):
-            proposals, objectness, _ = self.rpn(batch)
-            res = self.student(batch, proposals)
-            probs = (res.logit_scale * res.region_emb @ text.t()).softmax(-1)  # (R, C)
-            probs = with_objectness(probs, objectness, self.multiply_rpn_score)
-            return zip(proposals, probs.split([len(p) for p in proposals]))
+    def region_probs(
+        self, batch: torch.Tensor, boxes: list[torch.Tensor], text: torch.Tensor
+    ) -> torch.Tensor:
+        """``(R, C)`` class probabilities of the regions ``boxes`` (one tensor per image)."""
+        if hasattr(self.embedder, "embed_regions"):  # a teacher
+            emb, scale = self.embedder.embed_regions(batch, boxes), self.embedder.scale()
+        else:
+            out = self.embedder(batch, boxes)
+            emb, scale = out.region_emb, out.logit_scale
+        return (scale * emb @ text.t()).softmax(-1)  # (R, C)
 
-        return detect_in_batches(
-            images, class_names, score, batch_size=batch_size, min_size=self.min_size, max_size=self.max_size,
-            device=device, score_thresh=self.score_thresh, nms_thresh=self.nms_thresh, limit=self.limit,
-        )  # fmt: skip
+    def score(self, batch: torch.Tensor, text: torch.Tensor, names: Sequence[str]):
+        proposals, objectness, _ = self.rpn(batch)
+        probs = with_objectness(
+            self.region_probs(batch, proposals, text), objectness, self.post.multiply_rpn_score
+        )
+        return zip(proposals, probs.split([len(p) for p in proposals]))
 
 
 def as_list(images) -> list:

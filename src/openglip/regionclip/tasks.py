@@ -14,10 +14,9 @@ import torch
 from torch import nn
 
 from ..config import TrainConfig, config_from_dict
-from ..data.shapes import BASE
 from ..engine.optim import freeze_parts, param_groups
 from ..errors import UsageError
-from .concepts import ConceptPool, TextEncoder
+from .concepts import ConceptPool, SentenceEncoder
 from .config import PretrainConfig, RPNConfig, TeacherConfig, TransferConfig
 from .data import RegionBatch, collate_regions
 from .losses import (
@@ -81,7 +80,7 @@ class TeacherTask(_Task):
 
     kind = "teacher"
 
-    def __init__(self, cfg: TeacherConfig, *, pool: ConceptPool, text: TextEncoder):
+    def __init__(self, cfg: TeacherConfig, *, pool: ConceptPool, text: SentenceEncoder):
         if pool.dim != cfg.embed_dim:
             raise UsageError(f"the concept pool is {pool.dim}-d but embed_dim={cfg.embed_dim}")
         self.cfg, self.pool, self.text = cfg, pool, text
@@ -152,8 +151,8 @@ class PretrainTask(_Task):
         cfg: PretrainConfig,
         *,
         pool: ConceptPool,
-        text: TextEncoder,
-        teacher: ContrastiveTeacher,
+        text: SentenceEncoder,
+        teacher: nn.Module,
         rpn: ProposalNetwork | None,
     ):
         if cfg.region_source not in ("rpn", "random"):
@@ -169,10 +168,16 @@ class PretrainTask(_Task):
         self.rpn = None if rpn is None else rpn.requires_grad_(False).eval()
 
     def build_model(self):
-        return build_student(self.cfg, centre=self.pool.centre)
+        student = build_student(self.cfg, centre=self.pool.centre)
+        if student.embed_dim != self.pool.dim:
+            raise UsageError(
+                f"the student embeds into {student.embed_dim} dimensions but the concept pool's text space has "
+                f"{self.pool.dim} (a CLIP student needs a pool built with encoder= the same CLIP)"
+            )
+        return student
 
     def freeze(self, model, spec: str) -> list[str]:
-        return freeze_parts({"backbone": model.features.backbone}, spec)
+        return freeze_parts(model.parts(), spec)
 
     @torch.no_grad()
     def targets(
@@ -223,8 +228,8 @@ class TransferTask(_Task):
 
     Args:
         cfg: the transfer config (names the RPN, concept pool and optional pretrained student files).
-        text: the text encoder of the pool.
-        classes: the training class names (default: the shapes base categories).
+        text: the sentence encoder of the pool.
+        classes: the training class names (the base categories of the data).
         evaluator: optional ``(model, step) -> metrics`` run at ``eval_every`` steps and at the end.
     """
 
@@ -234,22 +239,22 @@ class TransferTask(_Task):
         self,
         cfg: TransferConfig,
         *,
-        text: TextEncoder,
-        classes: list[str] | None = None,
+        text: SentenceEncoder,
+        classes: list[str],
         evaluator: Callable | None = None,
     ):
         self.cfg, self.text, self.evaluator = cfg, text, evaluator
-        self.classes = list(BASE if classes is None else classes)
+        self.classes = list(classes)
         self.pool = ConceptPool.load(required_path(cfg.concepts, "concepts"))
         saved, _ = read_weights(required_path(cfg.rpn, "rpn"), "rpn")
         self.rpn_cfg = config_from_dict(saved["rpn"], RPNConfig)
         self.class_emb = self.pool.embed(self.classes, text)  # (C, D)
 
     def build_model(self):
-        return build_detector(self.cfg, text=self.text)
+        return build_detector(self.cfg, text=self.text, seen_classes=tuple(self.classes))
 
     def freeze(self, model, spec: str) -> list[str]:
-        return freeze_parts({"backbone": model.student.features.backbone, "head": model.student.head}, spec)
+        return freeze_parts(model.student.parts(), spec)
 
     def losses(self, model, batch: RegionBatch) -> dict[str, torch.Tensor]:
         cfg = self.cfg
@@ -267,6 +272,7 @@ class TransferTask(_Task):
         return {
             "transfer": dataclasses.asdict(self.cfg),
             "rpn": dataclasses.asdict(self.rpn_cfg),
+            "classes": self.classes,
             "templates": list(self.pool.templates),
             "encoder": self.pool.encoder,
         }

@@ -16,7 +16,8 @@ from torch import nn
 from torchvision.ops import roi_align
 
 from ..errors import UsageError
-from .features import BACKBONES
+
+EFFICIENTNETS = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
 
 
 class PooledEncoder(nn.Module):
@@ -31,7 +32,7 @@ class PooledEncoder(nn.Module):
         if backbone == "tiny_cnn":
             self.body, self.efficientnet = TinyCNN(channels=(16, 32, 64)), False
             self.out_channels = 64
-        elif backbone in BACKBONES:
+        elif backbone in EFFICIENTNETS:
             self.body = EfficientNetLite(
                 variant=backbone.removeprefix("efficientnet_"), out_indices=(4,), with_head=True
             )
@@ -40,7 +41,9 @@ class PooledEncoder(nn.Module):
             self.body._fc = nn.Identity()  # the ImageNet classifier is not used
             self.efficientnet, self.out_channels = True, 1280
         else:
-            raise UsageError(f"unknown backbone {backbone!r}; choose from {', '.join(BACKBONES)}")
+            raise UsageError(
+                f"unknown backbone {backbone!r}; choose from tiny_cnn, {', '.join(EFFICIENTNETS)}"
+            )
 
     def train(self, mode: bool = True):
         super().train(mode)

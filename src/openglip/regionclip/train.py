@@ -1,6 +1,8 @@
 """Running RegionCLIP's stages end to end: concept pool -> teacher -> RPN -> pretraining -> transfer.
 
-Each ``run_*`` function builds the stage's dataset and task and trains with the project's
+Each stage reads the files its config names (``data``: image-caption pairs, or COCO detection JSON with a
+base/novel split) or, without one, the built-in shapes world through the same records (:mod:`.data`). Each
+``run_*`` function builds the stage's dataset and task and trains with the project's
 :class:`~openglip.engine.trainer.Trainer` (checkpoints, exact resume, EMA, DDP under torchrun); the final weights
 are ``<out_dir>/model.safetensors``. :func:`default_train_config` holds CPU-sized training recipes.
 """
@@ -12,14 +14,22 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..config import TrainConfig
-from ..data.shapes import ShapesWorld
 from ..errors import UsageError
 from ..prompts import get_extractor
-from .concepts import ConceptPool, TextEncoder, load_text_encoder
-from .config import ConceptConfig, PretrainConfig, RPNConfig, TeacherConfig, TransferConfig
-from .data import ShapesBoxes, ShapesCaptions
+from .clip import CLIP_TEMPLATES, is_clip
+from .concepts import ConceptPool, SentenceEncoder, load_sentence_encoder
+from .config import TEMPLATES, ConceptConfig, PretrainConfig, RPNConfig, TeacherConfig, TransferConfig
+from .data import (
+    BoxDataset,
+    CaptionDataset,
+    DetectionData,
+    read_caption_data,
+    read_detection_data,
+    shapes_caption_data,
+    shapes_detection_data,
+)
 from .tasks import PretrainTask, RPNTask, TeacherTask, TransferTask
-from .weights import load_rpn, load_teacher, required_path
+from .weights import load_region_teacher, load_rpn, required_path
 
 _COMMON = dict(checkpoint_every=100, log_every=10, schedule="cosine", warmup_factor=0.01, ema_decay=0.0)
 STAGE_DEFAULTS: dict[str, dict] = {
@@ -39,20 +49,59 @@ def default_train_config(stage: str, out_dir: str, **changes) -> TrainConfig:
     )
 
 
-def _text(text: TextEncoder | None, device) -> TextEncoder:
-    return text if text is not None else load_text_encoder(device="cpu" if device is None else device)
-
-
-def run_concepts(cfg: ConceptConfig, out_path: str | Path, *, text: TextEncoder | None = None) -> ConceptPool:
-    """Parse the caption corpus (both captions of the first ``cfg.num_images`` pretraining images), build the
-    pool and save it to ``out_path``."""
-    world = ShapesWorld(
-        split="all", image_size=cfg.image_size, max_objects=cfg.max_objects, seed=cfg.data_seed
+def _text(text: SentenceEncoder | None, name: str, device) -> SentenceEncoder:
+    return (
+        text if text is not None else load_sentence_encoder(name, device="cpu" if device is None else device)
     )
-    captions = [c.caption for i in range(cfg.num_images) for c in world.sample(i).captions]
+
+
+def caption_records(cfg: ConceptConfig | TeacherConfig | PretrainConfig, *, num_images: int, min_objects: int = 1,
+                    caption: str = "listing"):  # fmt: skip
+    """The stage's image-caption pairs: ``cfg.data`` when set, else the shapes corpus."""
+    if cfg.data:
+        return read_caption_data(cfg.data, cfg.image_root or None)
+    return shapes_caption_data(
+        num_images, image_size=cfg.image_size, min_objects=min_objects, max_objects=cfg.max_objects,
+        seed=cfg.data_seed, caption=caption,
+    )  # fmt: skip
+
+
+def detection_data(cfg: RPNConfig | TransferConfig) -> DetectionData:
+    """The stage's box-annotated images: ``cfg.data`` (with ``cfg.split_file``) when set, else the shapes "train"
+    split (base categories only)."""
+    if cfg.data:
+        return read_detection_data(cfg.data, cfg.image_root or None, split_file=cfg.split_file)
+    if cfg.split_file:
+        raise UsageError("split_file needs data=FILE (the shapes world carries its own split)")
+    return shapes_detection_data(
+        cfg.epoch_size,
+        split="train",
+        image_size=cfg.image_size,
+        max_objects=cfg.max_objects,
+        seed=cfg.data_seed,
+    )
+
+
+def run_concepts(
+    cfg: ConceptConfig, out_path: str | Path, *, text: SentenceEncoder | None = None
+) -> ConceptPool:
+    """Parse the caption corpus (``cfg.data``, or both captions of the first ``cfg.num_images`` shapes images),
+    build the pool and save it to ``out_path``. A CLIP encoder embeds with CLIP's templates, uncentred."""
+    text = _text(text, cfg.encoder, None)
+    if cfg.data:
+        captions = [r.caption for r in read_caption_data(cfg.data, cfg.image_root or None)]
+    else:
+        from ..data.shapes import ShapesWorld
+
+        world = ShapesWorld(
+            split="all", image_size=cfg.image_size, max_objects=cfg.max_objects, seed=cfg.data_seed
+        )
+        captions = [c.caption for i in range(cfg.num_images) for c in world.sample(i).captions]
+    clip = is_clip(text.name)
     pool = ConceptPool.build(
-        captions, text=_text(text, None), extractor=get_extractor(cfg.extractor), min_count=cfg.min_count
-    )
+        captions, text=text, extractor=get_extractor(cfg.extractor), min_count=cfg.min_count,
+        templates=CLIP_TEMPLATES if clip else TEMPLATES, centre=not clip,
+    )  # fmt: skip
     pool.save(out_path)
     return pool
 
@@ -69,34 +118,21 @@ def run_teacher(
     cfg: TeacherConfig,
     train_cfg: TrainConfig,
     *,
-    text: TextEncoder | None = None,
+    text: SentenceEncoder | None = None,
     resume: bool = False,
     device=None,
 ) -> Path:
-    """Train the teacher on 1-2-object shapes images with listing captions (split "all")."""
+    """Train the stand-in teacher by image-caption InfoNCE (shapes default: 1-2-object images, listing captions)."""
     pool = ConceptPool.load(required_path(cfg.concepts, "concepts"))
-    dataset = ShapesCaptions(
-        size=cfg.epoch_size, split="all", image_size=cfg.image_size, min_objects=cfg.min_objects,
-        max_objects=cfg.max_objects, seed=cfg.data_seed, caption="listing",
-    )  # fmt: skip
-    return _fit(
-        TeacherTask(cfg, pool=pool, text=_text(text, device)),
-        train_cfg,
-        dataset,
-        resume=resume,
-        device=device,
-    )
+    records = caption_records(cfg, num_images=cfg.epoch_size, min_objects=cfg.min_objects)
+    dataset = CaptionDataset(records, image_size=cfg.image_size, seed=cfg.data_seed)
+    task = TeacherTask(cfg, pool=pool, text=_text(text, pool.encoder, device))
+    return _fit(task, train_cfg, dataset, resume=resume, device=device)
 
 
 def run_rpn(cfg: RPNConfig, train_cfg: TrainConfig, *, resume: bool = False, device=None) -> Path:
-    """Train the class-agnostic RPN on the boxes of the shapes "train" split (base categories only)."""
-    dataset = ShapesBoxes(
-        size=cfg.epoch_size,
-        split="train",
-        image_size=cfg.image_size,
-        max_objects=cfg.max_objects,
-        seed=cfg.data_seed,
-    )
+    """Train the class-agnostic RPN on the base-category boxes of ``cfg.data`` (shapes: the "train" split)."""
+    dataset = BoxDataset(detection_data(cfg), image_size=cfg.image_size)
     return _fit(RPNTask(cfg), train_cfg, dataset, resume=resume, device=device)
 
 
@@ -104,19 +140,20 @@ def run_pretrain(
     cfg: PretrainConfig,
     train_cfg: TrainConfig,
     *,
-    text: TextEncoder | None = None,
+    text: SentenceEncoder | None = None,
     resume: bool = False,
     device=None,
 ) -> Path:
-    """Region-text pretraining on the caption corpus (shapes split "all", every category)."""
+    """Region-text pretraining on the caption corpus (``cfg.data``; shapes: split "all", every category)."""
     pool = ConceptPool.load(required_path(cfg.concepts, "concepts"))
-    teacher = load_teacher(required_path(cfg.teacher, "teacher"))
+    teacher = load_region_teacher(required_path(cfg.teacher, "teacher"))
     rpn = load_rpn(required_path(cfg.rpn, "rpn")) if cfg.region_source == "rpn" else None
-    dataset = ShapesCaptions(
-        size=cfg.epoch_size, split="all", image_size=cfg.image_size, max_objects=cfg.max_objects, seed=cfg.data_seed,
-        caption=cfg.caption, random_regions=cfg.regions_per_image if cfg.region_source == "random" else 0,
+    records = caption_records(cfg, num_images=cfg.epoch_size, caption=cfg.caption)
+    dataset = CaptionDataset(
+        records, image_size=cfg.image_size, seed=cfg.data_seed,
+        random_regions=cfg.regions_per_image if cfg.region_source == "random" else 0,
     )  # fmt: skip
-    task = PretrainTask(cfg, pool=pool, text=_text(text, device), teacher=teacher, rpn=rpn)
+    task = PretrainTask(cfg, pool=pool, text=_text(text, pool.encoder, device), teacher=teacher, rpn=rpn)
     return _fit(task, train_cfg, dataset, resume=resume, device=device)
 
 
@@ -124,21 +161,22 @@ def run_transfer(
     cfg: TransferConfig,
     train_cfg: TrainConfig,
     *,
-    text: TextEncoder | None = None,
+    text: SentenceEncoder | None = None,
     resume: bool = False,
     device=None,
     evaluate_fn: Callable | None = None,
     classes: list[str] | None = None,
 ) -> Path:
-    """Train the open-vocabulary detector on the shapes "train" split (base categories only).
+    """Train the open-vocabulary detector on the base categories of ``cfg.data`` (shapes: the "train" split).
 
-    ``classes`` narrows the training classes further (default: all 40 base categories); boxes of other
-    categories are dropped, so their objects count as background, as unannotated novel objects do in COCO's
+    ``classes`` narrows the training classes further (default: every base category); boxes of other categories
+    are dropped, so their objects count as background, as unannotated novel objects do in COCO's
     open-vocabulary split.
     """
-    task = TransferTask(cfg, text=_text(text, device), classes=classes, evaluator=evaluate_fn)
-    dataset = ShapesBoxes(
-        size=cfg.epoch_size, classes=task.classes, split="train", image_size=cfg.image_size,
-        max_objects=cfg.max_objects, seed=cfg.data_seed,
-    )  # fmt: skip
+    data = detection_data(cfg)
+    dataset = BoxDataset(data, classes=classes, image_size=cfg.image_size)
+    pool_encoder = ConceptPool.load(required_path(cfg.concepts, "concepts")).encoder
+    task = TransferTask(
+        cfg, text=_text(text, pool_encoder, device), classes=dataset.classes, evaluator=evaluate_fn
+    )
     return _fit(task, train_cfg, dataset, resume=resume, device=device)

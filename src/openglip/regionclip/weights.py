@@ -6,6 +6,7 @@ Every model is saved as one safetensors file whose metadata holds ``format``, ``
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import os
@@ -14,13 +15,16 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..checkpoints import CheckpointError, load_into
 from ..config import config_from_dict
 from ..errors import UsageError
 from ..files import atomic_write, read_safetensors
-from .concepts import ConceptPool, TextEncoder
+from .clip import CLIPTeacher, is_clip
+from .concepts import ConceptPool, SentenceEncoder
 from .config import RPNConfig, StudentConfig, TeacherConfig, TransferConfig
 from .detector import OpenVocabDetector
-from .model import RegionStudent
+from .inference import Postprocess
+from .model import CLIPStudent, RegionStudent
 from .proposals import ProposalNetwork
 from .teacher import ContrastiveTeacher
 
@@ -49,7 +53,10 @@ def read_weights(path: str | os.PathLike, kind: str) -> tuple[dict, dict[str, to
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"{kind} weights {path} not found (train them with: openglip regionclip ...)")
-    meta, state = read_safetensors(path)
+    try:
+        meta, state = read_safetensors(path)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
     if meta.get("format") != FORMAT:
         raise UsageError(f"{path}: not OpenGLIP RegionCLIP weights (format {meta.get('format')!r})")
     if meta.get("kind") != kind:
@@ -58,20 +65,19 @@ def read_weights(path: str | os.PathLike, kind: str) -> tuple[dict, dict[str, to
 
 
 def load_state(model: nn.Module, state: dict[str, torch.Tensor], where: str) -> None:
-    """``load_state_dict(strict=True)`` with an error naming the first mismatches."""
-    own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    bad = [k for k in own if k in state and own[k].shape != state[k].shape]
-    if missing or unexpected or bad:
-        raise UsageError(
-            f"{where} does not fit the model: {len(missing)} missing (first {missing[:3]}), "
-            f"{len(unexpected)} unexpected (first {unexpected[:3]}), {len(bad)} with other shapes (first {bad[:3]})"
-        )
-    model.load_state_dict(state, strict=True)
+    """The core's strict loader (:func:`openglip.checkpoints.load_into`), its error naming the file."""
+    try:
+        load_into(model, state)
+    except CheckpointError as err:
+        raise UsageError(f"{where}: {err}") from None
 
 
 # -- builders -------------------------------------------------------------------------------------------------
+
+
+def _pick(cfg, *names: str) -> dict:
+    """``{name: cfg.name}`` (JSON lists as tuples): the constructor arguments a config holds under the same names."""
+    return {n: tuple(v) if isinstance(v := getattr(cfg, n), list) else v for n in names}
 
 
 def build_teacher(
@@ -79,42 +85,35 @@ def build_teacher(
 ) -> ContrastiveTeacher:
     """A teacher from its config (``pretrained`` overrides ``cfg.pretrained``)."""
     return ContrastiveTeacher(
-        backbone=cfg.backbone,
         pretrained=cfg.pretrained if pretrained is None else pretrained,
-        embed_dim=cfg.embed_dim,
-        init_temperature=cfg.init_temperature,
-        crop_size=cfg.crop_size,
-        crop_context=cfg.crop_context,
         text_centre=centre,
+        **_pick(cfg, "backbone", "embed_dim", "init_temperature", "crop_size", "crop_context"),
     )
 
 
 def build_rpn(cfg: RPNConfig, *, pretrained: bool | None = None) -> ProposalNetwork:
     """An RPN from its config."""
+    fields = ("backbone", "fpn_channels", "anchor_sizes", "aspect_ratios", "pre_nms_top_n", "post_nms_top_n")
     return ProposalNetwork(
-        backbone=cfg.backbone,
         pretrained=cfg.pretrained if pretrained is None else pretrained,
-        fpn_channels=cfg.fpn_channels,
-        anchor_sizes=tuple(cfg.anchor_sizes),
-        aspect_ratios=tuple(cfg.aspect_ratios),
-        pre_nms_top_n=cfg.pre_nms_top_n,
-        post_nms_top_n=cfg.post_nms_top_n,
         nms_thresh=cfg.nms_thresh,
+        **_pick(cfg, *fields),
     )
 
 
 def build_student(
     cfg: StudentConfig, *, pretrained: bool | None = None, centre: torch.Tensor | None = None
-) -> RegionStudent:
-    """A student from the :class:`StudentConfig` fields of ``cfg`` (a pretraining or transfer config)."""
+) -> RegionStudent | CLIPStudent:
+    """A student from the :class:`StudentConfig` fields of ``cfg`` (a pretraining or transfer config); a CLIP
+    student when ``cfg.backbone`` is ``clip:ARCH:PATH`` (initialised from those weights)."""
+    if is_clip(cfg.backbone):
+        student = CLIPStudent(cfg.backbone)
+        if centre is not None:
+            student.text_centre.copy_(centre)
+        return student
     student = RegionStudent(
-        backbone=cfg.backbone,
         pretrained=cfg.pretrained if pretrained is None else pretrained,
-        fpn_channels=cfg.fpn_channels,
-        roi_size=cfg.roi_size,
-        head_dim=cfg.head_dim,
-        embed_dim=cfg.embed_dim,
-        init_temperature=cfg.init_temperature,
+        **_pick(cfg, "backbone", "fpn_channels", "roi_size", "head_dim", "embed_dim", "init_temperature"),
     )
     if centre is not None:
         student.text_centre.copy_(centre)
@@ -132,14 +131,16 @@ def build_detector(
     rpn_config: RPNConfig | None = None,
     templates: tuple[str, ...] | None = None,
     encoder: str | None = None,
-    text: TextEncoder | None = None,
+    text: SentenceEncoder | None = None,
+    seen_classes: tuple[str, ...] = (),
 ) -> OpenVocabDetector:
     """A detector from a transfer config.
 
     Without ``rpn_config`` the parts are loaded from the files the config names (``rpn``, ``concepts``, and
-    ``student`` when set); with it (and ``templates``/``encoder``) an empty detector of that shape is built, to
-    receive an exported state dict.
+    ``student`` when set: it initialises the box head and, frozen, calibrates unseen classes); with it (and
+    ``templates``/``encoder``) an empty detector of that shape is built, to receive an exported state dict.
     """
+    pretrained = None
     if rpn_config is None:
         rpn = load_rpn(required_path(cfg.rpn, "rpn"))
         pool = ConceptPool.load(required_path(cfg.concepts, "concepts"))
@@ -149,28 +150,26 @@ def build_detector(
             _, state = read_weights(cfg.student, "student")
             load_state(student, state, cfg.student)
         student.text_centre.copy_(pool.centre)  # the pool's space, whatever the student was pretrained with
+        if cfg.student:
+            pretrained = copy.deepcopy(student)
     else:
         rpn = build_rpn(rpn_config, pretrained=False)
         student = build_student(cfg, pretrained=False)
+        pretrained = copy.deepcopy(student) if cfg.student else None
     # the detector uses neither the global image embedding nor the student's temperature
-    student.image_proj.requires_grad_(False)
-    student.logit_scale.requires_grad_(False)
+    for p in student.image_only():
+        p.requires_grad_(False)
     return OpenVocabDetector(
         rpn=rpn,
         student=student,
-        temperature=cfg.temperature,
-        rois_per_image=cfg.rois_per_image,
-        positive_fraction=cfg.positive_fraction,
-        fg_iou=cfg.fg_iou,
-        score_thresh=cfg.score_thresh,
-        nms_thresh=cfg.nms_thresh,
-        detections_per_image=cfg.detections_per_image,
-        multiply_rpn_score=cfg.multiply_rpn_score,
-        min_size=cfg.min_size,
-        max_size=cfg.max_size,
+        post=Postprocess.of(cfg),
+        **_pick(cfg, "temperature", "rois_per_image", "positive_fraction", "fg_iou"),
         templates=tuple(templates),
         encoder=str(encoder),
         text=text,
+        pretrained=pretrained,
+        seen_classes=seen_classes,
+        unseen_weight=cfg.unseen_weight,
     )
 
 
@@ -184,10 +183,15 @@ def required_path(path: str, what: str) -> str:
 # -- loaders --------------------------------------------------------------------------------------------------
 
 
-def load_teacher(path: str | os.PathLike) -> ContrastiveTeacher:
-    """A trained teacher (eval mode, frozen)."""
+def load_region_teacher(path: str | os.PathLike) -> ContrastiveTeacher | CLIPTeacher:
+    """The teacher that aligns regions to concepts (eval mode, frozen): a CLIP ResNet for ``clip:ARCH:PATH``,
+    else a trained stand-in teacher file (``openglip regionclip teacher``)."""
+    if is_clip(str(path)):
+        return CLIPTeacher(str(path))
     cfg, state = read_weights(path, "teacher")
-    teacher = build_teacher(config_from_dict(cfg["teacher"], TeacherConfig), pretrained=False)
+    teacher = build_teacher(
+        config_from_dict(cfg["teacher"], TeacherConfig, where=str(path)), pretrained=False
+    )
     load_state(teacher, state, str(path))
     return teacher.requires_grad_(False).eval()
 
@@ -195,7 +199,7 @@ def load_teacher(path: str | os.PathLike) -> ContrastiveTeacher:
 def load_rpn(path: str | os.PathLike) -> ProposalNetwork:
     """A trained RPN (eval mode, frozen)."""
     cfg, state = read_weights(path, "rpn")
-    rpn = build_rpn(config_from_dict(cfg["rpn"], RPNConfig), pretrained=False)
+    rpn = build_rpn(config_from_dict(cfg["rpn"], RPNConfig, where=str(path)), pretrained=False)
     load_state(rpn, state, str(path))
     return rpn.requires_grad_(False).eval()
 
@@ -210,15 +214,16 @@ def load_student(path: str | os.PathLike) -> tuple[RegionStudent, dict]:
     return student.eval(), cfg
 
 
-def load_detector(path: str | os.PathLike, *, text: TextEncoder | None = None) -> OpenVocabDetector:
+def load_detector(path: str | os.PathLike, *, text: SentenceEncoder | None = None) -> OpenVocabDetector:
     """A transferred detector, ready for :meth:`OpenVocabDetector.predict` (eval mode)."""
     cfg, state = read_weights(path, "detector")
     detector = build_detector(
-        config_from_dict(cfg["transfer"], TransferConfig),
-        rpn_config=config_from_dict(cfg["rpn"], RPNConfig),
+        config_from_dict(cfg["transfer"], TransferConfig, where=str(path)),
+        rpn_config=config_from_dict(cfg["rpn"], RPNConfig, where=str(path)),
         templates=tuple(cfg["templates"]),
         encoder=cfg["encoder"],
         text=text,
+        seen_classes=tuple(cfg.get("classes", ())),
     )
     load_state(detector, state, str(path))
     return detector.eval()
