@@ -122,10 +122,18 @@ class GroundingDataset(Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
+    def record(self, index: int) -> ImageRecord:
+        """Record ``index`` (a subclass may read it from elsewhere, e.g. shards)."""
+        return self.records[index]
+
+    def image(self, index: int, record: ImageRecord) -> Image.Image:
+        """The RGB image of record ``index``."""
+        return load_image(record.file_name)[0]
+
     def example(self, index: int, rng: np.random.Generator) -> tuple[Image.Image, dict]:
         """The untransformed (image, target) of record ``index``."""
-        rec = self.records[index]
-        image, _ = load_image(rec.file_name)
+        rec = self.record(index)
+        image = self.image(index, rec)
         if (image.height, image.width) != (rec.height, rec.width) and rec.height and rec.width:
             # annotations are in the recorded size; keep boxes consistent if the file differs
             sx, sy = image.width / rec.width, image.height / rec.height

@@ -371,13 +371,13 @@ class Trainer:
 
     # -- loop -----------------------------------------------------------------------------------------------
     def _loader(self) -> DataLoader:
-        sampler = ResumableSampler(
-            len(self.dataset),
-            seed=self.cfg.seed,
-            rank=self.dist.rank,
-            world_size=self.dist.world_size,
-            start=self.items,
-        )
+        position = {"seed": self.cfg.seed, "rank": self.dist.rank, "world_size": self.dist.world_size}
+        if hasattr(self.dataset, "sampler"):  # streamed shards: each rank and worker reads shards of its own
+            sampler = self.dataset.sampler(
+                **position, start=self.items, batch_size=self.cfg.batch_size, num_workers=self.cfg.num_workers
+            )
+        else:
+            sampler = ResumableSampler(len(self.dataset), **position, start=self.items)
         return DataLoader(
             self.dataset,
             batch_size=self.cfg.batch_size,
