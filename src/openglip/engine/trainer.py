@@ -58,11 +58,14 @@ class ModelEMA:
     def update(self, model: torch.nn.Module) -> None:
         self.updates += 1
         d = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        floats, shadows = [], []
         for k, v in model.state_dict().items():
             if v.dtype.is_floating_point:
-                self.shadow[k].mul_(d).add_(v.detach(), alpha=1 - d)
+                floats.append(v.detach())
+                shadows.append(self.shadow[k])
             else:
                 self.shadow[k].copy_(v)
+        torch._foreach_lerp_(shadows, floats, 1 - d)  # one fused update instead of two kernels per tensor
 
     def state_dict(self) -> dict:
         return {"updates": self.updates, "shadow": self.shadow}
@@ -103,8 +106,10 @@ def build_optimizer(model: torch.nn.Module, cfg: TrainConfig, is_text_param=None
         lr = cfg.text_lr if is_text_param(name) else cfg.lr
         decay = 0.0 if p.ndim <= 1 or name.endswith(".bias") else cfg.weight_decay
         groups.setdefault((lr, decay), []).append(p)
+    params = [p for ps in groups.values() for p in ps]
+    fused = bool(params) and all(p.is_cuda for p in params)  # one multi-tensor kernel per step on GPU
     return torch.optim.AdamW(
-        [{"params": ps, "lr": lr, "weight_decay": wd} for (lr, wd), ps in groups.items()]
+        [{"params": ps, "lr": lr, "weight_decay": wd} for (lr, wd), ps in groups.items()], fused=fused or None
     )
 
 
@@ -284,10 +289,22 @@ class Trainer:
         self.items = 0  # items this rank has consumed (the sampler position)
         if resume:
             self._resume()
+        if cfg.compile:
+            self._compile()
         self.ddp_model = self.model
         if self.dist.enabled:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.ddp_model = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+
+    def _compile(self) -> None:
+        """``compile=true``: the model's tensor parts compiled in place (shapes vary with multi-scale training:
+        dynamo makes them dynamic after the first recompilation)."""
+        if not hasattr(self.model, "compile_parts"):
+            raise ValueError(
+                f"compile=true needs a GLIP model; {type(self.model).__name__} has no compile_parts"
+            )
+        torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+        self.model.compile_parts()
 
     # -- checkpoints ----------------------------------------------------------------------------------------
     def latest_checkpoint(self) -> Path | None:
@@ -435,6 +452,7 @@ class Trainer:
                         "tensorboard is not installed: pip install tensorboard (continuing without it)"
                     )
         crash_after = int(os.environ.get(CRASH_ENV, "0"))
+        self._bad_step = None
         self._train_mode()
         from tqdm import tqdm
 
@@ -449,7 +467,7 @@ class Trainer:
             if cfg.time_budget and time.time() - start_time > cfg.time_budget:
                 log.info("time budget of %.0f s reached at step %d", cfg.time_budget, self.step)
                 break
-            sums: dict[str, float] = {}
+            sums: dict[str, torch.Tensor] = {}  # on the device: read once per log step, not per micro-batch
             for micro in range(cfg.grad_accum):
                 batch = next(loader).to(self.device)  # batches of any task provide .to(device)
                 sync = micro == cfg.grad_accum - 1 or not self.dist.enabled
@@ -459,11 +477,10 @@ class Trainer:
                     total = sum(losses.values())
                     self.scaler.scale(total / cfg.grad_accum).backward()
                 for k, v in losses.items():
-                    sums[k] = sums.get(k, 0.0) + float(v.detach()) / cfg.grad_accum
+                    sums[k] = sums.get(k, 0.0) + v.detach().float() / cfg.grad_accum
                 self.items += len(batch)
                 window_items += len(batch)
-            if not all(math.isfinite(v) for v in sums.values()):
-                raise FloatingPointError(f"non-finite loss at step {self.step}: {sums}")
+            self._watch_finite(sums)
             self.scaler.unscale_(self.optimizer)
             if cfg.clip_grad > 0:
                 torch.nn.utils.clip_grad_norm_(
@@ -477,9 +494,12 @@ class Trainer:
                 self.ema.update(self.model)
             self.step += 1
             bar.update(1)
-            loss = sum(sums.values())
-            bar.set_postfix(loss=f"{loss:.3f}")
             if self.step % cfg.log_every == 0 or self.step == cfg.max_steps:
+                self._check_finite()
+                values = dict(zip(sums, torch.stack(list(sums.values())).tolist()))  # the one host sync
+                loss = sum(values.values())
+                bar.set_postfix(loss=f"{loss:.3f}")
+                sums = values
                 elapsed = time.time() - window_t
                 last = {
                     "step": self.step,
@@ -492,6 +512,7 @@ class Trainer:
                 self._log(last)
                 window_t, window_items = time.time(), 0
             if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
+                self._check_finite()  # never write a checkpoint after a non-finite step
                 self.save_checkpoint()
             if cfg.eval_every and self.step % cfg.eval_every == 0 and self.evaluate_fn is not None:
                 self._evaluate()
@@ -501,6 +522,7 @@ class Trainer:
                     marker.touch()
                     os._exit(17)  # simulate a killed process: no cleanup, no final checkpoint
         bar.close()
+        self._check_finite()
         self.save_checkpoint()
         if self.dist.is_main:
             self.task.export(self.final_weights().cpu(), self.out_dir / "model.safetensors")
@@ -509,6 +531,28 @@ class Trainer:
             result = {**last, **self._evaluate()}
         cleanup(self.dist)
         return result
+
+    # -- non-finite losses, checked without a host sync per step ------------------------------------------
+    def _watch_finite(self, sums: dict[str, torch.Tensor]) -> None:
+        """Remember (on the device) the first step whose loss is not finite; :meth:`_check_finite` raises."""
+        bad = ~torch.isfinite(torch.stack(list(sums.values()))).all()
+        if self._bad_step is None:
+            self._bad_step = torch.full((), -1, dtype=torch.long, device=bad.device)
+            self._bad_losses = torch.stack(list(sums.values())).detach()
+        first = bad & (self._bad_step < 0)
+        self._bad_step = torch.where(first, self.step, self._bad_step)
+        self._bad_losses = torch.where(first, torch.stack(list(sums.values())).detach(), self._bad_losses)
+        self._loss_names = list(sums)
+
+    def _check_finite(self) -> None:
+        """Raise ``FloatingPointError`` naming the first non-finite step (checked at log, checkpoint and end
+        steps: a few wasted steps at most, and no checkpoint is ever written from non-finite weights)."""
+        if self._bad_step is None:
+            return
+        step = int(self._bad_step)
+        if step >= 0:
+            losses = dict(zip(self._loss_names, self._bad_losses.tolist()))
+            raise FloatingPointError(f"non-finite loss at step {step}: {losses}")
 
     def _evaluate(self) -> dict:
         if not self.dist.is_main:
