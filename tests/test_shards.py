@@ -189,7 +189,10 @@ def test_caption_shards_are_refused_for_training(shapes_files, tmp_path):
 def test_label_reads_caption_shards_and_writes_shards(shapes_files, tmp_path, tiny_checkpoint):
     root, _ = shapes_files
     captions = tmp_path / "caption_shards"
-    write_shards([root / "captions.jsonl"], captions, shard_size=4, progress=False)
+    assert (
+        main(["data", "shard", str(root / "captions.jsonl"), "--out", str(captions), "--shard-size", "4"])
+        == 0
+    )
     out = tmp_path / "labelled"
     code = main(["label", "--captions", str(captions), "--teacher", str(tiny_checkpoint), "--out", f"{out}/",
                  "--threshold", "0.0", "--device", "cpu", "--extractor", "rule", "--shard-size", "5"])  # fmt: skip
@@ -215,3 +218,17 @@ def test_label_reads_caption_shards_and_writes_shards(shapes_files, tmp_path, ti
                  "--threshold", "0.0", "--device", "cpu", "--extractor", "rule"]) == 0  # fmt: skip
     records, _, _ = read_odvg(jsonl, root)
     assert len(records) == pairs
+
+
+def test_train_command_streams_shards_with_workers(shards, tmp_path):
+    """The README's ``openglip train ... --data shards/`` with two data-loader workers."""
+    out = tmp_path / "run"
+    code = main(["train", "tiny", "--data", str(shards), "--out", str(out), "--device", "cpu", "max_steps=2",
+                 "batch_size=2", "num_workers=2", "train_min_sizes=(64,)", "train_max_size=96", "num_negatives=5",
+                 "log_every=1", "ema_decay=0"])  # fmt: skip
+    assert code == 0
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "loss" in r] == [1, 2] and all(
+        np.isfinite(r["loss"]) for r in rows if "loss" in r
+    )
+    assert (out / "model.safetensors").exists()
