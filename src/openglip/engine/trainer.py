@@ -535,14 +535,16 @@ class Trainer:
     # -- non-finite losses, checked without a host sync per step ------------------------------------------
     def _watch_finite(self, sums: dict[str, torch.Tensor]) -> None:
         """Remember (on the device) the first step whose loss is not finite; :meth:`_check_finite` raises."""
-        bad = ~torch.isfinite(torch.stack(list(sums.values()))).all()
-        if self._bad_step is None:
+        values = torch.stack(list(sums.values())).detach()
+        bad = ~torch.isfinite(values).all()
+        if self._bad_step is None or list(sums) != self._loss_names:  # first step, or another set of losses
+            if self._bad_step is not None:
+                self._check_finite()  # report a bad step of the old set before forgetting its values
             self._bad_step = torch.full((), -1, dtype=torch.long, device=bad.device)
-            self._bad_losses = torch.stack(list(sums.values())).detach()
+            self._bad_losses, self._loss_names = values, list(sums)
         first = bad & (self._bad_step < 0)
         self._bad_step = torch.where(first, self.step, self._bad_step)
-        self._bad_losses = torch.where(first, torch.stack(list(sums.values())).detach(), self._bad_losses)
-        self._loss_names = list(sums)
+        self._bad_losses = torch.where(first, values, self._bad_losses)
 
     def _check_finite(self) -> None:
         """Raise ``FloatingPointError`` naming the first non-finite step (checked at log, checkpoint and end
