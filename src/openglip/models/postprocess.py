@@ -132,18 +132,19 @@ class PostProcessor:
         The only host syncs of the post-processing are here (dropping the masked pairs, the NMS itself):
         the number of detections is data-dependent.
         """
-        valid = cand.scores >= 0
+        valid = (cand.scores >= 0).nonzero().squeeze(1)  # one sync for the three tensors
         cand = Candidates(cand.boxes[valid], cand.scores[valid], cand.labels[valid])
         if cand.scores.numel() == 0:
             return cand
         plus_one = cand.boxes + torch.tensor([0.0, 0.0, 1.0, 1.0], device=cand.boxes.device)
         keep = batched_nms(plus_one.float(), cand.scores.float(), cand.labels, self.nms_thresh)
-        boxes, scores, labels = cand.boxes[keep], cand.scores[keep], cand.labels[keep]  # by decreasing score
-        n, k = scores.numel(), self.detections_per_image
+        n, k = keep.numel(), self.detections_per_image
         if n > k > 0:
-            # GLIP keeps every box scoring at least the k-th best score (ties can give a few more)
-            mask = scores >= scores[k - 1]
-            boxes, scores, labels = boxes[mask], scores[mask], labels[mask]
+            # GLIP keeps every box scoring at least the k-th best score (ties can give a few more); NMS
+            # returns the boxes by decreasing score, so they are a prefix
+            kept = cand.scores[keep]
+            keep = keep[: int((kept >= kept[k - 1]).sum())]
+        boxes, scores, labels = cand.boxes[keep], cand.scores[keep], cand.labels[keep]
         order = scores.argsort(descending=True, stable=True)
         return Candidates(boxes[order], scores[order], labels[order])
 
