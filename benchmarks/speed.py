@@ -1,17 +1,28 @@
-"""GLIP-T forward latency on CPU (and throughput on GPU when one is present), with an output check.
+"""GLIP-T speed, side by side with Grounding DINO-T, the training step and the data loader.
 
-    python benchmarks/speed.py [--threads 2] [--repeats 3]
+    python benchmarks/speed.py [--threads 2] [--repeats 3] [--skip gdino train loader] [--compile MODE ...]
 
-CPU: the reference input of shared/reference/glip_t (chelsea resized to 800x1202, padded to 800x1216, caption
-"cat. dog. person."), fp32, weights filled by the reference rule so the outputs can be checked against the
-official detections. The official implementation takes about 23 s (median of 3) for this forward on a 2-core
-machine like CI's (reference README: 27.2 s on the machine that produced it).
-GPU: batch-1 and batch-8 images/s at 800x1333 in bf16.
+Rows (each section prints as soon as it is measured):
+
+* GLIP-T inference. GPU: bf16 autocast, 800x1333 (padded 800x1344), batch 1 and 8, forward + post-processing
+  from a normalised tensor, prompt of 8 COCO classes, cached text features; ``--compile default
+  reduce-overhead`` adds the compiled paths (shape buckets; "reduce-overhead" = CUDA graphs). CPU: fp32, the
+  reference input of shared/reference/glip_t (chelsea 800x1202 padded to 800x1216, "cat. dog. person.") with
+  the weights filled by the reference rule, so the detections are checked against the official ones; the
+  official implementation takes about 23 s for this forward on a 2-core machine like CI's.
+* Grounding DINO-T from Hugging Face transformers (``GroundingDinoConfig()``: its default Swin-T backbone and
+  BERT-base text encoder, random weights, nothing downloaded), the same image size, batch, precision and text
+  (our bert-base-uncased tokenizer, the same tokens), and GLIP-T's speed relative to it.
+* GLIP-T training step: batch 4 at 800x1333 (GPU, bf16 autocast) or batch 1 at 480x640 (CPU, fp32), prompts
+  of the 80 COCO class names (positives + sampled negatives, ~140 tokens), 3 boxes per image; forward, the GLIP
+  loss, backward, gradient clipping, AdamW (fused on GPU) and the EMA update, as the trainer does them.
+* The data loader alone (benchmarks/loader.py): shards, 8 workers, GLIP-T's training augmentation.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -24,43 +35,53 @@ from _table import print_table
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from openglip.checkpoints import load_into  # noqa: E402
 from openglip.config import glip_t  # noqa: E402
-from openglip.conformance import official_fill, read_shape_table  # noqa: E402
 from openglip.models.detector import build_model  # noqa: E402
-from openglip.models.postprocess import PostProcessor  # noqa: E402
-from openglip.prompts import load_tokenizer, positive_map, split_caption, token_spans  # noqa: E402
+from openglip.prompts import load_tokenizer, parse_prompt  # noqa: E402
 
 OFFICIAL_CPU_SECONDS = 23.0
+COCO = ("person bicycle car motorcycle airplane bus train truck boat traffic_light fire_hydrant stop_sign "
+        "parking_meter bench bird cat dog horse sheep cow elephant bear zebra giraffe backpack umbrella handbag "
+        "tie suitcase frisbee skis snowboard sports_ball kite baseball_bat baseball_glove skateboard surfboard "
+        "tennis_racket bottle wine_glass cup fork knife spoon bowl banana apple sandwich orange broccoli carrot "
+        "hot_dog pizza donut cake chair couch potted_plant bed dining_table toilet tv laptop mouse remote "
+        "keyboard cell_phone microwave oven toaster sink refrigerator book clock vase scissors teddy_bear "
+        "hair_drier toothbrush").replace("_", "~").split()  # fmt: skip
+COCO = [c.replace("~", " ") for c in COCO]
+GPU_CAPTION = ". ".join(COCO[:8]) + "."  # person. bicycle. ... truck.
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed(fn, repeats: int, device: torch.device) -> tuple[float, list[float]]:
+    times = []
+    for _ in range(repeats):
+        sync(device)
+        t0 = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), times
 
 
 def find_reference() -> Path | None:
-    for c in (REPO.parent / "shared" / "reference" / "glip_t", REPO / "shared" / "reference" / "glip_t"):
-        if c.is_dir():
-            return c
+    """shared/reference/glip_t beside the checkout, under $OPENGLIP_REFERENCE, or carried in .gpu/reference."""
+    roots = [os.environ.get("OPENGLIP_REFERENCE", ""), REPO.parent / "shared" / "reference"]
+    roots += [REPO / "shared" / "reference", REPO / ".gpu" / "reference"]
+    for root in roots:
+        if root and (Path(root) / "glip_t").is_dir():
+            return Path(root) / "glip_t"
     return None
 
 
-def timed(fn, repeats: int) -> tuple[float, list[float], object]:
-    times, out = [], None
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), times, out
-
-
-def cpu_benchmark(threads: int, repeats: int) -> list[tuple]:
-    torch.set_num_threads(threads)
-    ref_dir = find_reference()
+def reference_model_and_input():
+    """GLIP-T with the reference weights and input (chelsea when the reference is absent)."""
     model = build_model(glip_t()).eval()
-    caption = "cat. dog. person."
-    ref = None
-    if ref_dir is not None:
-        load_into(model, official_fill(read_shape_table(ref_dir / "state_dict_shapes.tsv")))
-        ref = torch.load(ref_dir / "reference.pt", weights_only=True)
-        image, sizes = ref["inputs"]["image"], ref["inputs"]["image_sizes"]
-    else:
+    ref_dir = find_reference()
+    if ref_dir is None:
         from PIL import Image
         from skimage import data
 
@@ -69,64 +90,228 @@ def cpu_benchmark(threads: int, repeats: int) -> list[tuple]:
         cfg = glip_t()
         tf = ImageTransform(min_size=800, max_size=1333, mean=cfg.pixel_mean, std=cfg.pixel_std)
         image, sizes = tf([Image.fromarray(data.chelsea())])
-    prompt = split_caption(caption)
-    enc = load_tokenizer()([caption], return_tensors="pt")
-    pmap = positive_map(token_spans(enc[0], prompt), enc["input_ids"].shape[1])
-    post = PostProcessor()
+        return model, image, sizes, None
+    from openglip.checkpoints import load_into
+    from openglip.conformance import official_fill, read_shape_table
+
+    load_into(model, official_fill(read_shape_table(ref_dir / "state_dict_shapes.tsv")))
+    ref = torch.load(ref_dir / "reference.pt", weights_only=True)
+    return model, ref["inputs"]["image"], ref["inputs"]["image_sizes"], ref
+
+
+def matched_official(result, ref) -> int:
+    from torchvision.ops import box_iou
+
+    want = ref["detections"]
+    iou = box_iou(result.boxes.float().cpu(), want["boxes_xyxy_resized"])
+    same = ((result.labels.cpu()[:, None] + 1) == want["labels"][None]) & (
+        (result.scores.float().cpu()[:, None] - want["scores"][None]).abs() <= 1e-5
+    )
+    return int(((iou >= 0.99) & same).any(1).sum())
+
+
+# ---------------------------------------------------------------------------------------------- GLIP-T
+
+
+def glip_cpu_rows(threads: int, repeats: int) -> tuple[list[tuple], float]:
+    from openglip.api import Detector
+
+    model, image, sizes, ref = reference_model_and_input()
+    caption = "cat. dog. person."
+    det = Detector(model, device="cpu")
+    prompt = parse_prompt(caption)
 
     def run():
         with torch.no_grad():
-            out = model(image, sizes, [caption])
-            return post(out, [pmap])[0]
+            return det.detect_batch(image, sizes, [prompt])[0][0]
 
-    run()  # warm-up (allocations, anchor cache)
-    median, times, dets = timed(run, repeats)
+    dets = run()  # warm-up (allocations, anchor cache, text cache)
+    median, times = timed(run, repeats, torch.device("cpu"))
     rows = [
         (
-            f"GLIP-T forward + post-process, fp32, CPU, {threads} threads, 800x1216",
-            f"{median:.2f} s",
-            f"{OFFICIAL_CPU_SECONDS / median:.1f}x faster than official (~{OFFICIAL_CPU_SECONDS:.0f} s)",
+            f"GLIP-T forward + post-process, fp32, CPU, {threads} threads, 800x1216, batch 1",
+            f"{1 / median:.2f} img/s",
+            f"{median:.2f} s (min {min(times):.2f}); official ~{OFFICIAL_CPU_SECONDS:.0f} s",
             ", ".join(f"{t:.2f}" for t in times),
         )
     ]
     if ref is not None:
-        from torchvision.ops import box_iou
-
-        want = ref["detections"]
-        iou = box_iou(dets.boxes, want["boxes_xyxy_resized"])
-        same = ((dets.labels[:, None] + 1) == want["labels"][None]) & (
-            (dets.scores[:, None] - want["scores"][None]).abs() <= 1e-5
+        rows.append(
+            ("GLIP-T detections matching the official ones", f"{matched_official(dets, ref)}/100", "", "")
         )
-        matched = int(((iou >= 0.99) & same).any(1).sum())
-        rows.append(("detections matching the official ones", f"{matched}/{len(want['scores'])}", "", ""))
-    return rows
+    return rows, median
 
 
-def gpu_benchmark(repeats: int) -> list[tuple]:
-    if not torch.cuda.is_available():
-        return [("GPU", "not available", "", "")]
+def glip_gpu_rows(repeats: int, compile_modes: list[str]) -> tuple[list[tuple], dict[int, float]]:
+    """GLIP-T bf16 batch 1 and 8 on the GPU, eager and compiled; each row is also printed as it is measured
+    (a compile that runs out of time must not take the rows before it along)."""
+    from gpu_checks import agreement
+    from openglip.api import Detector
+
     device = torch.device("cuda")
     torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    torch.manual_seed(0)
     model = build_model(glip_t()).eval().to(device)
-    caption = "person. bicycle. car. motorcycle. airplane. bus. train. truck."
-    rows = []
-    for batch in (1, 8):
-        image = torch.randn(batch, 3, 800, 1344, device=device)
+    with torch.no_grad():
+        model.head.bias0.fill_(0.0)  # random weights: raise the alignment bias so that there are detections
+    prompt = parse_prompt(GPU_CAPTION)
+    inputs = {
+        b: torch.randn(b, 3, 800, 1344, generator=torch.Generator().manual_seed(b)).to(device) for b in (1, 8)
+    }
+    rows, rates, eager = [], {}, {}
+    # eager first; then the compiled modes at batch 1 before batch 8, so that the batch-1 latency of every mode
+    # is measured before a time limit can cut the (longer) batch-8 compilations
+    runs = [("eager", 1), ("eager", 8)] + [(m, b) for b in (1, 8) for m in compile_modes]
+    for mode, batch in runs:
+        kwargs = {} if mode == "eager" else {"compile": True if mode == "default" else mode}
+        det = Detector(model, device=device, precision="bf16", **kwargs)
         sizes = [(800, 1333)] * batch
-        with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
-            text = model.encode_text(*model.tokenize([caption] * batch))
 
-            def run(image=image, sizes=sizes, text=text):
-                out = model(image, sizes, text=text)
-                torch.cuda.synchronize()
-                return out
+        def run(det=det, pixel_values=inputs[batch], sizes=sizes, prompts=[prompt] * batch):
+            with torch.no_grad():
+                return det.detect_batch(pixel_values, sizes, prompts)[0]
 
-            run()
-            run()
-            median, _, _ = timed(run, max(repeats, 5))
-        rows.append((f"GLIP-T bf16, GPU ({torch.cuda.get_device_name()}), batch {batch}, 800x1333",
-                     f"{batch / median:.1f} img/s", f"{median * 1000:.0f} ms/batch", ""))  # fmt: skip
-    return rows
+        t0 = time.perf_counter()
+        try:
+            result = run()
+            sync(device)
+            first = time.perf_counter() - t0
+            median, _ = timed(run, max(repeats, 5), device)
+        except Exception as err:  # a compile failure is a result to report, not a reason to stop
+            message = f"{type(err).__name__}: {str(err).splitlines()[0][:120]}"
+            rows.append((f"GLIP-T bf16 {mode}, batch {batch}, 800x1333", "failed", message, ""))
+            print("measured:", " | ".join(rows[-1]), flush=True)
+            continue
+        if mode == "eager":
+            rates[batch], eager[batch] = batch / median, result
+            same = ""
+        else:
+            found = [agreement(a, b, 0.99) for a, b in zip(eager[batch], result)]
+            total = sum(len(a.scores) for a in eager[batch])
+            same = f"; {sum(f for f, _ in found)}/{total} eager detections, max |ds| {max(g for _, g in found):.4f}"
+        rows.append((f"GLIP-T bf16 {mode}, GPU, batch {batch}, 800x1333", f"{batch / median:.1f} img/s",
+                     f"{median * 1000:.1f} ms/batch{same}", f"first call {first:.1f} s"))  # fmt: skip
+        print("measured:", " | ".join(rows[-1]), flush=True)
+    return rows, rates
+
+
+# ---------------------------------------------------------------------------------------------- Grounding DINO
+
+
+def gdino_rows(device: torch.device, batches: list[int], size: tuple[int, int], caption: str, repeats: int):
+    """Rows and images/s per batch of HF Grounding DINO-T (random init, no download)."""
+    from transformers import GroundingDinoConfig, GroundingDinoForObjectDetection
+
+    torch.manual_seed(0)
+    model = GroundingDinoForObjectDetection(GroundingDinoConfig()).eval().to(device)
+    enc = load_tokenizer()([caption], return_tensors="pt")
+    rows, rates = [], {}
+    for batch in batches:
+        inputs = {
+            "pixel_values": torch.randn(batch, 3, *size, device=device),
+            "pixel_mask": torch.ones(batch, *size, dtype=torch.long, device=device),
+            "input_ids": enc["input_ids"].repeat(batch, 1).to(device),
+            "attention_mask": enc["attention_mask"].repeat(batch, 1).to(device),
+            "token_type_ids": torch.zeros_like(enc["input_ids"]).repeat(batch, 1).to(device),
+        }
+        ctx = (
+            torch.autocast("cuda", dtype=torch.bfloat16)
+            if device.type == "cuda"
+            else torch.autocast("cpu", enabled=False)
+        )
+
+        def run(inputs=inputs, ctx=ctx):
+            with torch.no_grad(), ctx:
+                return model(**inputs)
+
+        run()
+        median, times = timed(run, repeats, device)
+        rates[batch] = batch / median
+        precision = "bf16" if device.type == "cuda" else "fp32"
+        rows.append((f"Grounding DINO-T (HF transformers) {precision}, {device.type}, batch {batch}, "
+                     f"{size[0]}x{size[1]}, {enc['input_ids'].shape[1]} tokens", f"{batch / median:.2f} img/s",
+                     f"{median * 1000:.0f} ms/batch", ", ".join(f"{t:.2f}" for t in times)))  # fmt: skip
+    return rows, rates
+
+
+# ---------------------------------------------------------------------------------------------- training
+
+
+def train_batch(batch: int, size: tuple[int, int], device: torch.device):
+    """A collated training batch of random images with COCO-class detection prompts and 3 boxes each."""
+    import numpy as np
+
+    from openglip.data.collate import Collate
+    from openglip.data.datasets import detection_prompt
+
+    rng = np.random.default_rng(0)
+    items = []
+    for b in range(batch):
+        labels = rng.choice(len(COCO), size=3, replace=False)
+        caption, spans = detection_prompt(labels.tolist(), COCO, rng, num_negatives=85)
+        h, w = size
+        xy = rng.uniform(0, [w * 0.6, h * 0.6], size=(3, 2))
+        boxes = np.concatenate([xy, xy + rng.uniform(40, 300, size=(3, 2))], 1).clip(0, [w, h, w, h])
+        target = {
+            "boxes": boxes.astype("float32"),
+            "caption": caption,
+            "spans": [[spans[int(c)]] for c in labels],
+        }
+        items.append((torch.randn(3, h, w), {**target, "labels": labels, "image_id": b}))
+    return Collate()(items).to(device)
+
+
+def train_step_rows(
+    repeats: int = 3, compile_train: bool = False, device: torch.device | None = None
+) -> list[tuple]:
+    """GLIP-T training-step images/s, with the trainer's own loss, optimiser and EMA."""
+    from openglip.config import TrainConfig
+    from openglip.engine.trainer import GLIPTask, ModelEMA, build_optimizer
+
+    device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    cuda = device.type == "cuda"
+    # the CPU row is smaller (1 x 480x640) so that it fits a small machine's memory (2 x 512x768: 15.8 GiB)
+    size, batch = ((800, 1333), 4) if cuda else ((480, 640), 1)
+    cfg = TrainConfig(compile=compile_train)
+    task = GLIPTask(glip_t(), cfg)
+    torch.manual_seed(0)
+    model = task.build_model().to(device).train()
+    if compile_train:
+        model.compile_parts()
+    optimizer = build_optimizer(model, cfg)
+    ema = ModelEMA(model, cfg.ema_decay)
+    data = train_batch(batch, size, device)
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    def step():
+        ctx = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else torch.autocast("cpu", enabled=False)
+        with ctx:
+            losses = task.losses(model, data)
+        sum(losses.values()).backward()
+        torch.nn.utils.clip_grad_norm_(params, cfg.clip_grad)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        ema.update(model)
+
+    t0 = time.perf_counter()
+    step()
+    sync(device)
+    first = time.perf_counter() - t0
+    median, times = timed(step, repeats, device)
+    precision = "bf16" if cuda else "fp32"
+    name = f"GLIP-T training step {precision}{' compiled' if compile_train else ''}, {device.type}, batch {batch}"
+    if cuda:
+        memory = f"{torch.cuda.max_memory_allocated() / 2**30:.1f} GiB peak"
+    else:
+        import resource
+
+        memory = f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.1f} GiB peak RSS"
+    return [(f"{name}, {size[0]}x{size[1]}, {data.input_ids.shape[1]} tokens", f"{batch / median:.2f} img/s",
+             f"{median:.2f} s/step (first {first:.1f} s), {memory}", ", ".join(f"{t:.2f}" for t in times))]  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------- main
 
 
 def main() -> None:
@@ -135,12 +320,50 @@ def main() -> None:
     )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--skip-cpu", action="store_true")
+    parser.add_argument("--skip", nargs="*", default=[], choices=["glip", "gdino", "train", "loader"])
+    parser.add_argument("--compile", nargs="*", default=[], choices=["default", "reduce-overhead", "max-autotune"],
+                        help="GPU: also time these torch.compile modes of the inference path")  # fmt: skip
+    parser.add_argument(
+        "--compile-train", action="store_true", help="GPU: also time the compiled training step"
+    )
+    parser.add_argument("--loader-workers", type=int, default=8)
     args = parser.parse_args()
-    rows = [] if args.skip_cpu else cpu_benchmark(args.threads, args.repeats)
-    rows += gpu_benchmark(args.repeats)
-    header = ("case", "result", "comparison", "runs (s)")
-    print_table(header, rows)
+    header = ("case", "result", "detail", "runs (s)")
+    cuda = torch.cuda.is_available()
+    device = torch.device("cuda" if cuda else "cpu")
+    if not cuda:
+        torch.set_num_threads(args.threads)
+    glip_rate: dict[int, float] = {}
+    if "glip" not in args.skip:
+        if cuda:
+            rows, glip_rate = glip_gpu_rows(args.repeats, args.compile)
+            title = f"GLIP-T inference ({torch.cuda.get_device_name()})"
+        else:
+            rows, seconds = glip_cpu_rows(args.threads, args.repeats)
+            glip_rate = {1: 1 / seconds}
+            title = "GLIP-T inference (CPU)"
+        print_table(header, rows, title=title)
+    if "gdino" not in args.skip:
+        if cuda:
+            rows, rates = gdino_rows(device, [1, 8], (800, 1333), GPU_CAPTION, max(args.repeats, 5))
+        else:
+            rows, rates = gdino_rows(device, [1], (800, 1216), "cat. dog. person.", args.repeats)
+        for b, rate in rates.items():
+            if b in glip_rate:
+                rows.append(
+                    (f"GLIP-T / Grounding DINO-T speed, batch {b}", f"{glip_rate[b] / rate:.2f}x", "", "")
+                )
+        print_table(header, rows, title="Grounding DINO-T, same input")
+    if "train" not in args.skip:
+        rows = train_step_rows(repeats=args.repeats if cuda else 1)
+        if cuda and args.compile_train:
+            rows += train_step_rows(repeats=args.repeats, compile_train=True)
+        print_table(header, rows, title="GLIP-T training step")
+    if "loader" not in args.skip:
+        from loader import loader_rows
+
+        rows = loader_rows([args.loader_workers], images=max(64, 16 * args.loader_workers), batches=40)
+        print_table(("case", "throughput"), rows, title="data loader alone (benchmarks/loader.py)")
 
 
 if __name__ == "__main__":

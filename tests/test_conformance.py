@@ -201,7 +201,10 @@ def test_padded_text_matches_all_256_columns(reference, model, real_run):
     short = real_run[1]
     for padded, real in zip(out.logits, short.logits):
         diff = (padded[..., : ids.shape[1]] - real).abs().max() / real.abs().max()
-        assert diff < 1e-5
+        # float noise: the same sums in another order. Measured 0.98e-5 with the explicit attention, 1.04e-5
+        # with the fused kernels; the official code's own logits move by 0.5e-5 to 4.4e-5 (relative L2) from 2
+        # threads to 1 (noise_floor.json). 2e-5 keeps the check at that floor, far below a real difference.
+        assert diff < 2e-5
 
 
 def test_final_detections_match(reference, model, real_run):

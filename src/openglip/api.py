@@ -32,6 +32,41 @@ class _Chunk:
     offset: int  # index of the chunk's first phrase in the whole prompt
 
 
+TOKEN_BUCKETS = (16, 32, 64, 128, 256)  # text lengths prompts are padded to on the compiled path
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+def default_buckets(cfg: ModelConfig) -> list[tuple[int, int]]:
+    """Padded image sizes for the compiled path: square, 4:3 and the longest side, in both orientations, and
+    a large square for batches that mix portrait and landscape images.
+
+    For GLIP's 800/1333 test size: 800x800, 800x1088, 1088x800, 800x1344, 1344x800 and 1344x1344. Every
+    resized image (shorter side at most ``min_size``, longer at most ``max_size``) fits 800x1344 or 1344x800.
+    """
+    d = max(cfg.size_divisibility, 1)
+
+    def up(x: float) -> int:
+        return -(-round(x) // d) * d
+
+    short, long = up(cfg.min_size), up(cfg.max_size)
+    mid = min(up(cfg.min_size * 4 / 3), long)
+    sizes = {(short, short), (short, mid), (mid, short), (short, long), (long, short), (long, long)}
+    return sorted(sizes)
+
+
+def _compile_mode(compile: bool | str, device: torch.device) -> str | None:
+    if compile is False or compile is None:
+        return None
+    mode = "default" if compile is True else str(compile)
+    if mode not in COMPILE_MODES:
+        raise UsageError(f"compile must be True, False or one of {', '.join(COMPILE_MODES)}; got {compile!r}")
+    if mode == "reduce-overhead" and device.type != "cuda":
+        raise UsageError(
+            "compile='reduce-overhead' records CUDA graphs and needs a CUDA device; use compile=True"
+        )
+    return mode
+
+
 class Detector:
     """A ready-to-use grounded detector.
 
@@ -40,6 +75,16 @@ class Detector:
         device: "cpu", "cuda", a torch device, or None for the GPU when there is one.
         precision: "fp32", "bf16" or "fp16"; "auto" is bf16 autocast on GPU and fp32 on CPU.
         text_cache_size: prompts whose text features are kept.
+        compile: ``torch.compile`` the image encoder and the fusion tower + head: ``True`` (mode "default"),
+            or a mode name: ``"reduce-overhead"`` (CUDA graphs: the fixed-shape path replayed with one launch;
+            CUDA only), ``"max-autotune"``. Images are then padded to ``buckets`` and prompts to token buckets
+            (16, 32, 64, 128, 256) so that a handful of compiled graphs serve every input.
+        buckets: padded ``(H, W)`` image sizes; a batch goes to the smallest bucket that holds it (an image
+            larger than every bucket is padded as usual and compiles a graph of its own). Default with
+            ``compile``: :func:`default_buckets` of the config; without: none (pad to a multiple of 32).
+        compile_backend: the ``torch.compile`` backend ("inductor"; "aot_eager" traces the same graphs without
+            generating kernels, which is how the CPU tests check the compiled path quickly).
+        channels_last: run the convolutions in channels-last memory format.
 
     Example::
 
@@ -55,9 +100,16 @@ class Detector:
         device: str | torch.device | None = None,
         precision: str = "auto",
         text_cache_size: int = 64,
+        compile: bool | str = False,
+        buckets: Sequence[tuple[int, int]] | None = None,
+        compile_backend: str = "inductor",
+        channels_last: bool = False,
     ):
         self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
+        self.channels_last = channels_last
+        if channels_last:
+            self.model.to(memory_format=torch.channels_last)
         cfg: ModelConfig = model.config
         self.config = cfg
         self.transform = ImageTransform(
@@ -82,6 +134,20 @@ class Detector:
         self._text_cache: OrderedDict[str, list[_Chunk]] = OrderedDict()
         self._text_cache_size = text_cache_size
         self._tuned: dict[str, torch.Tensor] = {}  # caption -> prompt-tuning offset (T, Dt)
+        self.compile_mode = _compile_mode(compile, self.device)
+        if buckets is None and self.compile_mode is not None:
+            buckets = default_buckets(cfg)
+        self.buckets = None if buckets is None else sorted((int(h), int(w)) for h, w in buckets)
+        self._encode_image = self.model.encode_image
+        self._fuse = self.model.fuse_and_predict
+        if self.compile_mode is not None:
+            # one graph per bucket, token bucket and batch size: more than dynamo's default cache of 8
+            torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+            options = {"backend": compile_backend, "dynamic": False}
+            if compile_backend == "inductor":
+                options["mode"] = self.compile_mode
+            self._encode_image = torch.compile(self._encode_image, **options)
+            self._fuse = torch.compile(self._fuse, **options)
 
     def add_tuned_prompt(self, tuned) -> None:
         """Use a prompt-tuning offset (:class:`~openglip.prompt_tuning.TunedPrompt`) whenever its prompt is asked
@@ -201,33 +267,76 @@ class Detector:
             )
         return results[0] if single else results
 
+    def _pad_batch(self, tensors: list[torch.Tensor]) -> tuple[torch.Tensor, list[tuple[int, int]]]:
+        """Pad to a multiple of 32, or to the smallest shape bucket that holds the batch."""
+        if self.buckets is None:
+            return self.transform.pad(tensors)
+        H = max(int(t.shape[1]) for t in tensors)
+        W = max(int(t.shape[2]) for t in tensors)
+        fits = [b for b in self.buckets if b[0] >= H and b[1] >= W]
+        return self.transform.pad(tensors, size=min(fits, key=lambda b: b[0] * b[1]) if fits else None)
+
+    def _batch_text(self, chunks: list[_Chunk]) -> TextFeatures:
+        text = TextFeatures.cat([c.text for c in chunks])
+        if self.compile_mode is None:
+            return text
+        T = text.hidden.shape[1]
+        bucket = next((b for b in TOKEN_BUCKETS if b >= T), T)
+        return text.pad_to(min(max(bucket, T), max(self.model.max_text_len, T)))
+
+    def detect_batch(
+        self, pixel_values: torch.Tensor, sizes: Sequence[tuple[int, int]], prompts: Sequence[Prompt]
+    ) -> tuple[list[Candidates], list[torch.Tensor]]:
+        """Detections of an already transformed batch, in input (resized) pixels, before the box threshold.
+
+        Args:
+            pixel_values: (B, 3, H, W) normalised, padded (see :attr:`transform`; a shape bucket when compiled).
+            sizes: (h, w) of each image inside the padding.
+            prompts: one parsed prompt per image.
+
+        Returns:
+            ``(per-image candidates after NMS, FPN features)``.
+        """
+        pixel_values = pixel_values.to(self.device)
+        if self.channels_last:
+            pixel_values = pixel_values.contiguous(memory_format=torch.channels_last)
+        chunk_lists = [self.encode_prompt(p) for p in prompts]
+        if self.compile_mode == "reduce-overhead":
+            torch.compiler.cudagraph_mark_step_begin()  # the previous batch's graph outputs may be reused
+        B = len(prompts)
+        with self._autocast():
+            visual = self._encode_image(pixel_values)
+            per_image: list[list[Candidates]] = [[] for _ in range(B)]
+            for round_ in range(max(len(c) for c in chunk_lists)):
+                members = [i for i, c in enumerate(chunk_lists) if len(c) > round_]
+                chunks = [chunk_lists[i][round_] for i in members]
+                pixels, feats = pixel_values, visual
+                if len(members) < B:  # later rounds of a chunked prompt: only the images that need them
+                    index = torch.tensor(members, device=self.device)
+                    pixels, feats = pixel_values[index], [f[index] for f in visual]
+                text = self._batch_text(chunks)
+                dense = self._fuse(feats, text.hidden, text.attention_mask)
+                out = self.model.make_output(pixels, [sizes[i] for i in members], feats, text, dense)
+                groups: dict[int, list[int]] = {}  # images asking for the same chunk are scored together
+                for j, chunk in enumerate(chunks):
+                    groups.setdefault(id(chunk), []).append(j)
+                for js in groups.values():
+                    chunk = chunks[js[0]]
+                    found = self.postprocessor.candidates_batch(out, js, chunk.pmap, chunk.offset)
+                    for j, cand in zip(js, found):
+                        per_image[members[j]].append(cand)
+        return [self.postprocessor.select(Candidates.cat(c)) for c in per_image], visual
+
     def _predict_batch(
         self, images, prompts: list[Prompt], box_threshold, max_detections, first: int = 0
     ) -> list[Detections]:
         # "image #k" counts in the caller's whole list, not within this batch
         loaded = [load_image(im, where=f"image #{first + i}") for i, im in enumerate(images)]
         tensors = [self.transform.to_tensor(im) for im, _ in loaded]
-        pixel_values, sizes = self.transform.pad(tensors)
-        pixel_values = pixel_values.to(self.device)
-        chunk_lists = [self.encode_prompt(p) for p in prompts]
-        with self._autocast():
-            visual = self.model.encode_image(pixel_values)
-            per_image: list[list[Candidates]] = [[] for _ in images]
-            for round_ in range(max(len(c) for c in chunk_lists)):
-                members = [i for i, c in enumerate(chunk_lists) if len(c) > round_]
-                chunks = [chunk_lists[i][round_] for i in members]
-                index = torch.tensor(members, device=self.device)
-                out = self.model(
-                    pixel_values[index],
-                    [sizes[i] for i in members],
-                    text=TextFeatures.cat([c.text for c in chunks]),
-                    visual=[f[index] for f in visual],
-                )
-                for j, (i, chunk) in enumerate(zip(members, chunks)):
-                    per_image[i].append(self.postprocessor.candidates(out, j, chunk.pmap, chunk.offset))
+        pixel_values, sizes = self._pad_batch(tensors)
+        finals, visual = self.detect_batch(pixel_values, sizes, prompts)
         results = []
-        for i, cands in enumerate(per_image):
-            final = self.postprocessor.select(Candidates.cat(cands))
+        for i, final in enumerate(finals):
             (h, w), (oh, ow) = sizes[i], loaded[i][1]
             keep = (final.scores >= box_threshold).nonzero().squeeze(1)
             if max_detections is not None:

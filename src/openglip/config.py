@@ -166,6 +166,7 @@ class TrainConfig:
     init_weights: str | None = None  # start from these weights (fine-tuning)
     time_budget: float = 0.0  # stop after this many seconds (0: no limit)
     tensorboard: bool = False  # also write TensorBoard scalars (needs the tensorboard package)
+    compile: bool = False  # torch.compile the model's image encoder and fusion tower + head (GPU speed)
 
 
 # ------------------------------------------------------------------------------------------------------------

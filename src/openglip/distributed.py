@@ -50,11 +50,19 @@ def cleanup(info: DistInfo) -> None:
         dist.destroy_process_group()
 
 
-def mean_over_ranks(value: float, device: torch.device | str = "cpu") -> float:
+def mean_over_ranks(value: float | torch.Tensor, device: torch.device | str = "cpu") -> float | torch.Tensor:
     """The mean of a scalar over the ranks of the process group (the value itself when not distributed).
 
-    GLIP normalises its losses by positives counted over all GPUs; every such reduction goes through here.
+    GLIP normalises its losses by positives counted over all GPUs; every such reduction goes through here. A
+    tensor stays on its device (detached, no host sync); a float comes back as a float.
     """
+    if isinstance(value, torch.Tensor):
+        value = value.detach()
+        if dist.is_available() and dist.is_initialized():
+            value = value.clone()
+            dist.all_reduce(value)
+            value = value / dist.get_world_size()
+        return value
     if not (dist.is_available() and dist.is_initialized()):
         return value
     t = torch.tensor([value], dtype=torch.float64, device=device)

@@ -1,4 +1,4 @@
-"""``openglip data``: write built-in datasets to disk."""
+"""``openglip data``: write built-in datasets to disk, convert data into shards."""
 
 from __future__ import annotations
 
@@ -6,7 +6,11 @@ from ..errors import UsageError
 
 
 def _add_data(sub):
-    p = sub.add_parser("data", help="built-in datasets", description="Write a built-in dataset to disk.")
+    p = sub.add_parser(
+        "data",
+        help="built-in datasets and shards",
+        description="Write a built-in dataset to disk, or pack data into WebDataset shards.",
+    )
     kinds = p.add_subparsers(dest="kind", metavar="DATASET")
     kinds.required = True
     s = kinds.add_parser(
@@ -43,6 +47,22 @@ def _add_data(sub):
         help="shapes: the world's own renderer; alt: a second, independent one (other look, varied canvases)",
     )
     s.set_defaults(func=cmd_data_shapes)
+    w = kinds.add_parser(
+        "shard",
+        help="convert annotation files and their images into WebDataset shards",
+        description="Pack COCO / ODVG / MDETR annotation files or caption JSONL files, with their images, into "
+        "tar shards (image bytes + one JSON record per sample) and a manifest.json with the sample count of "
+        "every shard. Train on the folder with --data DIR (ranks and data-loader workers read shards of their "
+        "own); give caption shards to openglip label --captions DIR.",
+        epilog="example: openglip data shard train.coco.json flickr.odvg.jsonl --out shards/ --shard-size 1000",
+    )
+    w.add_argument("inputs", nargs="+", metavar="INPUT", help="annotation or caption files")
+    w.add_argument("--out", required=True, help="new folder for the shards")
+    w.add_argument("--shard-size", type=int, default=1000, help="samples per shard (default 1000)")
+    w.add_argument(
+        "--image-root", default=None, help="folder image names are relative to (default: each file's)"
+    )
+    w.set_defaults(func=cmd_data_shard)
 
 
 def cmd_data_shapes(args) -> int:
@@ -71,7 +91,6 @@ def cmd_data_shapes(args) -> int:
     return 0
 
 
-    check_output_dir(args.out, "--out")
 def _write_format(args) -> int:
     from ..data import shapes_formats
 
@@ -92,6 +111,15 @@ def _write_format(args) -> int:
     )
     for key, path in items:
         print(f"{key}: {path}")
+    return 0
+
+
+def cmd_data_shard(args) -> int:
+    from ..data.shards import write_shards
+
+    manifest = write_shards(args.inputs, args.out, shard_size=args.shard_size, image_root=args.image_root)
+    kinds = ", ".join(f"{v} {k}" for k, v in sorted(manifest["kinds"].items()))
+    print(f"{manifest['total']} samples ({kinds}) in {len(manifest['shards'])} shards -> {args.out}")
     return 0
 
 

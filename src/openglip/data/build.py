@@ -1,5 +1,5 @@
-"""Build training datasets from a :class:`~openglip.config.TrainConfig` (``data="shapes"`` or annotation
-files in COCO, ODVG or MDETR format)."""
+"""Build training datasets from a :class:`~openglip.config.TrainConfig` (``data="shapes"``, annotation files in
+COCO, ODVG or MDETR format, or shard folders written by ``openglip data shard``)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from torch.utils.data import Dataset
 from ..errors import DataError
 from .datasets import GroundingDataset, ShapesDataset
 from .records import ImageRecord, log
+from .shards import MANIFEST, ShardDataset, is_shard_dir
 from .transforms import default_train_transforms, shapes_train_transforms, to_model_input
 
 
@@ -86,6 +87,25 @@ def build_train_dataset(model_cfg, cfg) -> Dataset:
         )
     parts = []
     for path in [p.strip() for p in cfg.data.split(",") if p.strip()]:
+        if is_shard_dir(
+            path
+        ):  # WebDataset shards (openglip data shard); streamed when they are the only data
+            parts.append(
+                ShardDataset(
+                    path,
+                    transform=transform,
+                    to_tensor=to_tensor,
+                    num_negatives=cfg.num_negatives,
+                    max_tokens=model_cfg.max_text_len,
+                    seed=cfg.seed,
+                    with_masks=model_cfg.mask_head,
+                )
+            )
+            continue
+        if Path(path).is_dir():
+            raise DataError(
+                f"--data {path}: a folder without {MANIFEST}; write shards with: openglip data shard"
+            )
         records, categories = read_annotations(path, cfg.image_root)
         if not records:
             raise DataError(f"{path}: no usable records (see the skipped-entry counts above)")

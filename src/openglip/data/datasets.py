@@ -9,6 +9,7 @@ every sampled negative exactly, whatever the number of data-loader workers.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import numpy as np
@@ -24,6 +25,13 @@ from .records import ImageRecord
 
 def item_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
     return np.random.default_rng([seed, epoch, index])
+
+
+@functools.lru_cache(maxsize=65536)
+def _token_cost(name: str) -> int:
+    """Tokens a category name takes in a prompt, its separator included (cached: the data loader asks for
+    ~90 names per item, and tokenizing them was a tenth of a training item's CPU time)."""
+    return len(load_tokenizer()(name, add_special_tokens=False)["input_ids"]) + 1
 
 
 def detection_prompt(
@@ -44,12 +52,11 @@ def detection_prompt(
     Returns:
         (caption, {category index: (start, end) character span}) for the classes in the caption.
     """
-    tokenizer = load_tokenizer()
     pos = list(dict.fromkeys(int(p) for p in positives))
     pool = [c for c in (range(len(categories)) if candidates is None else candidates) if c not in set(pos)]
     k = min(num_negatives, len(pool))
     negs = [int(x) for x in rng.choice(pool, size=k, replace=False)] if k > 0 else []
-    cost = {c: len(tokenizer(categories[c], add_special_tokens=False)["input_ids"]) + 1 for c in pos + negs}
+    cost = {c: _token_cost(categories[c]) for c in pos + negs}
     budget = max_tokens - 2  # [CLS] and [SEP]
     rng.shuffle(pos)
     kept_pos, used = [], 0
@@ -136,10 +143,18 @@ class GroundingDataset(Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
+    def record(self, index: int) -> ImageRecord:
+        """Record ``index`` (a subclass may read it from elsewhere, e.g. shards)."""
+        return self.records[index]
+
+    def image(self, index: int, record: ImageRecord) -> Image.Image:
+        """The RGB image of record ``index``."""
+        return load_image(record.file_name)[0]
+
     def example(self, index: int, rng: np.random.Generator) -> tuple[Image.Image, dict]:
         """The untransformed (image, target) of record ``index``."""
-        rec = self.records[index]
-        image, _ = load_image(rec.file_name)
+        rec = self.record(index)
+        image = self.image(index, rec)
         if (image.height, image.width) != (rec.height, rec.width) and rec.height and rec.width:
             # annotations are in the recorded size; keep boxes consistent if the file differs
             sx, sy = image.width / rec.width, image.height / rec.height

@@ -76,7 +76,13 @@ def pair_key(file_name: str, caption: str) -> str:
     return f"{os.path.normpath(file_name)}\x00{caption}"
 
 
-def _read_done(path: Path, root: Path) -> set[str]:
+def _name_key(rec: dict, root: Path | None) -> str:
+    """The pair key of an output record: image names are relative to ``root``, or opaque (shard input) names."""
+    name = rec["filename"] if root is None else str(root / rec["filename"])
+    return pair_key(name, rec["grounding"]["caption"])
+
+
+def _read_done(path: Path, root: Path | None) -> set[str]:
     """Keys of the complete records in ``path``; a truncated last line (a kill mid-write) is cut off."""
     if not path.exists():
         return set()
@@ -88,8 +94,7 @@ def _read_done(path: Path, root: Path) -> set[str]:
     done = set()
     for line in data.decode("utf-8").splitlines():
         try:
-            rec = json.loads(line)
-            done.add(pair_key(str(root / rec["filename"]), rec["grounding"]["caption"]))
+            done.add(_name_key(json.loads(line), root))
         except (json.JSONDecodeError, KeyError, TypeError):
             continue
     return done
@@ -120,9 +125,9 @@ def _phrases(caption: str, spans: Sequence[tuple[int, int]]) -> tuple[list[str],
     return phrases, kept
 
 
-def _record(file_name: str, root: Path, size, caption: str, spans, dets, threshold: float) -> dict:
+def _record(file_name: str, root: Path | None, size, caption: str, spans, dets, threshold: float) -> dict:
     try:
-        name = os.path.relpath(file_name, root)
+        name = file_name if root is None else os.path.relpath(file_name, root)
     except ValueError:
         name = file_name
     regions = []
@@ -156,25 +161,32 @@ def label_pairs(
     batch_size: int = 4,
     dist: DistInfo | None = None,
     log: Callable[[str], object] = _warn,
+    open_image: Callable[[str], tuple] | None = None,
 ) -> LabelStats:
     """Label ``(image path, caption)`` pairs into the ODVG file ``out_path`` (see the module docstring).
+
+    ``open_image(name) -> (image, (h, w))`` reads images named otherwise than by a path (e.g. inside shards);
+    those names are then written to the output as they are.
 
     Raises:
         UsageError: another process is labelling into ``out_path``.
     """
     dist = dist or DistInfo()
     out = Path(out_path)
-    root = out.parent
-    root.mkdir(parents=True, exist_ok=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    root = out.parent if open_image is None else None
+    open_image = open_image or load_image
     target = out if not dist.enabled else out.with_name(f"{out.name}.rank{dist.rank}.part")
     # rank 0 (or the only process) locks OUT itself, the other ranks their part: two runs never share a file
     lock = out.with_name(out.name + ".lock") if dist.is_main else target.with_name(target.name + ".lock")
     with output_lock(lock, remove=not dist.is_main):
-        return _label_locked(pairs, teacher, out, target, root, extractor, threshold, batch_size, dist, log)
+        return _label_locked(
+            pairs, teacher, out, target, root, extractor, threshold, batch_size, dist, log, open_image
+        )
 
 
 def _label_locked(
-    pairs, teacher, out, target, root, extractor, threshold, batch_size, dist, log
+    pairs, teacher, out, target, root, extractor, threshold, batch_size, dist, log, open_image
 ) -> LabelStats:
     unique, seen = [], set()  # a pair listed twice is labelled once
     for file_name, caption in pairs:
@@ -199,7 +211,7 @@ def _label_locked(
                     log(f"openglip: warning: {file_name}: no noun phrase in the caption {caption!r}; skipped")
                     continue
                 try:
-                    image, size = load_image(file_name)
+                    image, size = open_image(file_name)
                 except ImageError as err:
                     stats.unreadable += 1
                     log(f"openglip: warning: {err}")
@@ -230,7 +242,7 @@ def _label_locked(
     return stats
 
 
-def _merge(out: Path, parts: list[Path], root: Path) -> None:
+def _merge(out: Path, parts: list[Path], root: Path | None) -> None:
     """Append the shard files to ``out`` without duplicates (atomically) and remove them."""
     seen, lines = set(), []
     for path in [out, *parts]:
@@ -238,8 +250,7 @@ def _merge(out: Path, parts: list[Path], root: Path) -> None:
             continue
         for line in path.read_text(encoding="utf-8").splitlines():
             try:
-                rec = json.loads(line)
-                key = pair_key(str(root / rec["filename"]), rec["grounding"]["caption"])
+                key = _name_key(json.loads(line), root)
             except (json.JSONDecodeError, KeyError, TypeError):
                 continue
             if key not in seen:
@@ -248,3 +259,25 @@ def _merge(out: Path, parts: list[Path], root: Path) -> None:
     write_text_atomic(out, "".join(lines))
     for path in parts:
         path.unlink(missing_ok=True)
+
+
+def labels_to_shards(
+    labels_path: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    image_bytes: Callable[[str], tuple[bytes, str]],
+    *,
+    shard_size: int = 1000,
+) -> dict:
+    """Write the labelled ODVG file as shards in ``out_dir`` (pseudo labels + image bytes).
+
+    The ODVG file stays the resumable record of the run; the shards are rebuilt from it (an older manifest
+    is removed first, so that a kill mid-way leaves no manifest naming half-written shards).
+    """
+    from ..data.shards import MANIFEST, odvg_to_shards
+
+    out = Path(out_dir)
+    (out / MANIFEST).unlink(missing_ok=True)
+    for old in out.glob("shard-*.tar"):
+        old.unlink()
+    lines = [json.loads(line) for line in Path(labels_path).read_text(encoding="utf-8").splitlines() if line]
+    return odvg_to_shards(lines, out, image_bytes, shard_size=shard_size)

@@ -17,7 +17,6 @@ import contextlib
 import dataclasses
 import json
 import logging
-import math
 import os
 import random
 import shutil
@@ -58,11 +57,14 @@ class ModelEMA:
     def update(self, model: torch.nn.Module) -> None:
         self.updates += 1
         d = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        floats, shadows = [], []
         for k, v in model.state_dict().items():
             if v.dtype.is_floating_point:
-                self.shadow[k].mul_(d).add_(v.detach(), alpha=1 - d)
+                floats.append(v.detach())
+                shadows.append(self.shadow[k])
             else:
                 self.shadow[k].copy_(v)
+        torch._foreach_lerp_(shadows, floats, 1 - d)  # one fused update instead of two kernels per tensor
 
     def state_dict(self) -> dict:
         return {"updates": self.updates, "shadow": self.shadow}
@@ -162,6 +164,8 @@ class Trainer:
         self.result: dict = {}
         if resume:
             self._resume()
+        if cfg.compile:
+            self._compile()
         self.ddp_model = self.model
         if self.dist.enabled:
             ids = [self.device.index] if self.device.type == "cuda" else None
@@ -188,6 +192,16 @@ class Trainer:
             for orphan in self.ckpt_dir.glob(".*.tmp"):
                 orphan.unlink(missing_ok=True)
         barrier(self.dist)
+
+    def _compile(self) -> None:
+        """``compile=true``: the model's tensor parts compiled in place (shapes vary with multi-scale training:
+        dynamo makes them dynamic after the first recompilation)."""
+        if not hasattr(self.model, "compile_parts"):
+            raise UsageError(
+                f"compile=true needs a GLIP model; {type(self.model).__name__} has no compile_parts"
+            )
+        torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+        self.model.compile_parts()
 
     # -- checkpoints ----------------------------------------------------------------------------------------
     def latest_checkpoint(self) -> Path | None:
@@ -293,13 +307,13 @@ class Trainer:
 
     # -- loop -----------------------------------------------------------------------------------------------
     def _loader(self) -> DataLoader:
-        sampler = ResumableSampler(
-            len(self.dataset),
-            seed=self.cfg.seed,
-            rank=self.dist.rank,
-            world_size=self.dist.world_size,
-            start=self.items,
-        )
+        position = {"seed": self.cfg.seed, "rank": self.dist.rank, "world_size": self.dist.world_size}
+        if hasattr(self.dataset, "sampler"):  # streamed shards: each rank and worker reads shards of its own
+            sampler = self.dataset.sampler(
+                **position, start=self.items, batch_size=self.cfg.batch_size, num_workers=self.cfg.num_workers
+            )
+        else:
+            sampler = ResumableSampler(len(self.dataset), **position, start=self.items)
         return DataLoader(
             self.dataset,
             batch_size=self.cfg.batch_size,
@@ -357,6 +371,7 @@ class Trainer:
                         "tensorboard is not installed: pip install tensorboard (continuing without it)"
                     )
         crash_after = int(os.environ.get(CRASH_ENV, "0"))
+        self._bad_step = None
         self._train_mode()
         from tqdm import tqdm
 
@@ -371,7 +386,7 @@ class Trainer:
             if cfg.time_budget and time.time() - start_time > cfg.time_budget:
                 log.info("time budget of %.0f s reached at step %d", cfg.time_budget, self.step)
                 break
-            sums: dict[str, float] = {}
+            sums: dict[str, torch.Tensor] = {}  # on the device: read once per log step, not per micro-batch
             for micro in range(cfg.grad_accum):
                 batch = next(loader).to(self.device)  # batches of any task provide .to(device)
                 sync = micro == cfg.grad_accum - 1 or not self.dist.enabled
@@ -381,11 +396,10 @@ class Trainer:
                     total = sum(losses.values())
                     self.scaler.scale(total / cfg.grad_accum).backward()
                 for k, v in losses.items():
-                    sums[k] = sums.get(k, 0.0) + float(v.detach()) / cfg.grad_accum
+                    sums[k] = sums.get(k, 0.0) + v.detach().float() / cfg.grad_accum
                 self.items += len(batch)
                 window_items += len(batch)
-            if not all(math.isfinite(v) for v in sums.values()):
-                raise FloatingPointError(f"non-finite loss at step {self.step}: {sums}")
+            self._watch_finite(sums)
             self.scaler.unscale_(self.optimizer)
             if cfg.clip_grad > 0:
                 torch.nn.utils.clip_grad_norm_(
@@ -399,9 +413,12 @@ class Trainer:
                 self.ema.update(self.model)
             self.step += 1
             bar.update(1)
-            loss = sum(sums.values())
-            bar.set_postfix(loss=f"{loss:.3f}")
             if self.step % cfg.log_every == 0 or self.step == cfg.max_steps:
+                self._check_finite()
+                values = dict(zip(sums, torch.stack(list(sums.values())).tolist()))  # the one host sync
+                loss = sum(values.values())
+                bar.set_postfix(loss=f"{loss:.3f}")
+                sums = values
                 elapsed = time.time() - window_t
                 last = {
                     "step": self.step,
@@ -414,6 +431,7 @@ class Trainer:
                 self._log(last)
                 window_t, window_items = time.time(), 0
             if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
+                self._check_finite()  # never write a checkpoint after a non-finite step
                 self.save_checkpoint()
             if cfg.eval_every and self.step % cfg.eval_every == 0:
                 self._evaluate()
@@ -423,12 +441,37 @@ class Trainer:
                     marker.touch()
                     os._exit(17)  # simulate a killed process: no cleanup, no final checkpoint
         bar.close()
+        self._check_finite()
         self.save_checkpoint()
         if self.dist.is_main:
             self.task.export(self.final_weights().cpu(), self.out_dir / "model.safetensors")
         self.result = {**last, **self._evaluate()}
         cleanup(self.dist)
         return self.result
+
+    # -- non-finite losses, checked without a host sync per step ------------------------------------------
+    def _watch_finite(self, sums: dict[str, torch.Tensor]) -> None:
+        """Remember (on the device) the first step whose loss is not finite; :meth:`_check_finite` raises."""
+        values = torch.stack(list(sums.values())).detach()
+        bad = ~torch.isfinite(values).all()
+        if self._bad_step is None or list(sums) != self._loss_names:  # first step, or another set of losses
+            if self._bad_step is not None:
+                self._check_finite()  # report a bad step of the old set before forgetting its values
+            self._bad_step = torch.full((), -1, dtype=torch.long, device=bad.device)
+            self._bad_losses, self._loss_names = values, list(sums)
+        first = bad & (self._bad_step < 0)
+        self._bad_step = torch.where(first, self.step, self._bad_step)
+        self._bad_losses = torch.where(first, values, self._bad_losses)
+
+    def _check_finite(self) -> None:
+        """Raise ``FloatingPointError`` naming the first non-finite step (checked at log, checkpoint and end
+        steps: a few wasted steps at most, and no checkpoint is ever written from non-finite weights)."""
+        if self._bad_step is None:
+            return
+        step = int(self._bad_step)
+        if step >= 0:
+            losses = dict(zip(self._loss_names, self._bad_losses.tolist()))
+            raise FloatingPointError(f"non-finite loss at step {step}: {losses}")
 
     def _evaluate(self) -> dict:
         if not self.dist.is_main:

@@ -64,13 +64,11 @@ def atss_assign(anchors: list[torch.Tensor], gt: torch.Tensor, topk: int = 9) ->
     cx, cy = anchor_centres[candidates, 0], anchor_centres[candidates, 1]  # (K, M)
     inside = torch.stack([cx - gt[:, 0], cy - gt[:, 1], gt[:, 2] - cx, gt[:, 3] - cy]).amin(0) > 0.01
     is_pos &= inside
+    # dense scatter instead of boolean indexing: no host sync (a box's K candidates are distinct anchors)
     scores = torch.full((A, M), -INF, device=gt.device, dtype=ious.dtype)
-    flat_anchor = candidates[is_pos]
-    flat_gt = cols.expand_as(candidates)[is_pos]
-    scores[flat_anchor, flat_gt] = ious[flat_anchor, flat_gt]
+    scores.scatter_(0, candidates, torch.where(is_pos, cand_ious, -INF))
     best, index = scores.max(dim=1)
-    index[best == -INF] = -1
-    return index
+    return torch.where(best == -INF, -1, index)
 
 
 def centerness_target(anchors: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
@@ -105,16 +103,17 @@ def token_focal_loss(
     alpha: float = 0.25,
     gamma: float = 2.0,
 ) -> torch.Tensor:
-    """Sigmoid focal loss summed over real tokens: logits/targets (B, A, T), text_mask (B, T)."""
-    mask = (text_mask > 0)[:, None, :].expand_as(logits)
-    x, t = logits[mask], targets[mask]
-    p = torch.sigmoid(x)
-    ce = F.binary_cross_entropy_with_logits(x, t, reduction="none")
-    p_t = p * t + (1 - p) * (1 - t)
+    """Sigmoid focal loss summed over real tokens: logits/targets (B, A, T), text_mask (B, T).
+
+    Padding tokens are weighted by 0 rather than selected with a boolean mask (which would sync with the host).
+    """
+    p = torch.sigmoid(logits)
+    ce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+    p_t = p * targets + (1 - p) * (1 - targets)
     loss = ce * (1 - p_t) ** gamma
     if alpha >= 0:
-        loss = (alpha * t + (1 - alpha) * (1 - t)) * loss
-    return loss.sum()
+        loss = (alpha * targets + (1 - alpha) * (1 - targets)) * loss
+    return (loss * (text_mask > 0)[:, None, :].to(loss.dtype)).sum()
 
 
 class GroundingLoss(nn.Module):
@@ -165,34 +164,39 @@ class GroundingLoss(nn.Module):
         anchors = torch.cat(output.anchors)  # (A, 4)
         matched = matched if matched is not None else self.assign(output, targets)
 
-        token_targets = logits.new_zeros(B, A, T)
-        pos_b, pos_a, pos_boxes = [], [], []
+        # Dense over all anchors, positives weighted by 1 and background by 0: no boolean indexing, no host
+        # sync (the box terms of background anchors are computed and multiplied away; A*4 values per image).
+        M = max(t.boxes.shape[0] for t in targets)
+        gt_boxes = anchors.new_zeros(B, max(M, 1), 4)
+        gt_tokens = logits.new_zeros(B, max(M, 1), T)
         for b, target in enumerate(targets):
-            pos = (matched[b] >= 0).nonzero().squeeze(1)
-            if pos.numel() == 0:
+            m = target.boxes.shape[0]
+            if m == 0:
                 continue
+            gt_boxes[b, :m] = target.boxes.to(anchors)
             tmap = target.token_map.to(logits)[:, :T]
             if self.normalized_token_targets:
                 tmap = tmap / tmap.sum(1, keepdim=True).clamp_min(1.0)
-            token_targets[b, pos] = tmap[matched[b][pos]]
-            pos_b.append(torch.full_like(pos, b))
-            pos_a.append(pos)
-            pos_boxes.append(target.boxes.to(anchors)[matched[b][pos]])
+            gt_tokens[b, :m, : tmap.shape[1]] = tmap
+        index = torch.stack(matched)  # (B, A)
+        pos = index >= 0
+        weight = pos.to(logits.dtype)  # (B, A)
+        rows, safe = torch.arange(B, device=index.device)[:, None], index.clamp_min(0)
+        token_targets = gt_tokens[rows, safe] * weight[..., None]  # (B, A, T)
+        gt = gt_boxes[rows, safe]  # (B, A, 4) matched box per anchor
 
-        num_pos = sum(p.numel() for p in pos_a)
-        norm = max(mean_over_ranks(float(num_pos), logits.device), 1.0)
+        num_pos = weight.sum()
+        norm = mean_over_ranks(num_pos).clamp_min(1.0)
         loss_align = token_focal_loss(logits, token_targets, output.text_mask, self.alpha, self.gamma) / norm
-        if num_pos == 0:
-            zero = deltas.sum() * 0 + ctr.sum() * 0
-            return {"loss_align": loss_align, "loss_box": zero, "loss_centerness": zero}
-        b_idx, a_idx = torch.cat(pos_b), torch.cat(pos_a)
-        gt = torch.cat(pos_boxes)
-        pos_anchors = anchors[a_idx]
+        flat_anchors = anchors.expand(B, A, 4).reshape(-1, 4)
+        flat_gt = torch.where(pos.reshape(-1, 1), gt.reshape(-1, 4), flat_anchors)  # background: a valid box
         # GLIP encodes the matched boxes and decodes them again; that round trip is the identity, so the
         # centerness and GIoU targets use the boxes directly.
-        ctr_target = centerness_target(pos_anchors, gt)
-        pred = self.box_coder.decode(deltas[b_idx, a_idx], pos_anchors)
-        ctr_norm = max(mean_over_ranks(float(ctr_target.sum()), logits.device), 1e-6)
-        loss_box = (giou_loss(pred, gt) * ctr_target).sum() / ctr_norm
-        loss_ctr = F.binary_cross_entropy_with_logits(ctr[b_idx, a_idx], ctr_target, reduction="sum") / norm
+        ctr_target = centerness_target(flat_anchors, flat_gt).nan_to_num(0.0) * weight.reshape(-1)
+        pred = self.box_coder.decode(deltas.reshape(-1, 4), flat_anchors)
+        ctr_norm = mean_over_ranks(ctr_target.sum()).clamp_min(1e-6)
+        flat_pos = pos.reshape(-1)
+        loss_box = torch.where(flat_pos, giou_loss(pred, flat_gt) * ctr_target, 0.0).sum() / ctr_norm
+        bce = F.binary_cross_entropy_with_logits(ctr.reshape(-1), ctr_target, reduction="none")
+        loss_ctr = torch.where(flat_pos, bce, 0.0).sum() / norm
         return {"loss_align": loss_align, "loss_box": loss_box * self.reg_weight, "loss_centerness": loss_ctr}

@@ -39,6 +39,19 @@ class TextFeatures:
     def to(self, device) -> TextFeatures:
         return TextFeatures(self.input_ids.to(device), self.attention_mask.to(device), self.hidden.to(device))
 
+    def pad_to(self, length: int) -> TextFeatures:
+        """Pad to ``length`` tokens with zero ids, mask 0 and zero features (the real tokens' outputs do not
+        change: padded tokens are masked out of every attention over text)."""
+        extra = length - self.hidden.shape[1]
+        if extra <= 0:
+            return self
+        F = nn.functional
+        return TextFeatures(
+            F.pad(self.input_ids, (0, extra)),
+            F.pad(self.attention_mask, (0, extra)),
+            F.pad(self.hidden, (0, 0, 0, extra)),
+        )
+
     @staticmethod
     def cat(items: Sequence[TextFeatures]) -> TextFeatures:
         """Batch text features of different lengths (padded with zeros and mask 0)."""
@@ -222,14 +235,50 @@ class GLIP(nn.Module):
             text = self.encode_text(*self.tokenize(captions), causal=causal)
         if visual is None:
             visual = self.encode_image(pixel_values)
+        dense = self.fuse_and_predict(visual, text.hidden, text.attention_mask, causal=causal, detect=detect)
+        return self.make_output(pixel_values, image_sizes, visual, text, dense)
+
+    def compile_parts(self, **options) -> None:
+        """``torch.compile`` the tensor-only parts of :meth:`forward` in place (:meth:`encode_image` and
+        :meth:`fuse_and_predict`; the tokenizer, anchors and output wrapping stay eager). ``options`` go to
+        ``torch.compile``. The training loop uses it (``compile=true``); :class:`~openglip.api.Detector` compiles
+        its own copies instead, so that a shared model is left as it is."""
+        self.encode_image = torch.compile(self.encode_image, **options)
+        self.fuse_and_predict = torch.compile(self.fuse_and_predict, **options)
+
+    def fuse_and_predict(
+        self,
+        visual: list[torch.Tensor],
+        text_hidden: torch.Tensor,
+        text_mask: torch.Tensor,
+        *,
+        causal: bool = False,
+        detect: bool = True,
+    ) -> tuple[list[torch.Tensor], torch.Tensor, list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
+        """The image-text part of :meth:`forward`: fusion tower then head, on tensors only (what
+        ``torch.compile`` sees in :class:`~openglip.api.Detector`'s compiled path).
+
+        Returns ``(fused_visual, fused_text, logits, box_regression, centerness)`` as in :class:`GLIPOutput`
+        (``causal`` and ``detect`` as in :meth:`forward`).
+        """
         if causal:
-            fused_visual, fused_text = self.tower(visual, text.hidden, text.attention_mask, causal=True)
+            fused_visual, fused_text = self.tower(visual, text_hidden, text_mask, causal=True)
         else:
-            fused_visual, fused_text = self.tower(visual, text.hidden, text.attention_mask)
-        logits, boxes, centers, anchors = [], [], [], []
-        if detect:
-            logits, boxes, centers = self.head(fused_visual, fused_text)
-            anchors = self.anchor_generator([f.shape[-2:] for f in visual], pixel_values.device)
+            fused_visual, fused_text = self.tower(visual, text_hidden, text_mask)
+        logits, boxes, centers = self.head(fused_visual, fused_text) if detect else ([], [], [])
+        return fused_visual, fused_text, logits, boxes, centers
+
+    def make_output(
+        self,
+        pixel_values: torch.Tensor,
+        image_sizes: Sequence[tuple[int, int]],
+        visual: list[torch.Tensor],
+        text: TextFeatures,
+        dense: tuple,
+    ) -> GLIPOutput:
+        """Wrap the tensors of :meth:`fuse_and_predict` (``dense``) with anchors and sizes into a GLIPOutput."""
+        fused_visual, fused_text, logits, boxes, centers = dense
+        anchors = self.anchor_generator([f.shape[-2:] for f in visual], pixel_values.device) if logits else []
         return GLIPOutput(
             logits=logits,
             box_regression=boxes,

@@ -48,18 +48,26 @@ class WindowAttention(nn.Module):
         nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        """x: (B, nW, N, C) windows; mask: (nW, N, N) additive or None. Returns (B, nW, N, C)."""
+        """x: (B, nW, N, C) windows; mask: (nW, N, N) additive or None. Returns (B, nW, N, C).
+
+        One fused ``F.scaled_dot_product_attention`` call with the relative-position bias (plus the shift mask)
+        as its additive ``attn_mask``: the (B, nW, heads, N, N) attention map is never written out.
+        """
         B, nW, N, C = x.shape
-        qkv = self.qkv(x).view(B, nW, N, 3, self.num_heads, C // self.num_heads).permute(3, 0, 1, 4, 2, 5)
-        q, k, v = qkv.unbind(0)  # each (B, nW, heads, N, hd)
-        n = self.window * self.window
+        H, hd = self.num_heads, C // self.num_heads
+        # (3, B, nW, H, N, hd), made contiguous once so that the views below are free
+        qkv = self.qkv(x).view(B, nW, N, 3, H, hd).permute(3, 0, 1, 4, 2, 5).contiguous()
         bias = self.relative_position_bias_table[self.relative_position_index.view(-1)]
-        bias = bias.view(n, n, -1).permute(2, 0, 1)  # (heads, N, N)
-        attn_bias = bias if mask is None else bias.unsqueeze(0) + mask.unsqueeze(1)  # (nW, heads, N, N)
-        q = q * self.scale
-        attn = (q @ k.transpose(-1, -2) + attn_bias).softmax(dim=-1)
-        out = attn @ v  # (B, nW, heads, N, hd)
-        return self.proj(out.transpose(2, 3).reshape(B, nW, N, C))
+        bias = bias.view(N, N, H).permute(2, 0, 1)  # (H, N, N)
+        if mask is None:  # windows are the batch, heads the head axis; the bias broadcasts over windows
+            q, k, v = qkv.view(3, B * nW, H, N, hd).unbind(0)
+            attn_bias = bias.unsqueeze(0).to(q.dtype)  # (1, H, N, N)
+        else:  # (window, head) pairs as heads, so that the per-window shift mask broadcasts over the batch
+            q, k, v = qkv.view(3, B, nW * H, N, hd).unbind(0)
+            attn_bias = (bias.unsqueeze(0) + mask.unsqueeze(1)).reshape(1, nW * H, N, N).to(q.dtype)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_bias, scale=self.scale)
+        out = out.view(B, nW, H, N, hd).transpose(2, 3).reshape(B, nW, N, C)
+        return self.proj(out)
 
 
 def _partition(x: torch.Tensor, w: int) -> torch.Tensor:
@@ -132,6 +140,7 @@ class SwinStage(nn.Module):
             for i in range(depth)
         )
         self.downsample = PatchMerging(dim) if downsample else None
+        self._masks: dict = {}
 
     def _shift_mask(self, H: int, W: int, device) -> torch.Tensor:
         w, s = self.window, self.shift
@@ -147,7 +156,14 @@ class SwinStage(nn.Module):
         return torch.zeros_like(diff).masked_fill(diff != 0, -100.0)  # (nW, N, N)
 
     def forward(self, x, H, W):
-        mask = self._shift_mask(H, W, x.device).to(x.dtype) if len(self.blocks) > 1 else None
+        mask = None
+        if len(self.blocks) > 1:
+            key = (H, W, x.device, x.dtype)
+            mask = self._masks.get(key) if not torch.compiler.is_compiling() else None
+            if mask is None:  # ~20 small ops; built once per input size (a compiled graph folds them)
+                mask = self._shift_mask(H, W, x.device).to(x.dtype)
+                if not torch.compiler.is_compiling():
+                    self._masks = {key: mask}  # the last size only: a new size replaces it
         for block in self.blocks:
             x = block(x, H, W, mask)
         return x

@@ -53,14 +53,21 @@ class ImageTransform:
             x = x.flip(0)
         return (x - self.mean) / self.std
 
-    def pad(self, tensors: list[torch.Tensor]) -> tuple[torch.Tensor, list[tuple[int, int]]]:
-        """Zero-pad a list of (3, h, w) tensors into (B, 3, H, W), H and W multiples of ``size_divisibility``."""
+    def pad(
+        self, tensors: list[torch.Tensor], size: tuple[int, int] | None = None
+    ) -> tuple[torch.Tensor, list[tuple[int, int]]]:
+        """Zero-pad a list of (3, h, w) tensors into (B, 3, H, W), H and W multiples of ``size_divisibility``,
+        or exactly ``size`` (a shape bucket) when given and large enough."""
         sizes = [(int(t.shape[1]), int(t.shape[2])) for t in tensors]
         d = self.size_divisibility
         H = max(h for h, _ in sizes)
         W = max(w for _, w in sizes)
         if d > 1:
             H, W = -(-H // d) * d, -(-W // d) * d
+        if size is not None:
+            if size[0] < H or size[1] < W:
+                raise ValueError(f"pad size {tuple(size)} is smaller than the batch's {H}x{W}")
+            H, W = int(size[0]), int(size[1])
         batch = tensors[0].new_zeros(len(tensors), 3, H, W)
         for b, t in enumerate(tensors):
             batch[b, :, : t.shape[1], : t.shape[2]] = t

@@ -41,7 +41,7 @@ def load_ov_detector(weights: str, model: str = "glip", *, device: str | None = 
 
         return load_model(weights, device=device)
     if model == "regionclip":
-        from ..api import resolve_device
+        from ..device import resolve_device
         from ..regionclip import load_detector
 
         return RegionCLIPAdapter(load_detector(weights).to(resolve_device(device)), batch_size)
