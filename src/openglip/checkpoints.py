@@ -246,6 +246,15 @@ def _raise_if_mismatch(missing, unexpected, mismatched, bad_derived, state, mode
     guess = guess_preset(state) if is_official_state_dict(state) else None
     name = getattr(getattr(model, "config", None), "name", "this")
     hint = f" The checkpoint looks like a {guess!r} checkpoint; load it with that preset." if guess else ""
+    fusion_keys = re.compile(
+        r"(module\.)?(tower\.layers\.\d+\.(cross_attn|text_layer)|rpn\.head\.dyhead_tower)\."
+    )
+    if unexpected and all(fusion_keys.match(k) for k in unexpected) and not (missing or mismatched):
+        hint = (
+            " The checkpoint has deep-fusion layers this late-fusion model lacks; load it with fusion=deep."
+        )
+    elif missing and all(fusion_keys.match(k) for k in missing) and not (unexpected or mismatched):
+        hint = " The checkpoint has no deep-fusion layers (a fusion=late model); load it with fusion=late."
     raise CheckpointError(f"checkpoint does not match the {name!r} model: " + " | ".join(lines) + "." + hint)
 
 

@@ -53,6 +53,7 @@ class ModelConfig:
     max_text_len: int = 256  # tokens per text chunk (GLIP: 256); longer prompts are chunked
 
     # --- fusion tower (VL-DyHead) -------------------------------------------------------------------------
+    fusion: str = "deep"  # "deep": GLIP's cross-attention + text layers; "late": DyConv only (GLIP-T (A))
     fusion_layers: int = 6  # L: [cross-attention, BERT layer, DyConv] blocks
     fusion_embed_dim: int = 2048  # cross-attention inner width (GLIP: 2048)
     fusion_heads: int = 8  # cross-attention heads (GLIP: 8)
@@ -148,6 +149,19 @@ class TrainConfig:
     inter_image_weight: float = 0.0  # GLIPv2 inter-image region-word loss (needs the model's inter_image_dim)
     inter_image_regions: int = 100  # positive regions per image in the inter-image loss (GLIP: 100)
     mask_weight: float = 1.0  # weight of the mask loss (models with a mask head, data with masks)
+
+    # --- forgetting-aware fine-tuning (see openglip.tasks.wise and openglip.data.build.ReplayMix) ----------------
+    replay_data: str | None = (
+        None  # replay: pre-training-style data mixed into every batch (same syntax as data)
+    )
+    replay_ratio: float = (
+        0.25  # replay: share of each batch drawn from replay_data (exact, see ReplaySampler)
+    )
+    wise_alpha: float = 1.0  # WiSE-FT: final = (1 - a) * starting weights + a * trained weights (1: plain)
+    wise_retain: str | None = None  # WiSE-FT: choose a on val data + this file of what must be kept (auto)
+    wise_keep: float = (
+        0.95  # WiSE-FT auto: keep at least this share of the starting model's AP50 on wise_retain
+    )
 
     init_weights: str | None = None  # start from these weights (fine-tuning)
     time_budget: float = 0.0  # stop after this many seconds (0: no limit)

@@ -192,7 +192,22 @@ def evaluate_file(detector, path: str, image_root: str | None, batch_size: int) 
     records, categories = read_annotations(path, image_root)
     if not records:
         raise DataError(f"{path}: no usable records")
-    if records[0].is_grounding:
+    cats = coco_category_info(path) if Path(path).suffix == ".json" else None
+    return evaluate_records(detector, records, categories, cats, batch_size=batch_size)
+
+
+def evaluate_records(
+    detector: Predictor,
+    records: Sequence,
+    categories: Sequence[str],
+    cats: list[dict] | None = None,
+    *,
+    batch_size: int = 8,
+) -> tuple[dict, list]:
+    """Metrics of ``detector`` on :class:`~openglip.data.records.ImageRecord` s: phrase-grounding recall when
+    they are grounding records, else box AP with the prompt of ``categories`` (``cats``: their COCO entries,
+    ids ``1..n`` when not given). Returns (metrics, COCO results list)."""
+    if records and records[0].is_grounding:
         items = []
         for rec in records:
             groups: dict = {}
@@ -204,9 +219,7 @@ def evaluate_file(detector, path: str, image_root: str | None, batch_size: int) 
                 )
             )
         return evaluate_grounding(detector, items, batch_size=batch_size), []
-    cats = coco_category_info(path) if Path(path).suffix == ".json" else [
-        {"id": i + 1, "name": n} for i, n in enumerate(categories)
-    ]  # fmt: skip
+    cats = cats or [{"id": i + 1, "name": n} for i, n in enumerate(categories)]
     gt = {"images": [], "annotations": [], "categories": cats}
     ann_id = 1
     for i, rec in enumerate(records):

@@ -36,7 +36,7 @@ from ..distributed import DistInfo, barrier, cleanup, init_distributed
 from ..errors import UsageError
 from ..files import atomic_write, write_text_atomic
 from .optim import build_optimizer, lr_factor
-from .sampler import ResumableSampler
+from .sampler import ReplaySampler, ResumableSampler
 
 log = logging.getLogger("openglip.train")
 CRASH_ENV = "OPENGLIP_CRASH_AFTER_STEP"  # tests: exit abruptly after this step, as a killed run would
@@ -95,7 +95,8 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-RUN_FILES = ("checkpoints", "metrics.jsonl", "config.json", "model.safetensors", "tb", ".crashed")
+RUN_FILES = ("checkpoints", "metrics.jsonl", "config.json", "model.safetensors", "tb", ".crashed",
+             "finetuned.safetensors", "wise.json")  # fmt: skip
 
 
 class Trainer:
@@ -263,12 +264,13 @@ class Trainer:
 
     # -- loop -----------------------------------------------------------------------------------------------
     def _loader(self) -> DataLoader:
-        sampler = ResumableSampler(
-            len(self.dataset),
-            seed=self.cfg.seed,
-            rank=self.dist.rank,
-            world_size=self.dist.world_size,
-            start=self.items,
+        position = {"seed": self.cfg.seed, "rank": self.dist.rank, "world_size": self.dist.world_size,
+                    "start": self.items}  # fmt: skip
+        ratio = getattr(self.dataset, "replay_ratio", None)  # a ReplayMix: a fixed share of replay items
+        sampler = (
+            ReplaySampler(self.dataset.target_size, self.dataset.replay_size, ratio, **position)
+            if ratio
+            else ResumableSampler(len(self.dataset), **position)
         )
         return DataLoader(
             self.dataset,
@@ -394,17 +396,25 @@ class Trainer:
                     os._exit(17)  # simulate a killed process: no cleanup, no final checkpoint
         bar.close()
         self.save_checkpoint()
+        final = None
         if self.dist.is_main:
-            self.task.export(self.final_weights().cpu(), self.out_dir / "model.safetensors")
-        self.result = {**last, **self._evaluate()}
+            final = self.final_weights()
+            # a task may turn the trained weights into its result (WiSE-FT mixes them with the starting weights)
+            finalize = getattr(self.task, "finalize", None)
+            if finalize is not None:
+                final = finalize(final, self.step)
+            self.task.export(final.cpu(), self.out_dir / "model.safetensors")
+            final = final.to(self.device)
+        self.result = {**last, **self._evaluate(final)}
         cleanup(self.dist)
         return self.result
 
-    def _evaluate(self) -> dict:
+    def _evaluate(self, model: torch.nn.Module | None = None) -> dict:
+        """Metrics of ``model`` (default: :meth:`final_weights`), logged to metrics.jsonl."""
         if not self.dist.is_main:
             barrier(self.dist)
             return {}
-        metrics = self.task.evaluate(self.final_weights(), self.step)
+        metrics = self.task.evaluate(model if model is not None else self.final_weights(), self.step)
         if metrics:
             self._log({"step": self.step, **{f"eval/{k}": v for k, v in metrics.items()}})
         self._train_mode()
