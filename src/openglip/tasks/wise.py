@@ -163,7 +163,7 @@ def apply_wise(
     if cfg.wise_retain is not None:
         if target_ap is None:
             raise UsageError("WiSE-FT with an automatic alpha needs held-out target data")
-        retain_ap = _retain_metric(cfg.wise_retain)
+        retain_ap = retain_ap50(cfg.wise_retain)
 
         def at(a: float, metric: Callable[[torch.nn.Module], float]) -> float:
             model.load_state_dict(interpolate(start, tuned, a))
@@ -178,7 +178,7 @@ def apply_wise(
     return model
 
 
-def _retain_metric(path: str) -> Callable[[torch.nn.Module], float]:
+def retain_ap50(path: str) -> Callable[[torch.nn.Module], float]:
     """AP50 of a model on the retain file, with that file's own categories as the prompt."""
     from ..api import Detector
     from ..data.build import read_annotations
