@@ -22,6 +22,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -85,10 +86,12 @@ def choose_alpha(
 ) -> AlphaChoice:
     """The alpha with the highest ``target_ap(alpha)`` among those with ``retain_ap(alpha) >= keep *
     retain_ap(0)``; ties go to the smaller alpha. Alpha 0 is always tried (it is the reference)."""
+    from tqdm import tqdm
+
     grid = sorted({0.0, *(float(a) for a in alphas)})
     base_retain = _finite(retain_ap(0.0))
     rows, best = [], None
-    for a in grid:
+    for a in tqdm(grid, desc="WiSE-FT alpha", unit="alpha", file=sys.stderr, disable=len(grid) < 3):
         retain = base_retain if a == 0.0 else _finite(retain_ap(a))
         target = _finite(target_ap(a))
         ok = retain >= keep * base_retain
