@@ -150,18 +150,12 @@ class TrainConfig:
     inter_image_regions: int = 100  # positive regions per image in the inter-image loss (GLIP: 100)
     mask_weight: float = 1.0  # weight of the mask loss (models with a mask head, data with masks)
 
-    # --- forgetting-aware fine-tuning (see openglip.tasks.wise and openglip.data.build.ReplayMix) ----------------
-    replay_data: str | None = (
-        None  # replay: pre-training-style data mixed into every batch (same syntax as data)
-    )
-    replay_ratio: float = (
-        0.25  # replay: share of each batch drawn from replay_data (exact, see ReplaySampler)
-    )
-    wise_alpha: float = 1.0  # WiSE-FT: final = (1 - a) * starting weights + a * trained weights (1: plain)
-    wise_retain: str | None = None  # WiSE-FT: choose a on val data + this file of what must be kept (auto)
-    wise_keep: float = (
-        0.95  # WiSE-FT auto: keep at least this share of the starting model's AP50 on wise_retain
-    )
+    # --- forgetting-aware fine-tuning (openglip.tasks.wise, openglip.engine.sampler.ReplaySampler) -----------
+    replay_data: str | None = None  # replay: pre-training-style data mixed into batches (syntax of data)
+    replay_ratio: float = 0.25  # replay: share of every batch drawn from replay_data
+    wise_alpha: float = 1.0  # WiSE-FT: result = (1 - a) * starting + a * trained weights (1: off)
+    wise_retain: str | None = None  # WiSE-FT: choose a automatically on val data + this file of what to keep
+    wise_keep: float = 0.95  # WiSE-FT auto: share of the starting model's AP50 on wise_retain to keep
 
     init_weights: str | None = None  # start from these weights (fine-tuning)
     time_budget: float = 0.0  # stop after this many seconds (0: no limit)
