@@ -44,6 +44,8 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/regionclip.py
 	$(BIN)/python benchmarks/export.py
 	$(BIN)/python benchmarks/protocols.py
+	$(BIN)/python benchmarks/forgetting.py
+	$(BIN)/python benchmarks/glip_ablation.py
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache

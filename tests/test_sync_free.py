@@ -12,11 +12,12 @@ import torch
 import torch.nn.functional as F
 
 from openglip.config import TrainConfig, tiny
-from openglip.engine.trainer import GLIPTask, Trainer
+from openglip.engine.trainer import Trainer
 from openglip.losses import GroundingLoss, GroundingTarget
 from openglip.losses.grounding import centerness_target, giou_loss
 from openglip.models.anchors import AnchorGenerator, BoxCoder
 from openglip.models.postprocess import PostProcessor
+from openglip.tasks import GLIPTask
 
 SYNCS = (
     "aten::_local_scalar_dense",

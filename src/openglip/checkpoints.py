@@ -261,6 +261,15 @@ def _raise_if_mismatch(missing, unexpected, mismatched, bad_derived, state, mode
         if guess and guess != name
         else ""
     )
+    fusion_keys = re.compile(
+        r"(module\.)?(tower\.layers\.\d+\.(cross_attn|text_layer)|rpn\.head\.dyhead_tower)\."
+    )
+    if unexpected and all(fusion_keys.match(k) for k in unexpected) and not (missing or mismatched):
+        hint = (
+            " The checkpoint has deep-fusion layers this late-fusion model lacks; load it with fusion=deep."
+        )
+    elif missing and all(fusion_keys.match(k) for k in missing) and not (unexpected or mismatched):
+        hint = " The checkpoint has no deep-fusion layers (a fusion=late model); load it with fusion=late."
     raise CheckpointError(f"checkpoint does not match the {name!r} model: " + " | ".join(lines) + "." + hint)
 
 

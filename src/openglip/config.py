@@ -53,6 +53,7 @@ class ModelConfig:
     max_text_len: int = 256  # tokens per text chunk (GLIP: 256); longer prompts are chunked
 
     # --- fusion tower (VL-DyHead) -------------------------------------------------------------------------
+    fusion: str = "deep"  # "deep": GLIP's cross-attention + text layers; "late": DyConv only (GLIP-T (A))
     fusion_layers: int = 6  # L: [cross-attention, BERT layer, DyConv] blocks
     fusion_embed_dim: int = 2048  # cross-attention inner width (GLIP: 2048)
     fusion_heads: int = 8  # cross-attention heads (GLIP: 8)
@@ -162,6 +163,13 @@ class TrainConfig:
     answer_vocab: str | None = None  # task=vqa: JSON list of answers (default: built from the training data)
     max_answers: int = 3129  # task=vqa: answers kept when building the vocabulary (VQAv2 convention: 3129)
     blind: bool = False  # task=vqa|caption: replace every image by a constant (the language-only baseline)
+
+    # --- forgetting-aware fine-tuning (openglip.tasks.wise, openglip.engine.sampler.ReplaySampler) -----------
+    replay_data: str | None = None  # replay: pre-training-style data mixed into batches (syntax of data)
+    replay_ratio: float = 0.25  # replay: share of every batch drawn from replay_data
+    wise_alpha: float = 1.0  # WiSE-FT: result = (1 - a) * starting + a * trained weights (1: off)
+    wise_retain: str | None = None  # WiSE-FT: choose a automatically on val data + this file of what to keep
+    wise_keep: float = 0.95  # WiSE-FT auto: share of the starting model's AP50 on wise_retain to keep
 
     init_weights: str | None = None  # start from these weights (fine-tuning)
     time_budget: float = 0.0  # stop after this many seconds (0: no limit)

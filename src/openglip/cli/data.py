@@ -64,6 +64,26 @@ def _add_data(sub):
     )
     w.set_defaults(func=cmd_data_shard)
 
+    lad = kinds.add_parser(
+        "ladder",
+        help="the shapes world as detection, grounding and image-caption corpora (GLIP's ablation ladder)",
+        description="Write GLIP's pre-training corpora in the shapes world: detection.coco.json (Objects365: "
+        "circles, squares, triangles, stars), grounding.odvg.jsonl (GoldG: captions with boxes, hexagons too), "
+        "captions.jsonl (Cap4M: captions without boxes, crosses too) and ladder.json, the training recipe. The 8 "
+        "novel combinations are in no corpus. See openglip.data.shapes_ladder.",
+        epilog="example: openglip data ladder --out data/ladder && openglip train data/ladder/ladder.json --out runs/B",
+    )
+    lad.add_argument("--out", required=True)
+    lad.add_argument("--detection-images", type=int, default=3000)
+    lad.add_argument(
+        "--grounding-images", type=int, default=1500, help="two records each (referring, listing)"
+    )
+    lad.add_argument("--caption-images", type=int, default=2000)
+    lad.add_argument("--seed", type=int, default=0)
+    lad.add_argument("--size", type=int, default=128, help="image side in pixels")
+    lad.add_argument("--preset", default="glip_nano", help="model preset of the recipe ladder.json")
+    lad.set_defaults(func=cmd_data_ladder)
+
 
 def cmd_data_shapes(args) -> int:
     from ..data.shapes import write_dataset
@@ -110,6 +130,27 @@ def _write_format(args) -> int:
         else enumerate(written if isinstance(written, list) else [written])
     )
     for key, path in items:
+        print(f"{key}: {path}")
+    return 0
+
+
+def cmd_data_ladder(args) -> int:
+    from ..config import get_preset
+    from ..data.shapes_ladder import write_ladder
+
+    counts = (args.detection_images, args.grounding_images, args.caption_images)
+    if min(counts) < 1:
+        raise UsageError("--detection-images, --grounding-images and --caption-images must be at least 1")
+    if args.size < 32:
+        raise UsageError("--size must be at least 32")
+    if args.seed < 0:
+        raise UsageError("--seed must be 0 or more")
+    get_preset(args.preset)  # an unknown preset fails here, before anything is written
+    paths = write_ladder(
+        args.out, detection_images=counts[0], grounding_images=counts[1], caption_images=counts[2],
+        seed=args.seed, image_size=args.size, preset=args.preset,
+    )  # fmt: skip
+    for key, path in paths.items():
         print(f"{key}: {path}")
     return 0
 

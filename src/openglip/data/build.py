@@ -3,13 +3,14 @@ COCO, ODVG or MDETR format, or shard folders written by ``openglip data shard``)
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from functools import partial
 from pathlib import Path
 
 from torch.utils.data import Dataset
 
-from ..errors import DataError
+from ..errors import DataError, UsageError
 from .datasets import GroundingDataset, ShapesDataset
 from .records import ImageRecord, log
 from .shards import MANIFEST, ShardDataset, is_shard_dir
@@ -63,8 +64,39 @@ class MultiDataset(Dataset):
         raise IndexError(index)
 
 
+class ReplayMix(MultiDataset):
+    """Target data with replay data mixed in (forgetting-aware fine-tuning).
+
+    Keys ``(epoch, index)`` address the target for ``index < target_size`` and replay item
+    ``index - target_size`` otherwise. How often each is drawn is not decided here but by the trainer's
+    :class:`~openglip.engine.sampler.ReplaySampler`, which reads ``replay_ratio`` (the share of every batch that
+    comes from the replay data) from this dataset.
+    """
+
+    def __init__(self, target: Dataset, replay: Dataset, ratio: float):
+        if not 0.0 < ratio < 1.0:
+            raise UsageError(f"replay_ratio must be between 0 and 1 (exclusive), got {ratio}")
+        super().__init__([target, replay])
+        self.target_size, self.replay_size = len(target), len(replay)
+        self.replay_ratio = ratio
+
+
+def with_replay(dataset: Dataset, model_cfg, cfg) -> Dataset:
+    """``dataset`` mixed with ``cfg.replay_data`` at ``cfg.replay_ratio`` (unchanged when there is none)."""
+    if not cfg.replay_data:
+        return dataset
+    replay = _build_dataset(model_cfg, dataclasses.replace(cfg, data=cfg.replay_data))
+    return ReplayMix(dataset, replay, cfg.replay_ratio)
+
+
 def build_train_dataset(model_cfg, cfg) -> Dataset:
-    """The training dataset of a run: transforms, detection->grounding conversion, several files merged."""
+    """The training dataset of a run: transforms, detection->grounding conversion, several files merged, and
+    ``cfg.replay_data`` mixed in when given (see :class:`ReplayMix`)."""
+    return with_replay(_build_dataset(model_cfg, cfg), model_cfg, cfg)
+
+
+def _build_dataset(model_cfg, cfg) -> Dataset:
+    """The dataset of ``cfg.data``."""
     # the shapes world adds crops, blur and JPEG so that a model does not learn its one renderer's look
     make = shapes_train_transforms if cfg.data == "shapes" else default_train_transforms
     transform = make(
@@ -87,9 +119,7 @@ def build_train_dataset(model_cfg, cfg) -> Dataset:
         )
     parts = []
     for path in [p.strip() for p in cfg.data.split(",") if p.strip()]:
-        if is_shard_dir(
-            path
-        ):  # WebDataset shards (openglip data shard); streamed when they are the only data
+        if is_shard_dir(path):  # WebDataset shards (openglip data shard); streamed when they are the only data
             parts.append(
                 ShardDataset(
                     path,

@@ -257,9 +257,27 @@ def evaluate_file(
         log.warning(
             "%s: no annotated boxes in %d images: the metrics are undefined (n/a)", path, len(records)
         )
-    if records[0].is_grounding:
-        if tuned_prompt is not None:
+    cats = coco_category_info(path) if Path(path).suffix == ".json" else None
+    if tuned_prompt is not None:
+        if records[0].is_grounding:
             raise UsageError(f"--prompt-file applies to detection data, but {path} holds grounding captions")
+        names = [c["name"] for c in sorted(cats, key=lambda c: c["id"])] if cats else list(categories)
+        _check_tuned_prompt(tuned_prompt, names, path)
+    return evaluate_records(detector, records, categories, cats, batch_size=batch_size)
+
+
+def evaluate_records(
+    detector: Predictor,
+    records: Sequence,
+    categories: Sequence[str],
+    cats: list[dict] | None = None,
+    *,
+    batch_size: int = 8,
+) -> tuple[dict, list]:
+    """Metrics of ``detector`` on :class:`~openglip.data.records.ImageRecord` s: phrase-grounding recall when
+    they are grounding records, else box AP with the prompt of ``categories`` (``cats``: their COCO entries,
+    ids ``1..n`` when not given). Returns (metrics, COCO results list)."""
+    if records and records[0].is_grounding:
         items = []
         for rec in records:
             groups: dict = {}
@@ -271,10 +289,7 @@ def evaluate_file(
                 )
             )
         return evaluate_grounding(detector, items, batch_size=batch_size), []
-    cats = coco_category_info(path) if Path(path).suffix == ".json" else [
-        {"id": i + 1, "name": n} for i, n in enumerate(categories)
-    ]  # fmt: skip
-    _check_tuned_prompt(tuned_prompt, [c["name"] for c in sorted(cats, key=lambda c: c["id"])], path)
+    cats = cats or [{"id": i + 1, "name": n} for i, n in enumerate(categories)]
     gt = {"images": [], "annotations": [], "categories": cats}
     ann_id = 1
     for i, rec in enumerate(records):

@@ -35,7 +35,7 @@ from ..distributed import DistInfo, barrier, cleanup, init_distributed
 from ..errors import UsageError
 from ..files import atomic_write, write_text_atomic
 from .optim import build_optimizer, lr_factor
-from .sampler import ResumableSampler
+from .sampler import ReplaySampler, ResumableSampler
 
 log = logging.getLogger("openglip.train")
 CRASH_ENV = "OPENGLIP_CRASH_AFTER_STEP"  # tests: exit abruptly after this step, as a killed run would
@@ -97,7 +97,8 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-RUN_FILES = ("checkpoints", "metrics.jsonl", "config.json", "model.safetensors", "tb", ".crashed")
+RUN_FILES = ("checkpoints", "metrics.jsonl", "config.json", "model.safetensors", "tb", ".crashed",
+             "finetuned.safetensors", "wise.json")  # fmt: skip
 # TrainConfig fields a resumed run may change (how long, how often, where to look); any other change would
 # make the folder hold two different runs
 RESUMABLE_CHANGES = frozenset(
@@ -308,9 +309,14 @@ class Trainer:
     # -- loop -----------------------------------------------------------------------------------------------
     def _loader(self) -> DataLoader:
         position = {"seed": self.cfg.seed, "rank": self.dist.rank, "world_size": self.dist.world_size}
+        ratio = getattr(self.dataset, "replay_ratio", None)  # a ReplayMix: a fixed share of replay items
         if hasattr(self.dataset, "sampler"):  # streamed shards: each rank and worker reads shards of its own
             sampler = self.dataset.sampler(
                 **position, start=self.items, batch_size=self.cfg.batch_size, num_workers=self.cfg.num_workers
+            )
+        elif ratio:
+            sampler = ReplaySampler(
+                self.dataset.target_size, self.dataset.replay_size, ratio, **position, start=self.items
             )
         else:
             sampler = ResumableSampler(len(self.dataset), **position, start=self.items)
@@ -443,9 +449,16 @@ class Trainer:
         bar.close()
         self._check_finite()
         self.save_checkpoint()
+        final = None
         if self.dist.is_main:
-            self.task.export(self.final_weights().cpu(), self.out_dir / "model.safetensors")
-        self.result = {**last, **self._evaluate()}
+            final = self.final_weights()
+            # a task may turn the trained weights into its result (WiSE-FT mixes them with the starting weights)
+            finalize = getattr(self.task, "finalize", None)
+            if finalize is not None:
+                final = finalize(final, self.step)
+            self.task.export(final.cpu(), self.out_dir / "model.safetensors")
+            final = final.to(self.device)
+        self.result = {**last, **self._evaluate(final)}
         cleanup(self.dist)
         return self.result
 
@@ -473,11 +486,12 @@ class Trainer:
             losses = dict(zip(self._loss_names, self._bad_losses.tolist()))
             raise FloatingPointError(f"non-finite loss at step {step}: {losses}")
 
-    def _evaluate(self) -> dict:
+    def _evaluate(self, model: torch.nn.Module | None = None) -> dict:
+        """Metrics of ``model`` (default: :meth:`final_weights`), logged to metrics.jsonl."""
         if not self.dist.is_main:
             barrier(self.dist)
             return {}
-        metrics = self.task.evaluate(self.final_weights(), self.step)
+        metrics = self.task.evaluate(model if model is not None else self.final_weights(), self.step)
         if metrics:
             self._log({"step": self.step, **{f"eval/{k}": v for k, v in metrics.items()}})
         self._train_mode()

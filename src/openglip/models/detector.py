@@ -293,17 +293,35 @@ class GLIP(nn.Module):
         )
 
 
+FUSION_KINDS = ("deep", "late")
+
+
 def build_tower(cfg: ModelConfig) -> FusionTower:
+    """The tower of ``cfg.fusion_layers`` blocks.
+
+    ``fusion="deep"``: each block is [cross-attention, BERT layer (``fusion_text_layers``), DyConv] (GLIP).
+    ``fusion="late"``: each block is the DyConv alone (GLIP-T (A) of the paper's ablation): no cross-modality
+    parameters, the image features do not depend on the prompt, and the text reaches the image only through
+    the head's alignment dot product. The DyConv keys are the same in both, so a late-fusion model's
+    checkpoint is a deep-fusion one without the cross-attention and text-layer keys.
+    """
+    if cfg.fusion not in FUSION_KINDS:
+        raise ValueError(f"fusion must be one of {', '.join(FUSION_KINDS)}, not {cfg.fusion!r}")
+    deep = cfg.fusion == "deep"
     blocks = []
     for _ in range(cfg.fusion_layers):
-        cross = CrossModalFusion(
-            v_dim=cfg.fpn_channels,
-            l_dim=cfg.text_hidden,
-            embed_dim=cfg.fusion_embed_dim,
-            num_heads=cfg.fusion_heads,
-            layer_scale_init=cfg.layer_scale_init,
-            dropout=cfg.fusion_dropout,
-            clamp=cfg.clamp_attention,
+        cross = (
+            CrossModalFusion(
+                v_dim=cfg.fpn_channels,
+                l_dim=cfg.text_hidden,
+                embed_dim=cfg.fusion_embed_dim,
+                num_heads=cfg.fusion_heads,
+                layer_scale_init=cfg.layer_scale_init,
+                dropout=cfg.fusion_dropout,
+                clamp=cfg.clamp_attention,
+            )
+            if deep
+            else None
         )
         text_layer = (
             TextLayer(
@@ -312,7 +330,7 @@ def build_tower(cfg: ModelConfig) -> FusionTower:
                 intermediate=cfg.text_intermediate,
                 dropout=cfg.fusion_dropout,
             )
-            if cfg.fusion_text_layers
+            if deep and cfg.fusion_text_layers
             else None
         )
         dyconv = DyConv(

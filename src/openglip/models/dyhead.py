@@ -195,9 +195,13 @@ class DyConv(nn.Module):
 
 
 class FusionBlock(nn.Module):
-    """One layer of the VL-DyHead tower: cross-modal fusion, a BERT layer on text, a DyConv on the image."""
+    """One layer of the VL-DyHead tower: cross-modal fusion, a BERT layer on text, a DyConv on the image.
 
-    def __init__(self, cross_attn: nn.Module, text_layer: nn.Module | None, dyconv: DyConv):
+    Without ``cross_attn`` and ``text_layer`` (late fusion) the block is a plain DyHead block: the text passes
+    through unchanged and the image side never sees it.
+    """
+
+    def __init__(self, cross_attn: nn.Module | None, text_layer: nn.Module | None, dyconv: DyConv):
         super().__init__()
         self.cross_attn = cross_attn
         self.text_layer = text_layer
@@ -205,15 +209,18 @@ class FusionBlock(nn.Module):
 
     def forward(self, visual, text, text_mask, causal: bool = False):
         """``causal`` (captioning, see :mod:`openglip.models.vl_heads`): the image attends only to [CLS] and the
-        text layer attends causally, so no token sees a later one through either modality."""
+        text layer attends causally, so no token sees a later one through either modality. Late fusion (no
+        ``cross_attn``): the image features never see the text."""
         if causal:
             from .vl_heads import causal_mask, prefix_mask
 
-            visual, text = self.cross_attn(visual, text, prefix_mask(text_mask))
+            if self.cross_attn is not None:
+                visual, text = self.cross_attn(visual, text, prefix_mask(text_mask))
             if self.text_layer is not None:
                 text = self.text_layer(text, causal_mask(text_mask))
             return self.dyconv(visual), text
-        visual, text = self.cross_attn(visual, text, text_mask)
+        if self.cross_attn is not None:
+            visual, text = self.cross_attn(visual, text, text_mask)
         if self.text_layer is not None:
             text = self.text_layer(text, text_mask)
         return self.dyconv(visual), text

@@ -18,6 +18,9 @@ class Task(Protocol):
     ``losses`` only *calls* the trained model (it may be wrapped in DDP); frozen helpers a task needs (a teacher,
     a frozen text encoder) live on the task. Batches returned by ``collate_fn()`` have ``.to(device)`` and
     ``len()``.
+
+    Optional: ``finalize(model, step) -> model`` turns the trained (EMA) weights into the run's result before
+    ``export`` and the final evaluation (GLIP tasks use it for WiSE-FT, :mod:`openglip.tasks.wise`).
     """
 
     def build_model(self) -> nn.Module:

@@ -15,6 +15,7 @@ from ..losses import GroundingLoss
 from ..losses.contrastive import inter_image_loss
 from ..losses.masks import mask_loss
 from ..models.detector import GLIP, build_model
+from .wise import apply_wise, check_wise_config, wise_enabled
 
 OPTIONAL_HEADS = ("contrastive.", "mask_head.", "mlm_head.", "vqa_head.", "caption_head.")  # GLIPv2 heads a
 # starting checkpoint may lack
@@ -34,6 +35,12 @@ class GLIPTask:
         if cfg.mlm_weight > 0 and not model_cfg.mlm_head:
             raise UsageError("mlm_weight > 0 needs the model's MLM head: set mlm_head=true")
         self.model_cfg, self.cfg = model_cfg, cfg
+        if wise_enabled(cfg):
+            if not self.start_weights():
+                raise UsageError(
+                    "WiSE-FT (wise_alpha, wise_retain) mixes with the starting weights: set init_weights"
+                )
+            check_wise_config(cfg, has_holdout=self.has_holdout())
         self.criterion = GroundingLoss(
             topk=cfg.atss_topk,
             alpha=cfg.focal_alpha,
@@ -141,6 +148,32 @@ class GLIPTask:
                 detector, num_images=self.cfg.eval_images, image_size=self.cfg.shapes_image_size
             )
         return evaluate_file(detector, self.cfg.val_data, self.cfg.image_root, batch_size=8)[0]
+
+    # -- WiSE-FT --------------------------------------------------------------------------------------------
+    def start_weights(self) -> str | None:
+        """The weights training starts from, which WiSE-FT mixes the result with."""
+        return self.cfg.init_weights
+
+    def has_holdout(self) -> bool:
+        """Whether there are held-out target data for WiSE-FT's automatic alpha (``val_data``)."""
+        return bool(self.cfg.val_data)
+
+    def holdout_ap(self, model: GLIP, step: int) -> float:
+        """AP50 on the held-out target data."""
+        return GLIPTask.evaluate(self, model, step).get("AP50", 0.0)
+
+    def finalize(self, model: GLIP, step: int) -> GLIP:
+        """WiSE-FT when asked for (``wise_alpha`` < 1 or ``wise_retain``): mix the trained weights with the
+        starting weights (see :mod:`openglip.tasks.wise`); otherwise the trained model as it is."""
+        if not wise_enabled(self.cfg):
+            return model
+        return apply_wise(
+            model,
+            lambda m: self.load_weights(m, self.start_weights()),
+            self.cfg,
+            target_ap=lambda m: self.holdout_ap(m, step),
+            save=lambda m, path: save_safetensors(m, path, self.model_cfg),
+        )
 
     def config_dict(self) -> dict:
         return config_to_dict(self.model_cfg)

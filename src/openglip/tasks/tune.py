@@ -1,12 +1,20 @@
-"""Adapting a trained GLIP to a task: prompt tuning, linear probing or full fine-tuning (GLIPv2's comparison).
+"""Adapting a trained GLIP to a task: prompt tuning, linear probing, full fine-tuning (GLIPv2's comparison) and
+two forgetting-aware variants of full fine-tuning.
 
 * ``prompt``: the whole model is frozen; only an offset on the task prompt's token features trains, and the
   result is a small file (``prompt.safetensors``) used with the unchanged model.
 * ``linear``: GLIP's linear probe: only the final layers train (box and centerness convs, the text-side
   projection of the alignment logits, its temperature and biases).
 * ``full``: everything trains.
+* ``wise``: full fine-tuning, then WiSE-FT: the weights are mixed with the starting ones,
+  ``(1 - alpha) * start + alpha * fine-tuned`` (alpha 0.5 unless given; or chosen on held-out data, see
+  :mod:`openglip.tasks.wise`).
+* ``replay``: full fine-tuning whose batches mix in a fixed share (``replay_ratio``, default 0.25) of
+  pre-training-style data (``replay_data``: ``"shapes"`` or annotation files, with class prompts and sampled
+  negatives as in pre-training), see :class:`~openglip.engine.sampler.ReplaySampler`.
 
-All three use the task's fixed prompt (its category names in order).
+The task's own data always use its fixed prompt (its category names in order). ``replay_data`` and
+``wise_alpha`` / ``wise_retain`` also combine with ``linear`` and ``full`` (and with each other).
 """
 
 from __future__ import annotations
@@ -38,11 +46,16 @@ LINEAR_PROBE = (
     "head.bias_lang",
     "head.bias0",
 )
-MODES = ("prompt", "linear", "full")
+MODES = ("prompt", "linear", "full", "wise", "replay")
+WISE_DEFAULT_ALPHA = 0.5  # mode "wise" without an alpha
 
 
 class TuneTask(GLIPTask):
-    """A :class:`GLIPTask` that starts from trained weights and trains only what ``mode`` allows."""
+    """A :class:`GLIPTask` that starts from trained weights and trains only what ``mode`` allows.
+
+    Args:
+        holdout: records of the task kept out of training, on which WiSE-FT's automatic alpha is chosen.
+    """
 
     def __init__(
         self,
@@ -53,31 +66,62 @@ class TuneTask(GLIPTask):
         weights: str,
         categories: Sequence[str],
         prompt: Prompt | None = None,
+        holdout: Sequence[ImageRecord] = (),
     ):
         if mode not in MODES:
             raise UsageError(f"tuning mode must be one of {', '.join(MODES)}, not {mode!r}")
-        super().__init__(model_cfg, cfg)
+        if mode == "replay" and not cfg.replay_data:
+            raise UsageError(
+                'mode replay needs pre-training-style data to replay: replay_data="shapes" or files'
+            )
+        if mode == "prompt" and (cfg.replay_data or cfg.wise_alpha != 1.0 or cfg.wise_retain):
+            raise UsageError(
+                "prompt tuning leaves the model unchanged: replay and WiSE-FT do not apply to it"
+            )
         self.mode = mode
         self.weights = weights
+        self.categories = list(categories)
+        self.holdout = list(holdout)
+        super().__init__(model_cfg, cfg)
         self.prompt = prompt or fixed_prompt(categories)
+
+    @property
+    def trains(self) -> str:
+        """What the mode trains: "prompt", "linear" or "full" (``wise`` and ``replay`` train fully)."""
+        return self.mode if self.mode in ("prompt", "linear") else "full"
+
+    def start_weights(self) -> str:
+        return self.weights
+
+    def has_holdout(self) -> bool:
+        return bool(self.holdout) or bool(self.cfg.val_data)
+
+    def holdout_ap(self, model, step: int) -> float:
+        if not self.holdout:
+            return super().holdout_ap(model, step)
+        from ..api import Detector
+        from ..engine.evaluate import evaluate_records
+
+        det = Detector(model, device=next(model.parameters()).device)
+        return evaluate_records(det, self.holdout, self.categories)[0].get("AP50", 0.0)
 
     def build_model(self) -> torch.nn.Module:
         model = super().build_model()
         self.load_weights(model, self.weights)
-        if self.mode == "prompt":
+        if self.trains == "prompt":
             return PromptTunedGLIP(model, self.prompt)
-        if self.mode == "linear":
+        if self.trains == "linear":
             for name, p in model.named_parameters():
                 p.requires_grad_(name.startswith(LINEAR_PROBE))
         return model
 
     def freeze(self, model, spec: str) -> list[str]:
-        if self.mode == "full":
+        if self.trains == "full":
             return super().freeze(model, spec)
         return []  # already decided by the mode
 
     def losses(self, model, batch) -> dict[str, torch.Tensor]:
-        if self.mode != "prompt":
+        if self.trains != "prompt":
             return super().losses(model, batch)
         out = model(
             batch.pixel_values,
@@ -88,16 +132,21 @@ class TuneTask(GLIPTask):
         return self.criterion(out, batch.targets)
 
     def evaluate(self, model, step: int) -> dict[str, float]:
-        return {} if self.mode == "prompt" else super().evaluate(model, step)
+        return {} if self.trains == "prompt" else super().evaluate(model, step)
 
     def export(self, model, path) -> None:
         """``RUN/prompt.safetensors`` (prompt mode) or ``RUN/model.safetensors``, and ``RUN/tune.json`` saying how
         the result was made."""
-        if self.mode == "prompt":
+        if self.trains == "prompt":
             unwrap(model).tuned_prompt().save(Path(path).with_name("prompt.safetensors"))
         else:
             super().export(model, path)
         info = {"mode": self.mode, "from": str(self.weights), "phrases": list(self.prompt.phrases)}
+        if self.cfg.replay_data:
+            info["replay"] = {"data": self.cfg.replay_data, "ratio": self.cfg.replay_ratio}
+        wise = Path(path).with_name("wise.json")
+        if self.trains != "prompt" and wise.exists() and (self.cfg.wise_alpha != 1.0 or self.cfg.wise_retain):
+            info["wise"] = json.loads(wise.read_text())
         write_text_atomic(Path(path).with_name("tune.json"), json.dumps(info, indent=1))
 
 
@@ -118,13 +167,28 @@ def few_shot(records: Sequence[ImageRecord], categories: Sequence[str], shots: i
 
 
 def tune_config(mode: str, overrides: Iterable[str] = (), **changes) -> TrainConfig:
-    """The training config of a tuning run: short, no EMA, the task's fixed prompt (no sampled negatives, no
-    flips), lr 1e-3 for prompt tuning and 1e-4 otherwise; then ``key=value`` overrides and ``changes``."""
+    """The training config of a tuning run: short, no EMA, the task's fixed prompt (no flips), lr 1e-3 for prompt
+    tuning and 1e-4 otherwise, alpha 0.5 for mode ``wise``; then ``key=value`` overrides and ``changes``.
+
+    Sampled negatives (``num_negatives``) only shape the prompts of replayed data: the task's own data always
+    use their fixed prompt."""
     defaults = TrainConfig(
         max_steps=200, lr=1e-3 if mode == "prompt" else 1e-4, warmup_steps=10, checkpoint_every=100,
-        log_every=10, ema_decay=0.0, num_negatives=0, flip_prob=0.0,
+        log_every=10, ema_decay=0.0, flip_prob=0.0, wise_alpha=WISE_DEFAULT_ALPHA if mode == "wise" else 1.0,
     )  # fmt: skip
     return dataclasses.replace(apply_overrides(defaults, overrides), **changes)
+
+
+def split_holdout(records: Sequence[ImageRecord], fraction: float, seed: int = 0):
+    """``(train, held out)``: a random ``fraction`` of the records (at least one, and never all) held out."""
+    if not 0.0 < fraction < 1.0:
+        raise UsageError(f"the held-out fraction must be between 0 and 1, got {fraction}")
+    if len(records) < 2:
+        raise DataError("need at least 2 images to hold some out for choosing the WiSE-FT alpha")
+    order = np.random.default_rng([seed, 1]).permutation(len(records))
+    n = min(max(1, round(fraction * len(records))), len(records) - 1)
+    held = set(order[:n].tolist())
+    return [r for i, r in enumerate(records) if i not in held], [records[i] for i in sorted(held)]
 
 
 def tune(
@@ -134,6 +198,7 @@ def tune(
     *,
     mode: str,
     cfg: TrainConfig,
+    holdout: Sequence[ImageRecord] = (),
     resume: bool = False,
     overwrite: bool = False,
     device: str | None = None,
@@ -143,10 +208,15 @@ def tune(
     order joined by ". ", or ``prompt`` (one phrase per category, in order; e.g. GLIP's ODinW caption prompts).
     Returns the result file: ``cfg.out_dir/prompt.safetensors`` (prompt mode) or ``model.safetensors``.
 
+    Args:
+        holdout: task records not trained on, for WiSE-FT's automatic alpha (``cfg.wise_retain``).
+
     Raises:
-        UsageError: weights without an embedded config, an unknown mode.
+        UsageError: weights without an embedded config, an unknown mode, replay or WiSE-FT settings that cannot
+            work (see :class:`TuneTask`).
         DataError: no records.
     """
+    from ..data.build import with_replay
     from ..data.datasets import GroundingDataset
     from ..data.transforms import default_train_transforms, to_model_input
     from ..engine.trainer import Trainer
@@ -156,6 +226,9 @@ def tune(
         raise UsageError(f"{weights} carries no config; convert it first with openglip convert")
     if not records:
         raise DataError("no usable records to tune on")
+    task = TuneTask(
+        model_cfg, cfg, mode=mode, weights=str(weights), categories=categories, holdout=holdout, prompt=prompt
+    )
     dataset = GroundingDataset(
         records,
         categories,
@@ -171,6 +244,6 @@ def tune(
         fixed_prompt=prompt or True,
         seed=cfg.seed,
     )
-    task = TuneTask(model_cfg, cfg, mode=mode, weights=str(weights), categories=categories, prompt=prompt)
+    dataset = with_replay(dataset, model_cfg, cfg)
     Trainer(task, cfg, dataset, resume=resume, overwrite=overwrite, device=device).fit()
     return Path(cfg.out_dir) / ("prompt.safetensors" if mode == "prompt" else "model.safetensors")
