@@ -119,7 +119,9 @@ def _build_dataset(model_cfg, cfg) -> Dataset:
         )
     parts = []
     for path in [p.strip() for p in cfg.data.split(",") if p.strip()]:
-        if is_shard_dir(path):  # WebDataset shards (openglip data shard); streamed when they are the only data
+        if is_shard_dir(
+            path
+        ):  # WebDataset shards (openglip data shard); streamed when they are the only data
             parts.append(
                 ShardDataset(
                     path,

@@ -230,7 +230,9 @@ class AltShapesWorld:
         if min(h, w) < 48:
             raise UsageError(f"shapes: the image size must be at least 48 px, got {(h, w)}")
         if not 1 <= min_objects <= max_objects:
-            raise UsageError(f"shapes: need 1 <= min_objects <= max_objects, got {min_objects}, {max_objects}")
+            raise UsageError(
+                f"shapes: need 1 <= min_objects <= max_objects, got {min_objects}, {max_objects}"
+            )
         if seed < 0:
             raise UsageError(f"shapes: the seed must be 0 or more, got {seed}")
         self.split, self.height, self.width = split, h, w

@@ -145,7 +145,9 @@ def check_category_split(categories: Sequence[dict], *, where: str) -> None:
     """
     for c in categories:
         if "split" in c and c["split"] not in SPLIT_NAMES:
-            raise DataError(f"{where}: category {c['name']!r} has split {c['split']!r}; use 'base' or 'novel'")
+            raise DataError(
+                f"{where}: category {c['name']!r} has split {c['split']!r}; use 'base' or 'novel'"
+            )
         if "frequency" in c and c["frequency"] not in FREQUENCIES:
             raise DataError(
                 f"{where}: category {c['name']!r} has frequency {c['frequency']!r}; use 'r', 'c' or 'f'"

@@ -180,4 +180,3 @@ class GLIPTask:
 
     def export(self, model: GLIP, path) -> None:
         save_safetensors(model, path, self.model_cfg)
-
