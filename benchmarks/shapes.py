@@ -128,6 +128,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--weights", default=None, help="evaluate these weights instead of training")
     parser.add_argument("--skip-cpu", action="store_true")
+    parser.add_argument("--out", default=None, help="keep the trained run here (default: a temporary folder)")
     args = parser.parse_args()
     from openglip.demo import DEFAULT_BUDGET
 
@@ -137,8 +138,8 @@ def main() -> None:
             torch.set_num_threads(args.threads)
             rows += quality_rows(args.weights, args.images)
         else:
-            with tempfile.TemporaryDirectory() as out:
-                weights, rows = train_demo(args.budget or DEFAULT_BUDGET, args.threads, out)
+            with tempfile.TemporaryDirectory() as tmp:
+                weights, rows = train_demo(args.budget or DEFAULT_BUDGET, args.threads, args.out or tmp)
             rows += quality_rows(weights, args.images)
     header = ("measure", "own renderer", "other renderer", "kept", "note")
     print_table(header, rows)

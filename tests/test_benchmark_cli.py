@@ -95,8 +95,8 @@ def test_benchmark_errors_are_one_line(fixtures, tiny_checkpoint, tmp_path, caps
     assert main(["benchmark", "odinw", str(tmp_path), "--weights", str(tiny_checkpoint)]) == 2
     assert "no ODinW dataset found" in capsys.readouterr().err
     code = main(["benchmark", "odinw", str(fixtures / "odinw"), "--weights", str(tiny_checkpoint), "--shots", "1",
-                 "--mode", "wise"])  # fmt: skip
-    assert code == 2 and "unknown; choose from prompt, linear, full" in capsys.readouterr().err
+                 "--mode", "bogus"])  # fmt: skip
+    assert code == 2 and "unknown; choose from prompt, linear, full, wise, replay" in capsys.readouterr().err
     code = main(
         [
             "benchmark",

@@ -22,7 +22,7 @@ def test_default_buckets_hold_every_resized_image():
 
 
 def test_compiled_path_gives_the_eager_detections(tiny_detector, chelsea):
-    """Same buckets, same text padding: the traced graphs (dynamo + AOTAutograd, no kernel generation so that
+    """The README's ``load_model(..., compile=...)``. Same buckets, same text padding: the traced graphs (dynamo + AOTAutograd, no kernel generation so that
     the test stays fast; benchmarks/gpu_run.sh runs inductor) return the eager detections."""
     model = tiny_detector.model
     buckets = default_buckets(model.config)

@@ -92,6 +92,8 @@ def test_killed_and_rerun_labelling_yields_each_pair_exactly_once(caption_set, t
 
 
 def test_two_process_torchrun_labelling_merges_shards(caption_set, tiny_checkpoint):
+    """The README's ``torchrun --nproc_per_node N -m openglip.cli label ...``: every rank labels its part, the
+    parts are merged into one file."""
     root, captions, _ = caption_set
     out = root / "merged.odvg.jsonl"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",

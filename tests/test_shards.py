@@ -187,6 +187,8 @@ def test_caption_shards_are_refused_for_training(shapes_files, tmp_path):
 
 
 def test_label_reads_caption_shards_and_writes_shards(shapes_files, tmp_path, tiny_checkpoint):
+    """The README's ``openglip data shard captions.jsonl --out caption_shards/`` and ``openglip label --captions
+    caption_shards/ ... --out pseudo_shards/``."""
     root, _ = shapes_files
     captions = tmp_path / "caption_shards"
     assert (

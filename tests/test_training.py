@@ -182,6 +182,8 @@ def test_killed_and_resumed_run_repeats_the_losses_exactly(tmp_path, uninterrupt
 
 
 def test_torchrun_restart_resumes_from_the_last_checkpoint(tmp_path, uninterrupted):
+    """The README's ``torchrun --nproc_per_node N --max-restarts 3 -m openglip.cli train ... --resume``: a crashed
+    rank is restarted and continues from the last checkpoint with the uninterrupted run's losses."""
     crash = {**ENV, "OPENGLIP_CRASH_AFTER_STEP": "4"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1",
            "--max-restarts", "1", "-m", "openglip.cli", *_train_cmd(tmp_path)[3:], "--resume"]  # fmt: skip
