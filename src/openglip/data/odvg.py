@@ -110,7 +110,7 @@ def _find_label_map(jsonl_path: Path) -> Path | None:
     return None
 
 
-def _detection(
+def parse_detection_line(
     obj: dict, size: tuple[int, int], names: dict[int, str], fixed: dict[int, str], report: SkipReport
 ) -> tuple[np.ndarray, np.ndarray] | None:
     """Boxes and labels of a detection line (None when unusable); records label names in ``names`` (the
@@ -134,7 +134,7 @@ def _detection(
     return boxes, np.asarray(labels, dtype=np.int64).reshape(-1)[keep]
 
 
-def _grounding(
+def parse_grounding_line(
     obj: dict, size: tuple[int, int], report: SkipReport
 ) -> tuple[str, np.ndarray, list[list[tuple[int, int]]]] | None:
     """Caption, boxes and spans of a grounding line, or None when the line is unusable."""
@@ -219,11 +219,11 @@ def read_odvg(
             continue
         head = {"file_name": path, "height": size[0], "width": size[1], "image_id": number}
         if kind == "detection":
-            parsed_det = _detection(obj, size, names, fixed, report)
+            parsed_det = parse_detection_line(obj, size, names, fixed, report)
             if parsed_det is not None:
                 records.append(ImageRecord(**head, boxes=parsed_det[0], labels=parsed_det[1]))
             continue
-        parsed = _grounding(obj, size, report)
+        parsed = parse_grounding_line(obj, size, report)
         if parsed is None:
             continue
         caption, boxes, spans = parsed

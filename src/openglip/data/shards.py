@@ -363,20 +363,20 @@ class ShardSet:
 
 def image_record(record: dict, categories: Sequence[str], report: SkipReport) -> ImageRecord | None:
     """An :class:`ImageRecord` from a detection or grounding shard record (None when unusable)."""
-    from .odvg import _detection, _grounding
+    from .odvg import parse_detection_line, parse_grounding_line
 
     size = (int(record["height"]), int(record["width"]))
     head = {"file_name": record["filename"], "height": size[0], "width": size[1]}
     head["image_id"] = record.get("image_id", 0)
     if record["kind"] == "detection":
         names = dict(enumerate(categories))
-        parsed = _detection(record, size, names, report)
+        parsed = parse_detection_line(record, size, dict(names), names, report)
         if parsed is None:
             return None
         masks = record.get("masks")
         return ImageRecord(**head, boxes=parsed[0], labels=parsed[1], masks=masks)
     if record["kind"] == "grounding":
-        parsed = _grounding(record, size, report)
+        parsed = parse_grounding_line(record, size, report)
         if parsed is None:
             return None
         caption, boxes, spans = parsed

@@ -99,11 +99,12 @@ def _set_rng_state(state: dict) -> None:
 
 RUN_FILES = ("checkpoints", "metrics.jsonl", "config.json", "model.safetensors", "tb", ".crashed",
              "finetuned.safetensors", "wise.json")  # fmt: skip
-# TrainConfig fields a resumed run may change (how long, how often, where to look); any other change would
-# make the folder hold two different runs
+# TrainConfig fields a resumed run may change (how long, how often, where to look, and WiSE-FT's mixing weight,
+# which `tune --resume --alpha X` re-applies to a finished run); any other change would make the folder hold
+# two different runs
 RESUMABLE_CHANGES = frozenset(
     {"out_dir", "max_steps", "time_budget", "log_every", "checkpoint_every", "keep_checkpoints", "eval_every",
-     "eval_images", "val_data", "num_workers", "tensorboard"}
+     "eval_images", "val_data", "num_workers", "tensorboard", "wise_alpha"}
 )  # fmt: skip
 
 
