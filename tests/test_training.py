@@ -3,6 +3,7 @@ torchrun --max-restarts), 2-process DDP on CPU, and the train/evaluate/data comm
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import subprocess
@@ -122,7 +123,7 @@ def test_loss_falls_when_overfitting_four_images(tmp_path):
     # the shapes world's look (muted backgrounds, hollow shapes) makes these 4 images harder than plain ones: the
     # loss falls steadily (each quarter of the run below the one before) to under 80% of its start in 60 steps
     quarters = [np.mean(losses[i : i + 3]) for i in range(0, 12, 3)]
-    assert all(a > b for a, b in zip(quarters, quarters[1:])), losses
+    assert all(a > b for a, b in itertools.pairwise(quarters)), losses
     assert np.mean(losses[-3:]) < 0.8 * np.mean(losses[:2]), losses
     assert (tmp_path / "model.safetensors").exists() and (tmp_path / "checkpoints" / "last").exists()
 
