@@ -117,22 +117,19 @@ def _build_dataset(model_cfg, cfg) -> Dataset:
             seed=cfg.seed,
             with_masks=model_cfg.mask_head,
         )
+    common = {
+        "transform": transform,
+        "to_tensor": to_tensor,
+        "num_negatives": cfg.num_negatives,
+        "max_tokens": model_cfg.max_text_len,
+        "seed": cfg.seed,
+        "with_masks": model_cfg.mask_head,
+    }
     parts = []
     for path in [p.strip() for p in cfg.data.split(",") if p.strip()]:
-        if is_shard_dir(
-            path
-        ):  # WebDataset shards (openglip data shard); streamed when they are the only data
-            parts.append(
-                ShardDataset(
-                    path,
-                    transform=transform,
-                    to_tensor=to_tensor,
-                    num_negatives=cfg.num_negatives,
-                    max_tokens=model_cfg.max_text_len,
-                    seed=cfg.seed,
-                    with_masks=model_cfg.mask_head,
-                )
-            )
+        # WebDataset shards (openglip data shard); streamed when they are the only data
+        if is_shard_dir(path):
+            parts.append(ShardDataset(path, **common))
             continue
         if Path(path).is_dir():
             raise DataError(
@@ -146,16 +143,5 @@ def _build_dataset(model_cfg, cfg) -> Dataset:
                 "%s: none of its %d images has an annotated box: the model learns only what is absent", path,
                 len(records),
             )  # fmt: skip
-        parts.append(
-            GroundingDataset(
-                records,
-                categories,
-                transform=transform,
-                to_tensor=to_tensor,
-                num_negatives=cfg.num_negatives,
-                max_tokens=model_cfg.max_text_len,
-                seed=cfg.seed,
-                with_masks=model_cfg.mask_head,
-            )
-        )
+        parts.append(GroundingDataset(records, categories, **common))
     return parts[0] if len(parts) == 1 else MultiDataset(parts)

@@ -138,6 +138,22 @@ def draw_category(rng: np.random.Generator, split: str) -> int:
     return int(rng.choice(pool))
 
 
+def check_world_args(
+    split: str, image_size, min_objects: int, max_objects: int, seed: int, *, min_side: int
+) -> tuple[int, int]:
+    """``(height, width)`` of a shapes renderer's settings, each checked (one :class:`UsageError` per problem)."""
+    if split not in _SPLITS:
+        raise UsageError(f"shapes: split must be one of {sorted(_SPLITS)}, not {split!r}")
+    h, w = (int(image_size),) * 2 if np.ndim(image_size) == 0 else map(int, image_size)
+    if min(h, w) < min_side:
+        raise UsageError(f"shapes: the image size must be at least {min_side} px, got {(h, w)}")
+    if not 1 <= min_objects <= max_objects:
+        raise UsageError(f"shapes: need 1 <= min_objects <= max_objects, got {min_objects}, {max_objects}")
+    if seed < 0:
+        raise UsageError(f"shapes: the seed must be 0 or more, got {seed}")
+    return h, w
+
+
 class ShapesWorld:
     """An infinite, deterministic stream of shapes-world samples.
 
@@ -164,17 +180,7 @@ class ShapesWorld:
         seed: int = 0,
         vary_canvas: bool = False,
     ) -> None:
-        if split not in _SPLITS:
-            raise UsageError(f"shapes: split must be one of {sorted(_SPLITS)}, not {split!r}")
-        h, w = (int(image_size),) * 2 if np.ndim(image_size) == 0 else map(int, image_size)
-        if min(h, w) < 32:
-            raise UsageError(f"shapes: the image size must be at least 32 px, got {(h, w)}")
-        if not 1 <= min_objects <= max_objects:
-            raise UsageError(
-                f"shapes: need 1 <= min_objects <= max_objects, got {min_objects}, {max_objects}"
-            )
-        if seed < 0:
-            raise UsageError(f"shapes: the seed must be 0 or more, got {seed}")
+        h, w = check_world_args(split, image_size, min_objects, max_objects, seed, min_side=32)
         self.split, self.height, self.width = split, h, w
         self.min_objects, self.max_objects, self.seed = min_objects, max_objects, seed
         self.vary_canvas = vary_canvas

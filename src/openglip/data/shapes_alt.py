@@ -27,8 +27,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from ..errors import UsageError
-from .shapes import CATEGORIES, SIZES, ShapesSample, draw_category, make_captions
+from .shapes import CATEGORIES, SIZES, ShapesSample, check_world_args, draw_category, make_captions
 
 # several shades per colour name, all of its hue family (checked by tests/test_shapes_alt.py)
 ALT_SHADES: dict[str, tuple[tuple[int, int, int], ...]] = {
@@ -224,17 +223,7 @@ class AltShapesWorld:
         seed: int = 0,
         vary_canvas: bool = True,
     ) -> None:
-        if split not in ("train", "val", "test", "all"):
-            raise UsageError(f"shapes: split must be one of ['all', 'test', 'train', 'val'], not {split!r}")
-        h, w = (int(image_size),) * 2 if np.ndim(image_size) == 0 else map(int, image_size)
-        if min(h, w) < 48:
-            raise UsageError(f"shapes: the image size must be at least 48 px, got {(h, w)}")
-        if not 1 <= min_objects <= max_objects:
-            raise UsageError(
-                f"shapes: need 1 <= min_objects <= max_objects, got {min_objects}, {max_objects}"
-            )
-        if seed < 0:
-            raise UsageError(f"shapes: the seed must be 0 or more, got {seed}")
+        h, w = check_world_args(split, image_size, min_objects, max_objects, seed, min_side=48)
         self.split, self.height, self.width = split, h, w
         self.min_objects, self.max_objects, self.seed = min_objects, max_objects, seed
         self.vary_canvas = vary_canvas

@@ -18,20 +18,23 @@ from torch.utils.data import Dataset
 from ..images import load_image
 from ..prompts import load_tokenizer
 from ..vl_metrics import answer_scores
-from .captions import CaptionRecord
 from .datasets import item_rng
-from .vqa import VQARecord
 
 
-class VQADataset(Dataset):
-    """VQA records as ``(image tensor, {"question", "answers", "question_type", "image_id"})`` items."""
+class _RecordDataset(Dataset):
+    """Items made from a list of records, with a training transform and the model-input conversion."""
 
-    def __init__(self, records: Sequence[VQARecord], *, transform, to_tensor, seed: int = 0):
+    def __init__(self, records: Sequence, *, transform, to_tensor, seed: int = 0):
         self.records = list(records)
         self.transform, self.to_tensor, self.seed = transform, to_tensor, seed
 
     def __len__(self) -> int:
         return len(self.records)
+
+
+class VQADataset(_RecordDataset):
+    """VQA records (:class:`VQARecord`) as ``(image tensor, {"question", "answers", "question_type",
+    "image_id"})`` items."""
 
     def __getitem__(self, key):
         epoch, index = key if isinstance(key, tuple) else (0, key)
@@ -76,16 +79,9 @@ class ShapesVQADataset(Dataset):
         return self.to_tensor(image), target
 
 
-class CaptionDataset(Dataset):
-    """Caption records as ``(image tensor, {"caption", "boxes" (0, 4), "spans": []})`` items; each item uses one
-    of the image's reference captions, drawn at random."""
-
-    def __init__(self, records: Sequence[CaptionRecord], *, transform, to_tensor, seed: int = 0):
-        self.records = list(records)
-        self.transform, self.to_tensor, self.seed = transform, to_tensor, seed
-
-    def __len__(self) -> int:
-        return len(self.records)
+class CaptionDataset(_RecordDataset):
+    """Caption records (:class:`CaptionRecord`) as ``(image tensor, {"caption", "boxes" (0, 4), "spans": []})``
+    items; each item uses one of the image's reference captions, drawn at random."""
 
     def __getitem__(self, key):
         epoch, index = key if isinstance(key, tuple) else (0, key)

@@ -100,6 +100,15 @@ def _compressed(results: list[dict], gt: dict) -> list[dict]:
     return out
 
 
+def _item_prompt(item: GroundingItem) -> Prompt:
+    """The caption of a grounding item as a prompt whose phrases are its annotated spans (first span each)."""
+    return Prompt(
+        item.caption,
+        tuple(item.caption[s[0][0] : s[0][1]] for s in item.phrase_spans),
+        tuple(item.phrase_spans),
+    )
+
+
 def evaluate_referring_segmentation(
     detector: Predictor, items: Sequence[GroundingItem], *, batch_size: int = 8
 ):
@@ -109,14 +118,7 @@ def evaluate_referring_segmentation(
         chunk = [it for it in items[start : start + batch_size] if it.referent_mask is not None]
         if not chunk:
             continue
-        prompts = [
-            Prompt(
-                it.caption,
-                tuple(it.caption[s[0][0] : s[0][1]] for s in it.phrase_spans),
-                tuple(it.phrase_spans),
-            )
-            for it in chunk
-        ]
+        prompts = [_item_prompt(it) for it in chunk]
         for it, dets in zip(
             chunk, detector.predict([it.image for it in chunk], prompts=prompts, box_threshold=0.0)
         ):
@@ -139,14 +141,7 @@ def evaluate_grounding(
         range(0, len(items), batch_size), desc="grounding", unit="batch", disable=len(items) <= batch_size
     ):
         chunk = items[start : start + batch_size]
-        prompts = [
-            Prompt(
-                it.caption,
-                tuple(it.caption[s[0][0] : s[0][1]] for s in it.phrase_spans),
-                tuple(it.phrase_spans),
-            )
-            for it in chunk
-        ]
+        prompts = [_item_prompt(it) for it in chunk]
         outputs = detector.predict([it.image for it in chunk], prompts=prompts, box_threshold=0.0)
         for it, dets in zip(chunk, outputs):
             for p, boxes in enumerate(it.phrase_boxes):
