@@ -201,8 +201,11 @@ class _GraphBase(nn.Module):
         padded = torch.cat([dense, dense.new_zeros(B, K)], dim=1)
         det_scores, index = padded.topk(K, dim=1)  # (B, K)
         index = torch.where(det_scores > 0, index, 0)
-        det_labels = index % P
-        det_boxes = torch.gather(boxes, 1, (index // P).unsqueeze(-1).expand(B, K, 4))
+        # index = location * P + phrase. Not ``index % P``: with P a symbolic size (open vocabulary) the dynamo
+        # exporter makes that aten.remainder.Scalar, which onnxscript cannot translate with a symbolic operand
+        location = index // P
+        det_labels = index - location * P
+        det_boxes = torch.gather(boxes, 1, location.unsqueeze(-1).expand(B, K, 4))
         return det_boxes, det_scores, det_labels
 
 

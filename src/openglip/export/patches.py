@@ -8,11 +8,11 @@ model is being exported (:func:`export_friendly`); the PyTorch code paths stay a
   TorchScript exporter freezes into a pad that crops every other size back to the example's. For inputs whose
   size is a multiple of the stride (the export's size divisibility guarantees it at every stride-2 conv) that
   padding is the constant ``max(kernel - stride, 0)``, used here.
-* Swin's shifted-window mask is built by assigning Python slices of a zero map, and its window padding by
-  ``F.pad``; the TorchScript trace freezes both at the example's size. Here the mask's regions come from
-  comparisons on ``arange`` and the padding from concatenated zeros, whose sizes stay symbolic.
 * ``F.scaled_dot_product_attention`` is replaced by its ``MatMul``/``Softmax`` definition, so that no fused
   ``Attention`` node (opset 23, or a contrib op) appears and any ONNX runtime can run the graph.
+
+Swin needs nothing here: :mod:`openglip.models.swin` builds its shifted-window mask from ``arange`` comparisons
+and pads windows with concatenated zeros while a TorchScript trace records it, so its sizes stay symbolic.
 """
 
 from __future__ import annotations
@@ -108,63 +108,20 @@ def same_conv_constant_padding(self, x: torch.Tensor) -> torch.Tensor:
     return torch.nn.Conv2d.forward(self, x)
 
 
-def swin_shift_mask(self, H, W, device) -> torch.Tensor:
-    """``SwinStage._shift_mask`` without slice assignment: region ids 0/1/2 along each axis (before the last
-    window, in the last window before the shift, in the shift), combined as ``3 * row_id + col_id``."""
-    from ..models.swin import _partition
-
-    w, s = self.window, self.shift
-    Hp, Wp = (H + w - 1) // w * w, (W + w - 1) // w * w
-    rows = torch.arange(Hp, device=device)
-    cols = torch.arange(Wp, device=device)
-    row_id = (rows >= Hp - w).long() + (rows >= Hp - s).long()  # (Hp,)
-    col_id = (cols >= Wp - w).long() + (cols >= Wp - s).long()  # (Wp,)
-    img = (row_id[:, None] * 3 + col_id[None, :]).to(torch.float32).view(1, Hp, Wp, 1)
-    ids = _partition(img, w).reshape(-1, w * w)  # (nW, N)
-    diff = ids.unsqueeze(1) - ids.unsqueeze(2)
-    return torch.zeros_like(diff).masked_fill(diff != 0, -100.0)  # (nW, N, N)
-
-
-def swin_block_forward(self, x: torch.Tensor, H, W, shift_mask: torch.Tensor | None) -> torch.Tensor:
-    """``SwinBlock.forward`` (inference) with the zero padding to whole windows done by concatenation."""
-    from ..models.swin import _partition, _reverse
-
-    B, L, C = x.shape
-    w = self.window
-    shortcut = x
-    x = self.norm1(x).view(B, H, W, C)
-    Hp, Wp = (H + w - 1) // w * w, (W + w - 1) // w * w
-    x = torch.cat([x, x.new_zeros(B, Hp - H, W, C)], dim=1)
-    x = torch.cat([x, x.new_zeros(B, Hp, Wp - W, C)], dim=2)
-    if self.shift:
-        x = torch.roll(x, shifts=(-self.shift, -self.shift), dims=(1, 2))
-    x = self.attn(_partition(x, w), shift_mask if self.shift else None)
-    x = _reverse(x, w, Hp, Wp)
-    if self.shift:
-        x = torch.roll(x, shifts=(self.shift, self.shift), dims=(1, 2))
-    x = x[:, :H, :W, :].reshape(B, L, C)
-    x = shortcut + x
-    return x + self.mlp(self.norm2(x))
-
-
 @contextlib.contextmanager
 def export_friendly() -> Iterator[None]:
-    """Swap in :func:`deform_conv_grid_sample`, :func:`sdpa_math`, :func:`same_conv_constant_padding` and
-    :func:`swin_shift_mask` / :func:`swin_block_forward` for the duration of an export."""
-    from ..models import dyhead, efficientnet, swin
+    """Swap in :func:`deform_conv_grid_sample`, :func:`sdpa_math` and :func:`same_conv_constant_padding` for the
+    duration of an export."""
+    from ..models import dyhead, efficientnet
 
     saved = (
         dyhead.modulated_deform_conv,
         F.scaled_dot_product_attention,
         efficientnet.SameConv2d.forward,
-        swin.SwinStage._shift_mask,
-        swin.SwinBlock.forward,
     )
     dyhead.modulated_deform_conv = deform_conv_grid_sample
     F.scaled_dot_product_attention = sdpa_math
     efficientnet.SameConv2d.forward = same_conv_constant_padding
-    swin.SwinStage._shift_mask = swin_shift_mask
-    swin.SwinBlock.forward = swin_block_forward
     try:
         yield
     finally:
@@ -172,6 +129,4 @@ def export_friendly() -> Iterator[None]:
             dyhead.modulated_deform_conv,
             F.scaled_dot_product_attention,
             efficientnet.SameConv2d.forward,
-            swin.SwinStage._shift_mask,
-            swin.SwinBlock.forward,
         ) = saved

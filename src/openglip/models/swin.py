@@ -82,6 +82,20 @@ def _reverse(windows: torch.Tensor, w: int, H: int, W: int) -> torch.Tensor:
     return x.reshape(B, H, W, C)
 
 
+def _pad_to(x: torch.Tensor, Hp, Wp) -> torch.Tensor:
+    """Zero-pad (B, H, W, C) at the bottom and right to (B, Hp, Wp, C).
+
+    ``F.pad`` eagerly and under ``torch.compile``/``torch.export`` (symbolic sizes); two concatenations of zeros
+    while a TorchScript trace (the ONNX exporter's) records it, since the trace would freeze ``F.pad``'s amounts
+    at the example's size where the concatenated zeros keep theirs symbolic. Both give the same numbers.
+    """
+    B, H, W, C = x.shape
+    if torch.jit.is_tracing():
+        x = torch.cat([x, x.new_zeros(B, Hp - H, W, C)], dim=1)
+        return torch.cat([x, x.new_zeros(B, Hp, Wp - W, C)], dim=2)
+    return F.pad(x, (0, 0, 0, Wp - W, 0, Hp - H))
+
+
 class SwinBlock(nn.Module):
     def __init__(self, dim: int, num_heads: int, window: int, shift: int, mlp_ratio: float, drop_path: float):
         super().__init__()
@@ -99,9 +113,8 @@ class SwinBlock(nn.Module):
         w = self.window
         shortcut = x
         x = self.norm1(x).view(B, H, W, C)
-        pad_r, pad_b = (w - W % w) % w, (w - H % w) % w
-        x = F.pad(x, (0, 0, 0, pad_r, 0, pad_b))
-        Hp, Wp = H + pad_b, W + pad_r
+        Hp, Wp = (H + w - 1) // w * w, (W + w - 1) // w * w  # whole windows
+        x = _pad_to(x, Hp, Wp)
         if self.shift:
             x = torch.roll(x, shifts=(-self.shift, -self.shift), dims=(1, 2))
         x = self.attn(_partition(x, w), shift_mask if self.shift else None)
@@ -143,15 +156,19 @@ class SwinStage(nn.Module):
         self._masks: dict = {}
 
     def _shift_mask(self, H: int, W: int, device) -> torch.Tensor:
+        """(nW, N, N) additive mask of the shifted windows: -100 between tokens that the cyclic shift brought
+        together from different regions. Along each axis the regions (0, 1, 2: before the last window, in the
+        last window before the shift, in the shift) come from comparisons on ``arange``, not from assigning
+        slices, so that a TorchScript trace keeps the sizes symbolic; the ids ``3 * row + col`` are the
+        official code's region numbers."""
         w, s = self.window, self.shift
-        Hp, Wp = -(-H // w) * w, -(-W // w) * w
-        img = torch.zeros(1, Hp, Wp, 1, device=device)
-        region = 0
-        for hs in (slice(0, -w), slice(-w, -s), slice(-s, None)):
-            for ws in (slice(0, -w), slice(-w, -s), slice(-s, None)):
-                img[:, hs, ws, :] = region
-                region += 1
-        ids = _partition(img, w).view(-1, w * w)  # (nW, N)
+        Hp, Wp = (H + w - 1) // w * w, (W + w - 1) // w * w
+        rows = torch.arange(Hp, device=device)
+        cols = torch.arange(Wp, device=device)
+        row_id = (rows >= Hp - w).long() + (rows >= Hp - s).long()  # (Hp,)
+        col_id = (cols >= Wp - w).long() + (cols >= Wp - s).long()  # (Wp,)
+        img = (row_id[:, None] * 3 + col_id[None, :]).to(torch.float32).view(1, Hp, Wp, 1)
+        ids = _partition(img, w).reshape(-1, w * w)  # (nW, N)
         diff = ids.unsqueeze(1) - ids.unsqueeze(2)
         return torch.zeros_like(diff).masked_fill(diff != 0, -100.0)  # (nW, N, N)
 
@@ -159,10 +176,13 @@ class SwinStage(nn.Module):
         mask = None
         if len(self.blocks) > 1:
             key = (H, W, x.device, x.dtype)
-            mask = self._masks.get(key) if not torch.compiler.is_compiling() else None
-            if mask is None:  # ~20 small ops; built once per input size (a compiled graph folds them)
+            # a compiled graph folds the mask's ops; a traced one must record them (a cached mask would be
+            # a constant of the example's size)
+            cache = not (torch.compiler.is_compiling() or torch.jit.is_tracing())
+            mask = self._masks.get(key) if cache else None
+            if mask is None:  # ~20 small ops; built once per input size
                 mask = self._shift_mask(H, W, x.device).to(x.dtype)
-                if not torch.compiler.is_compiling():
+                if cache:
                     self._masks = {key: mask}  # the last size only: a new size replaces it
         for block in self.blocks:
             x = block(x, H, W, mask)
