@@ -119,7 +119,8 @@ def _first(c, k):
 def smoke_rows() -> list[tuple]:
     import openglip
     from openglip.config import TrainConfig, tiny
-    from openglip.engine.trainer import GLIPTask, build_optimizer
+    from openglip.engine.optim import build_optimizer
+    from openglip.tasks import GLIPTask
 
     torch.manual_seed(0)
     model = openglip.load_model("tiny", device="cpu").model
@@ -144,7 +145,7 @@ def smoke_rows() -> list[tuple]:
     cfg = TrainConfig()
     task = GLIPTask(tiny(), cfg)
     train_model = task.build_model().train()
-    optimizer = build_optimizer(train_model, cfg)
+    optimizer = build_optimizer(task.param_groups(train_model, cfg), torch.device("cpu"))
     from speed import train_batch
 
     batch = train_batch(2, (128, 160), torch.device("cpu"))

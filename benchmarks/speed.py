@@ -267,7 +267,9 @@ def train_step_rows(
 ) -> list[tuple]:
     """GLIP-T training-step images/s, with the trainer's own loss, optimiser and EMA."""
     from openglip.config import TrainConfig
-    from openglip.engine.trainer import GLIPTask, ModelEMA, build_optimizer
+    from openglip.engine.optim import build_optimizer
+    from openglip.engine.trainer import ModelEMA
+    from openglip.tasks import GLIPTask
 
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     cuda = device.type == "cuda"
@@ -279,7 +281,7 @@ def train_step_rows(
     model = task.build_model().to(device).train()
     if compile_train:
         model.compile_parts()
-    optimizer = build_optimizer(model, cfg)
+    optimizer = build_optimizer(task.param_groups(model, cfg), device)
     ema = ModelEMA(model, cfg.ema_decay)
     data = train_batch(batch, size, device)
     params = [p for p in model.parameters() if p.requires_grad]
