@@ -261,10 +261,7 @@ class GLIP(nn.Module):
         Returns ``(fused_visual, fused_text, logits, box_regression, centerness)`` as in :class:`GLIPOutput`
         (``causal`` and ``detect`` as in :meth:`forward`).
         """
-        if causal:
-            fused_visual, fused_text = self.tower(visual, text_hidden, text_mask, causal=True)
-        else:
-            fused_visual, fused_text = self.tower(visual, text_hidden, text_mask)
+        fused_visual, fused_text = self.tower(visual, text_hidden, text_mask, causal=causal)
         logits, boxes, centers = self.head(fused_visual, fused_text) if detect else ([], [], [])
         return fused_visual, fused_text, logits, boxes, centers
 

@@ -211,18 +211,15 @@ class FusionBlock(nn.Module):
         """``causal`` (captioning, see :mod:`openglip.models.vl_heads`): the image attends only to [CLS] and the
         text layer attends causally, so no token sees a later one through either modality. Late fusion (no
         ``cross_attn``): the image features never see the text."""
+        cross_mask = text_layer_mask = text_mask
         if causal:
             from .vl_heads import causal_mask, prefix_mask
 
-            if self.cross_attn is not None:
-                visual, text = self.cross_attn(visual, text, prefix_mask(text_mask))
-            if self.text_layer is not None:
-                text = self.text_layer(text, causal_mask(text_mask))
-            return self.dyconv(visual), text
+            cross_mask, text_layer_mask = prefix_mask(text_mask), causal_mask(text_mask)
         if self.cross_attn is not None:
-            visual, text = self.cross_attn(visual, text, text_mask)
+            visual, text = self.cross_attn(visual, text, cross_mask)
         if self.text_layer is not None:
-            text = self.text_layer(text, text_mask)
+            text = self.text_layer(text, text_layer_mask)
         return self.dyconv(visual), text
 
 
