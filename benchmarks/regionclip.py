@@ -12,18 +12,23 @@ detection on base categories -> AP50 on the val split (40% novel objects).
 Shared across every variant and seed, as the paper's protocol allows: the concept pool (it is defined by the
 caption corpus), the teacher (RegionCLIP uses one fixed CLIP) and the RPN (RegionCLIP trains one offline RPN on
 base boxes). Pretraining does not depend on transfer's classes, so the held-out-word runs reuse the pretrained
-students of the standard split; (b) and (c) of the held-out table are the same transferred detector evaluated
-without and with the unseen-class calibration (it is a test-time use of the frozen pretrained student).
+students of the standard split.
+
+Transfer, by default, puts the caption concepts into a foreground RoI's softmax as negatives and ensembles the
+detector with its frozen pretrained student at test time (ViLD's weights: 2/3 for classes without training boxes,
+1/3 for the training classes); "as before the fix" runs train with ``pool_negatives=False`` and score with the
+detector alone.
 
 Tables:
-1. Standard split (seed 0): (a) transfer without region pretraining, (b) with it (RPN regions, all three losses;
-   unseen classes calibrated by the pretrained student), (b) without that calibration, (c) without distillation,
-   (d) random-crop regions instead of RPN proposals, (e) without the image-text contrastive loss, (f) without
-   focal scaling in transfer, and the pretrained student zero-shot.
+1. Standard split (seed 0): (a) transfer without region pretraining, (b) with it (RPN regions, all three losses),
+   (b) without the ensemble, (b) without concept negatives, (b') ImageNet start with the student only as the
+   ensemble partner, (c) without distillation, (d) random-crop regions instead of RPN proposals, (e) without the
+   image-text contrastive loss, (f) without focal scaling in transfer, and the pretrained student zero-shot.
 2. Held-out word (``--held-out-word hexagon``): transfer sees no box of any class containing it, while the
    captions behind the concept pool, teacher and pretraining name it; mean +- std over ``--seeds`` seeds of
-   (a) no pretraining, (b) pretraining, (c) pretraining + unseen-class calibration, (d) the pretrained student
-   zero-shot.
+   (a) no pretraining (before and after the fix), (b) pretraining as before the fix, (c) pretraining + the fix
+   (and without its ensemble), (c') the fix from an ImageNet start with the student only as the ensemble partner,
+   (d) the pretrained student zero-shot; then (c) and (c') against (a), seed by seed.
 3. Zero-shot region classification with ground-truth boxes (top-1 over the 48 classes), teacher and student.
 """
 
@@ -65,6 +70,17 @@ def stage(path: Path, train, what: str, timings: dict) -> Path:
 
 def mean_std(values: list[float]) -> str:
     return f"{statistics.mean(values):.3f} ± {statistics.stdev(values) if len(values) > 1 else 0.0:.3f}"
+
+
+def versus(per: dict, run: str, base: str, word: str, label: str) -> str:
+    """How run ``run`` of the held-out table compares with run ``base``, seed by seed."""
+    gain = [x - y for x, y in zip(per[run]["held"], per[base]["held"])]
+    gap = [x - y for x, y in zip(per[run]["seen"], per[base]["seen"])]
+    wins = sum(g > 0 for g in gain)
+    return (
+        f"{label} - ({base}): {word} AP50 {mean_std(gain)} (a gain in {wins}/{len(gain)} seeds), "
+        f"training classes AP50 {mean_std(gap)}"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -180,42 +196,58 @@ def main(argv: list[str] | None = None) -> int:
     # -- 1. held-out word, several seeds --------------------------------------------------------------------
     results: dict = {"standard": {}, "held_out": {}, "regions": {}}
     students = {"b": pretrain("b", 0)}
-    held_rows, word = [], args.held_out_word
+    held_rows, word, verdict = [], args.held_out_word, ""
     if word:
         held = [c for c in CATEGORIES if word in c.split()]
         if not held:
             parser.error(f"no shapes category contains the word {word!r}")
         seen = [c for c in BASE if c not in held]
         splits = {"held": held, "seen": seen}
-        per = {k: {"held": [], "seen": []} for k in "abcd"}
+        off = dict(unseen_weight=0.0, seen_weight=0.0)  # the detector's own scores, no ensemble
+        titles = {
+            "a0": "(a) transfer without region pretraining, as before the fix",
+            "a": "(a) transfer without region pretraining (concept negatives)",
+            "b": "(b) transfer with region pretraining, as before the fix",
+            "c0": "    (c) without the ensemble (concept negatives only)",
+            "c": "(c) (b) + the fix: concept negatives + student ensemble",
+            "p": "(c') the fix from ImageNet: the student only as ensemble partner",
+            "d": "(d) pretrained student, zero-shot (no transfer)",
+        }
+        per = {k: {"held": [], "seen": []} for k in titles}
         for seed in range(args.seeds):
             student = pretrain("b", seed)
-            none = transfer(f"a_no_{word}", seed, "", classes=seen)
-            pre = transfer(f"b_no_{word}", seed, student, classes=seen)
+            before = dict(classes=seen, pool_negatives=False)
+            runs = {
+                "a0": transfer(f"a_plain_no_{word}", seed, "", **before),
+                "a": transfer(f"a_no_{word}", seed, "", classes=seen),
+                "b": transfer(f"b_plain_no_{word}", seed, student, **before),
+                "c": transfer(f"b_no_{word}", seed, student, classes=seen),
+                "p": transfer(f"p_no_{word}", seed, student, classes=seen, init_from_student=False),
+            }
             print(f"evaluating held-out word, seed {seed} ...", flush=True)
             for key, m in (
-                ("a", evaluate_detector(none, val, text=text, extra_splits=splits)),
-                ("b", evaluate_detector(pre, val, text=text, extra_splits=splits, unseen_weight=0.0)),
-                ("c", evaluate_detector(pre, val, text=text, extra_splits=splits)),
+                ("a0", evaluate_detector(runs["a0"], val, text=text, extra_splits=splits)),
+                ("a", evaluate_detector(runs["a"], val, text=text, extra_splits=splits)),
+                ("b", evaluate_detector(runs["b"], val, text=text, extra_splits=splits, **off)),
+                ("c0", evaluate_detector(runs["c"], val, text=text, extra_splits=splits, **off)),
+                ("c", evaluate_detector(runs["c"], val, text=text, extra_splits=splits)),
+                ("p", evaluate_detector(runs["p"], val, text=text, extra_splits=splits)),
                 ("d", evaluate_zero_shot(rpn, val, student=student, text=text, extra_splits=splits)),
             ):
                 per[key]["held"].append(m["held/AP50"])
                 per[key]["seen"].append(m["seen/AP50"])
-        titles = {
-            "a": "(a) transfer without region pretraining",
-            "b": "(b) transfer with region pretraining",
-            "c": "(c) (b) + unseen-class calibration (the fix)",
-            "d": "(d) pretrained student, zero-shot (no transfer)",
-        }
         for key, title in titles.items():
             held_rows.append([title, mean_std(per[key]["held"]), mean_std(per[key]["seen"])])
-        results["held_out"] = per
+        verdict = "\n".join(
+            versus(per, run, "a", word, label) for run, label in (("c", "(c)"), ("p", "(c')"))
+        )
         print_table(
             ["variant", f"{word} classes AP50", f"{len(seen)} training classes AP50"],
             held_rows,
             title=f"Held-out word {word!r}: no box of its {len(held)} classes in transfer; captions (and so "
             f"pretraining) name it. Mean ± std over {args.seeds} seeds:",
         )
+        print(verdict)
         (root / "results.json").write_text(json.dumps(results, indent=1, default=float))
 
     # -- 2. region classification with ground-truth boxes ----------------------------------------------------
@@ -244,16 +276,30 @@ def main(argv: list[str] | None = None) -> int:
     runs = [
         ("(a) transfer without region pretraining", "a", "", {}, None),
         ("(b) transfer with region pretraining", "b", students["b"], {}, None),
-        ("    (b) without unseen-class calibration", "b", students["b"], {}, 0.0),
+        (
+            "    (b) without the student ensemble",
+            "b",
+            students["b"],
+            {},
+            dict(seen_weight=0.0, unseen_weight=0.0),
+        ),
+        ("    (b) without concept negatives", "b_plain", students["b"], {"pool_negatives": False}, None),
+        (
+            "(b') (b) from ImageNet, the student only as ensemble partner",
+            "b_partner",
+            students["b"],
+            {"init_from_student": False},
+            None,
+        ),
         ("(c) (b) without distillation", "c", students["c"], {}, None),
         ("(d) (b) with random-crop regions", "d", students["d"], {}, None),
         ("(e) (b) without image-text contrastive loss", "e", students["e"], {}, None),
         ("(f) (b) without focal scaling in transfer", "f", students["b"], {"focal_gamma": 0.0}, None),
     ]
-    for title, name, student, changes, unseen_weight in runs:
+    for title, name, student, changes, weights in runs:
         detector = transfer(name, 0, student, **changes)
         print(f"evaluating {title.strip()} ...", flush=True)
-        m = evaluate_detector(detector, val, text=text, unseen_weight=unseen_weight)
+        m = evaluate_detector(detector, val, text=text, **(weights or {}))
         results["standard"][title.strip()] = m
         rows.append([title, *ap(m)])
     m = evaluate_zero_shot(rpn, val, student=students["b"], text=text)
@@ -274,6 +320,7 @@ def main(argv: list[str] | None = None) -> int:
             title=f"Held-out word {word!r}: no box of its {len(held)} classes in transfer; captions (and so "
             f"pretraining) name it. Mean ± std over {args.seeds} seeds:",
         )
+        print(verdict)
     print_table(
         ["model", "novel top-1", "base top-1", "all top-1"],
         region_rows,

@@ -10,10 +10,12 @@ import torch.nn.functional as F
 
 from openglip.regionclip.losses import (
     box_regression_loss,
+    compatible_concepts,
     distillation_kl,
     focal_softmax_loss,
     image_text_contrastive,
     region_text_contrastive,
+    with_concept_negatives,
 )
 
 
@@ -112,3 +114,35 @@ def test_box_regression_loss_counts_foreground_only():
     assert loss.item() == pytest.approx((1 - 1 / 18) / 2, rel=1e-6)
     loss.backward()
     assert deltas.grad[0].abs().sum() > 0 and deltas.grad[1].abs().sum() == 0
+
+
+def test_compatible_concepts_are_the_ones_that_also_describe_the_class():
+    compatible = compatible_concepts(
+        ["red circle", "blue star"], ["small red circle", "circle", "red hexagon", "blue"]
+    )
+    assert compatible.tolist() == [[True, True, False, False], [False, False, False, True]]
+
+
+def test_concept_negatives_join_foreground_rows_only_and_push_regions_off_never_trained_names():
+    # 2 classes; concepts: "red hexagon" (a negative for both) and "small red circle" (describes class 0)
+    classes, concepts = ["red circle", "blue star"], ["red hexagon", "small red circle"]
+    negatives = F.normalize(torch.tensor([[0.0, 1.0, 0.0], [1.0, 0.2, 0.0]]), dim=-1)
+    region = F.normalize(torch.tensor([[1.0, 0.9, 0.0], [0.0, 0.0, 1.0]]), dim=-1).requires_grad_(True)
+    logits = torch.tensor([[5.0, 0.0, 0.0], [0.0, 0.0, 3.0]])
+    labels = torch.tensor([0, 2])  # RoI 0: red circle; RoI 1: background
+    out, remapped = with_concept_negatives(
+        logits, labels, region, negatives, compatible_concepts(classes, concepts), temperature=0.1
+    )
+    assert out.shape == (2, 5) and remapped.tolist() == [0, 4]  # background stays last
+    assert out[0, 2].item() == pytest.approx(region[0, 1].item() / 0.1)  # "red hexagon": a negative of RoI 0
+    assert out[0, 3].item() == float("-inf")  # "small red circle" describes a red circle: never its negative
+    assert torch.isinf(out[1, 2:4]).all()  # background RoIs get no concept negatives
+    assert torch.equal(out[:, [0, 1, 4]], logits)
+    loss = focal_softmax_loss(out, remapped, gamma=0.5)
+    assert torch.isfinite(loss)
+    plain = focal_softmax_loss(logits, labels, gamma=0.5)
+    assert loss.item() > plain.item()  # the region also pays for pointing at "red hexagon"
+    loss.backward()
+    # gradient descent moves RoI 0 away from the never-trained "red hexagon" direction; RoI 1 has no such pull
+    assert region.grad[0, 1].item() > 0 and torch.isfinite(region.grad).all()
+    assert region.grad[1].abs().sum().item() == 0

@@ -3,6 +3,7 @@ checkpoint and resume exactly; the transferred detector predicts novel class nam
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -154,16 +155,24 @@ def test_transfer_resumes_exactly_and_detects_novel_names(parts, tmp_path):
     assert (dets[0].xyxy >= 0).all() and (dets[0].xyxy <= 64).all()
     one = detector.predict(images[0], "pink elephant. red circle.")  # any name, one image, a caption prompt
     assert isinstance(one, Detections) and set(one.phrases) <= {"pink elephant", "red circle"}
-    # unseen names are calibrated by the frozen pretrained student, seen ones keep the detector's score
+    # ViLD's ensemble with the frozen pretrained student: p_det^(1-w) * p_pre^w, w = 2/3 unseen, 1/3 seen
     batch = torch.stack([torch.from_numpy(i).permute(2, 0, 1).float().sub(127).div(128) for i in images])
     names = [BASE[0], NOVEL[0]]
     text = detector.names(names, detector.centre())
-    calibrated = [p for _, p in detector.score(batch, text, names)]
-    detector.unseen_weight = 0.0
-    plain = [p for _, p in detector.score(batch, text, names)]
-    assert torch.allclose(calibrated[0][:, 0], plain[0][:, 0]) and not torch.allclose(
-        calibrated[0][:, 1], plain[0][:, 1]
-    )
+    assert (detector.unseen_weight, detector.seen_weight) == (0.67, 0.33)
+    ensembled = torch.cat([p for _, p in detector.score(batch, text, names)])
+    detector.unseen_weight = detector.seen_weight = 0.0
+    plain = torch.cat([p for _, p in detector.score(batch, text, names)])
+    with torch.no_grad():
+        out = detector(batch, text)
+        pre = detector.pretrained(batch, out.regions)
+        p_pre = (pre.logit_scale * pre.region_emb @ text.t()).softmax(-1)
+        p_det = out.logits.softmax(-1)[:, :-1]
+    objectness = torch.cat(out.objectness)[:, None]
+    assert torch.allclose(plain, (p_det * objectness).sqrt(), atol=1e-6)
+    w = torch.tensor([0.33, 0.67])
+    expected = (p_det.clamp(min=1e-12) ** (1 - w) * p_pre.clamp(min=1e-12) ** w * objectness).sqrt()
+    assert torch.allclose(ensembled, expected, atol=1e-6) and not torch.allclose(ensembled, plain)
     # the pretrained student initialises the box head and is kept, frozen, for the calibration
     built = TransferTask(cfg, text=parts["text"], classes=list(BASE)).build_model()
     student = load_file(str(pretrain))
@@ -176,6 +185,34 @@ def test_transfer_resumes_exactly_and_detects_novel_names(parts, tmp_path):
     assert {"AP50", "base/AP50", "novel/AP50"} <= set(metrics)
     zero = evaluate_zero_shot(parts["rpn"], data, student=pretrain, text=parts["text"])
     assert 0.0 <= zero["AP50"] <= 1.0
+
+
+def test_transfer_puts_the_caption_concepts_in_foreground_rois_softmax(parts):
+    from openglip.regionclip.data import BoxDataset, collate_regions, shapes_detection_data
+
+    cfg = TransferConfig(**STUDENT, concepts=parts["concepts"], rpn=parts["rpn"], rois_per_image=16)
+    task = TransferTask(cfg, text=parts["text"], classes=list(BASE))
+    pool = ConceptPool.load(parts["concepts"])
+    # every concept but the class names is a negative; a class is never the negative of a concept naming it
+    assert len(task.negatives) == len([n for n in pool.names if n not in BASE]) > 0
+    kept = [n for n in pool.names if n not in BASE]
+    assert task.compatible.shape == (len(BASE), len(kept))
+    novel = next(n for n in NOVEL if n in kept)  # a never-trained name from the captions: a negative of all
+    assert not task.compatible[:, kept.index(novel)].any()
+    larger = next(n for n in kept if n.split()[0] in ("small", "large") and " ".join(n.split()[1:]) in BASE)
+    assert task.compatible[BASE.index(" ".join(larger.split()[1:])), kept.index(larger)]  # "small red circle"
+    torch.manual_seed(0)
+    model = task.build_model()
+    dataset = BoxDataset(shapes_detection_data(2, image_size=64), classes=list(BASE), image_size=64)
+    batch = collate_regions([dataset[i] for i in range(2)])
+    torch.manual_seed(1)
+    with_pool = task.losses(model, batch)["cls"]
+    plain = TransferTask(
+        dataclasses.replace(cfg, pool_negatives=False), text=parts["text"], classes=list(BASE)
+    )
+    torch.manual_seed(1)
+    without = plain.losses(model, batch)["cls"]
+    assert torch.isfinite(with_pool) and with_pool.item() > without.item()
 
 
 def test_cli_pretraining_survives_a_kill_and_resumes_exactly(tmp_path, capsys):

@@ -113,6 +113,9 @@ def register(subparsers) -> None:
     p.add_argument(
         "--unseen-weight", type=float, help="override the detector's unseen-class calibration (0: off)"
     )
+    p.add_argument(
+        "--seen-weight", type=float, help="override the detector's training-class calibration (0: off)"
+    )
     p.add_argument("--out", help="also write the metrics as JSON here")
     p.set_defaults(func=cmd_evaluate)
 
@@ -211,6 +214,7 @@ def cmd_evaluate(args) -> int:
             data,
             num_images=args.images,
             unseen_weight=args.unseen_weight,
+            seen_weight=args.seen_weight,
             image_size=args.image_size,
         )
         title = f"detector {args.detector}"

@@ -124,13 +124,19 @@ class TransferConfig(StudentConfig):
     concepts: str = ""  # concept pool file (text centre and prompt templates)
     rpn: str = ""  # trained RPN weights (frozen inside the detector)
     student: str = ""  # pretrained student weights; empty: ImageNet-initialised backbone, random head
+    init_from_student: bool = (
+        True  # the box head starts from the student (the paper); False: ImageNet + random head,
+    )
+    # the student being only the frozen ensemble partner of the class scores (ViLD's use of a region-text model)
     data: str = ""  # COCO detection JSON with a base/novel split ("": the shapes train split)
     image_root: str = ""
     split_file: str = ""  # novel category names (else the categories' own "split")
-    unseen_weight: float = (
-        0.67  # classes without training boxes: geometric weight of the pretrained student's score
-    )
+    # the frozen pretrained student's geometric weight in the class scores (ViLD's ensemble: 2/3 for classes
+    # without training boxes, 1/3 for the training classes; 0: the detector's own scores)
+    unseen_weight: float = 0.67
+    seen_weight: float = 0.33
     temperature: float = 0.01  # classifier: cos / temperature
+    pool_negatives: bool = True  # foreground RoIs also against the caption concepts that do not describe them
     focal_gamma: float = 0.5  # focal scaling of the softmax cross-entropy (0: plain CE)
     background_weight: float = 0.2  # weight of the background class in the cross-entropy
     box_weight: float = 1.0  # class-agnostic box regression loss

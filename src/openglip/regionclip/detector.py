@@ -9,11 +9,16 @@ class-agnostic box regressor. Class logits are ``cos(v, t_c) / T`` for each clas
 
 Keeping what pretraining learnt. Closed-set transfer only ever pushes regions *away* from the training classes'
 embeddings, never away from the classes it has no box of; in the pool-centred text space the shape words are
-nearly opposite directions, so a region pushed off five of them points at the sixth, and every region (background
-included) ends up scoring high for a never-trained class. A detector transferred from a pretrained student
-therefore keeps a frozen copy of that student and calibrates the classes it has no box of with it (ViLD-style):
-``p_c = p_det^(1 - w) * p_pre^w`` with ``w = unseen_weight`` for unseen classes, ``p_det`` alone for the
-training classes, so the base classes keep the transferred detector's scores.
+nearly opposite directions, so a region pushed off the training classes points at the words no box names, and
+every region ends up scoring highest for a never-trained class (the training classes then get no detections at
+all). Two remedies, both on by default:
+
+* in training, foreground RoIs also compete with the caption concepts that do not describe them
+  (``pool_negatives``, :func:`~openglip.regionclip.losses.with_concept_negatives`): the never-trained names
+  come from the captions, so a region of a training class learns to score below them;
+* at test time, a detector transferred from a pretrained student keeps a frozen copy of it and ensembles the
+  two as ViLD does: ``p_c = p_det^(1 - w) * p_pre^w`` with ``w = unseen_weight`` (2/3) for classes without
+  training boxes and ``w = seen_weight`` (1/3) for the training classes.
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ class DetectorOutput:
         objectness: per image ``(R_i,)`` the RPN's objectness (1 for added ground-truth boxes).
         labels: training only, ``(R,)`` targets in ``0..C`` (``C`` = background).
         box_targets: training only, ``(R, 4)`` encoded targets (meaningful on foreground rows).
+        region_emb: ``(R, D)`` the unit region embeddings behind ``logits``.
     """
 
     logits: torch.Tensor
@@ -50,6 +56,7 @@ class DetectorOutput:
     objectness: list[torch.Tensor]
     labels: torch.Tensor | None = None
     box_targets: torch.Tensor | None = None
+    region_emb: torch.Tensor | None = None
 
 
 class OpenVocabDetector(RegionPredictor):
@@ -65,7 +72,8 @@ class OpenVocabDetector(RegionPredictor):
         text: an already loaded sentence encoder (else loaded on first :meth:`predict`).
         pretrained: a frozen copy of the pretrained student, to calibrate unseen classes (None: no calibration).
         seen_classes: the class names transfer trained on.
-        unseen_weight: ``w`` of the calibration (0: off).
+        unseen_weight: ``w`` of the calibration for classes transfer had no box of (0: off).
+        seen_weight: ``w`` for the training classes (0: their scores are the detector's alone).
     """
 
     def __init__(
@@ -84,12 +92,17 @@ class OpenVocabDetector(RegionPredictor):
         pretrained: nn.Module | None = None,
         seen_classes: Sequence[str] = (),
         unseen_weight: float = 0.0,
+        seen_weight: float = 0.0,
     ):
         super().__init__()
         self.rpn = rpn.requires_grad_(False).eval()
         self.student = student
         self.pretrained = None if pretrained is None else pretrained.requires_grad_(False).eval()
-        self.seen_classes, self.unseen_weight = tuple(seen_classes), unseen_weight
+        self.seen_classes, self.unseen_weight, self.seen_weight = (
+            tuple(seen_classes),
+            unseen_weight,
+            seen_weight,
+        )
         self.background = nn.Parameter(
             torch.zeros(student.embed_dim)
         )  # RegionCLIP: zero-initialised, not normalised
@@ -160,7 +173,7 @@ class OpenVocabDetector(RegionPredictor):
             torch.cat([v @ class_emb.t(), v @ self.background[:, None]], dim=1) / self.temperature
         )  # (R, C+1)
         return DetectorOutput(
-            logits, self.box_regressor(res.region_feats), proposals, objectness, out_labels, box_targets
+            logits, self.box_regressor(res.region_feats), proposals, objectness, out_labels, box_targets, v
         )
 
     def centre(self) -> torch.Tensor:
@@ -170,12 +183,12 @@ class OpenVocabDetector(RegionPredictor):
         out = self(batch, text)
         probs = out.logits.softmax(-1)[:, :-1]  # (R, C)
         unseen = torch.tensor([n not in self.seen_classes for n in names], device=probs.device)
-        if self.pretrained is not None and self.unseen_weight > 0 and bool(unseen.any()):
+        # per class: the pretrained student's geometric weight (ViLD's ensemble, separate for seen and unseen)
+        w = torch.where(unseen, self.unseen_weight, self.seen_weight).to(probs)  # (C,)
+        if self.pretrained is not None and bool((w > 0).any()):
             pre = self.pretrained(batch, out.regions)
             pre_probs = (pre.logit_scale * pre.region_emb @ text.t()).softmax(-1)  # (R, C)
-            w = self.unseen_weight
-            calibrated = probs.clamp(min=1e-12) ** (1 - w) * pre_probs.clamp(min=1e-12) ** w
-            probs = torch.where(unseen[None, :], calibrated, probs)
+            probs = probs.clamp(min=1e-12) ** (1 - w) * pre_probs.clamp(min=1e-12) ** w
         probs = with_objectness(probs, out.objectness, self.post.multiply_rpn_score)
         counts = [len(r) for r in out.regions]
         for regions, deltas, p in zip(out.regions, out.box_deltas.split(counts), probs.split(counts)):

@@ -136,13 +136,22 @@ def evaluate_zero_shot(
 
 
 def evaluate_detector(
-    path: str | os.PathLike, data: DetectionData, *, text=None, unseen_weight=None, image_size=None, **kwargs
+    path: str | os.PathLike,
+    data: DetectionData,
+    *,
+    text=None,
+    unseen_weight=None,
+    seen_weight=None,
+    image_size=None,
+    **kwargs,
 ):
-    """:func:`evaluate_predictor` of a transferred detector file (``unseen_weight`` overrides its calibration,
+    """:func:`evaluate_predictor` of a transferred detector file (``unseen_weight`` / ``seen_weight`` override its calibration,
     ``image_size`` its test resize)."""
     detector = _sized(load_detector(path, text=text), image_size)
     if unseen_weight is not None:
         detector.unseen_weight = unseen_weight
+    if seen_weight is not None:
+        detector.seen_weight = seen_weight
     return evaluate_predictor(detector, data, **kwargs)
 
 

@@ -117,6 +117,52 @@ def focal_softmax_loss(
     return -(weight * focal * log_p).sum() / weight.sum().clamp(min=1e-6)
 
 
+def compatible_concepts(classes: list[str], concepts: list[str]) -> torch.Tensor:
+    """``(C, P)`` bool: concept ``p`` also describes class ``c`` (one's words contain the other's, e.g. "small red
+    circle" or "circle" for "red circle"), so it is never that class's negative."""
+    class_words = [set(c.lower().split()) for c in classes]
+    concept_words = [set(p.lower().split()) for p in concepts]
+    return torch.tensor(
+        [[cw <= pw or pw <= cw for pw in concept_words] for cw in class_words], dtype=torch.bool
+    ).reshape(len(classes), len(concepts))
+
+
+def with_concept_negatives(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    region_emb: torch.Tensor,
+    negatives: torch.Tensor,
+    compatible: torch.Tensor,
+    temperature: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Add the concept pool to a foreground RoI's softmax as negatives (background RoIs are left as they were).
+
+    Closed-set transfer pushes a region away from the training classes only; in a text space where the class
+    words nearly cancel out (the pool-centred one), "away from every training class" points at the words no box
+    names, so the never-trained classes end up winning every region. With the caption concepts as negatives
+    a foreground RoI must beat every concept that does not describe it, the never-trained names included (they
+    come from the captions, not from the detection labels). Background RoIs get no concept negatives: unlabelled
+    objects of novel classes are background there, as in OV-COCO, and must not be pushed off their names.
+
+    Args:
+        logits: ``(N, C + 1)`` class logits, background last.
+        labels: ``(N,)`` targets in ``0..C`` (``C`` = background).
+        region_emb: ``(N, D)`` unit region embeddings.
+        negatives: ``(P, D)`` unit concept embeddings (not the class names themselves).
+        compatible: ``(C, P)`` from :func:`compatible_concepts`.
+        temperature: the classifier's ``T``.
+
+    Returns:
+        ``(logits (N, C + P + 1), labels)`` with background still last and the labels remapped to it.
+    """
+    c = logits.shape[1] - 1
+    extra = region_emb @ negatives.t() / temperature  # (N, P)
+    blocked = torch.cat([compatible, compatible.new_ones(1, compatible.shape[1])])[labels]  # bg rows: all
+    extra = extra.masked_fill(blocked.to(extra.device), float("-inf"))
+    out = torch.cat([logits[:, :c], extra, logits[:, c:]], dim=1)
+    return out, torch.where(labels == c, c + negatives.shape[0], labels)
+
+
 def box_regression_loss(
     deltas: torch.Tensor, targets: torch.Tensor, labels: torch.Tensor, background: int
 ) -> torch.Tensor:

@@ -21,10 +21,12 @@ from .config import PretrainConfig, RPNConfig, TeacherConfig, TransferConfig
 from .data import RegionBatch, collate_regions
 from .losses import (
     box_regression_loss,
+    compatible_concepts,
     distillation_kl,
     focal_softmax_loss,
     image_text_contrastive,
     region_text_contrastive,
+    with_concept_negatives,
 )
 from .proposals import ProposalNetwork, top_regions
 from .teacher import ContrastiveTeacher
@@ -249,6 +251,10 @@ class TransferTask(_Task):
         saved, _ = read_weights(required_path(cfg.rpn, "rpn"), "rpn")
         self.rpn_cfg = config_from_dict(saved["rpn"], RPNConfig)
         self.class_emb = self.pool.embed(self.classes, text)  # (C, D)
+        # concept negatives: the pool minus the class names themselves (already in the classifier)
+        keep = [k for k, n in enumerate(self.pool.names) if n not in set(self.classes)]
+        self.negatives = self.pool.embeddings[keep]  # (P, D)
+        self.compatible = compatible_concepts(self.classes, [self.pool.names[k] for k in keep])  # (C, P)
 
     def build_model(self):
         return build_detector(self.cfg, text=self.text, seen_classes=tuple(self.classes))
@@ -260,9 +266,14 @@ class TransferTask(_Task):
         cfg = self.cfg
         out = model(batch.images, self.class_emb.to(batch.images), batch.boxes, batch.labels)
         background = len(self.classes)
+        logits, labels = out.logits, out.labels
+        if cfg.pool_negatives and len(self.negatives):
+            logits, labels = with_concept_negatives(
+                logits, labels, out.region_emb, self.negatives.to(logits), self.compatible, cfg.temperature
+            )
         return {
             "cls": focal_softmax_loss(
-                out.logits, out.labels, gamma=cfg.focal_gamma, background_weight=cfg.background_weight
+                logits, labels, gamma=cfg.focal_gamma, background_weight=cfg.background_weight
             ),
             "box": cfg.box_weight
             * box_regression_loss(out.box_deltas, out.box_targets, out.labels, background),

@@ -137,7 +137,8 @@ def build_detector(
     """A detector from a transfer config.
 
     Without ``rpn_config`` the parts are loaded from the files the config names (``rpn``, ``concepts``, and
-    ``student`` when set: it initialises the box head and, frozen, calibrates unseen classes); with it (and
+    ``student`` when set: frozen, it is the ensemble partner of the class scores, and it initialises the box head
+    unless ``init_from_student`` is off); with it (and
     ``templates``/``encoder``) an empty detector of that shape is built, to receive an exported state dict.
     """
     pretrained = None
@@ -145,13 +146,16 @@ def build_detector(
         rpn = load_rpn(required_path(cfg.rpn, "rpn"))
         pool = ConceptPool.load(required_path(cfg.concepts, "concepts"))
         templates, encoder = pool.templates, pool.encoder
-        student = build_student(cfg, pretrained=cfg.pretrained and not cfg.student)
+        init = bool(cfg.student) and cfg.init_from_student
+        student = build_student(cfg, pretrained=cfg.pretrained and not init)
         if cfg.student:
             _, state = read_weights(cfg.student, "student")
-            load_state(student, state, cfg.student)
+            pretrained = copy.deepcopy(student) if init else build_student(cfg, pretrained=False)
+            load_state(pretrained, state, cfg.student)
+            pretrained.text_centre.copy_(pool.centre)
+            if init:
+                student.load_state_dict(pretrained.state_dict())
         student.text_centre.copy_(pool.centre)  # the pool's space, whatever the student was pretrained with
-        if cfg.student:
-            pretrained = copy.deepcopy(student)
     else:
         rpn = build_rpn(rpn_config, pretrained=False)
         student = build_student(cfg, pretrained=False)
@@ -170,6 +174,7 @@ def build_detector(
         pretrained=pretrained,
         seen_classes=seen_classes,
         unseen_weight=cfg.unseen_weight,
+        seen_weight=cfg.seen_weight,
     )
 
 
