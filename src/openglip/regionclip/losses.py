@@ -157,8 +157,8 @@ def with_concept_negatives(
     """
     c = logits.shape[1] - 1
     extra = region_emb @ negatives.t() / temperature  # (N, P)
-    blocked = torch.cat([compatible, compatible.new_ones(1, compatible.shape[1])])[labels]  # bg rows: all
-    extra = extra.masked_fill(blocked.to(extra.device), float("-inf"))
+    blocked = torch.cat([compatible, compatible.new_ones(1, compatible.shape[1])]).to(labels.device)
+    extra = extra.masked_fill(blocked[labels], float("-inf"))  # background rows: every concept
     out = torch.cat([logits[:, :c], extra, logits[:, c:]], dim=1)
     return out, torch.where(labels == c, c + negatives.shape[0], labels)
 
