@@ -125,8 +125,13 @@ def pseudo_label(paths: dict, teacher: Path, threshold: float, root: Path) -> di
     from openglip.teachers import load_teacher
 
     done = root / "pseudo.json"
-    if done.exists():
-        return json.loads(done.read_text())
+    if (
+        done.exists()
+    ):  # the labels are kept; their quality is re-read (cheap, and the scoring may have improved)
+        return {
+            **json.loads(done.read_text()),
+            **pseudo_label_quality(paths["pseudo"], paths["captions_truth"]),
+        }
     pairs, _ = read_captions(paths["captions"])
     start = time.time()
     stats = label_pairs(pairs, load_teacher(str(teacher), device="cpu"), paths["pseudo"],

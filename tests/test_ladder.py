@@ -143,6 +143,15 @@ def test_ladder_corpora_teach_what_the_mapping_says(tmp_path):
     # perfect pseudo labels are scored as perfect
     quality = pseudo_label_quality(paths["captions_truth"], paths["captions_truth"])
     assert quality["all/precision"] == quality["all/recall"] == quality["caption-only/recall"] == 1.0
+    # each pseudo box twice: still all right, but a true box is found once (recall never exceeds 1)
+    doubled = tmp_path / "doubled.jsonl"
+    rows = [json.loads(line) for line in paths["captions_truth"].read_text().splitlines()]
+    for row in rows:
+        row["grounding"]["regions"] = row["grounding"]["regions"] * 2
+    doubled.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    quality = pseudo_label_quality(doubled, paths["captions_truth"])
+    assert quality["all/precision"] == quality["all/recall"] == 1.0
+    assert quality["all/boxes"] == 2 * sum(len(r["grounding"]["regions"]) // 2 for r in rows)
 
 
 def _readme_commands(title: str) -> list[str]:

@@ -229,22 +229,26 @@ def pseudo_label_quality(pseudo: str | os.PathLike, truth: str | os.PathLike, io
         return out
 
     pred, gt = read(pseudo), read(truth)
-    stats = {k: np.zeros(3, dtype=np.int64) for k in ("all", "caption-only")}  # (hits, predicted, true)
+    # (right pseudo boxes, pseudo boxes, true boxes found by a right pseudo box, true boxes)
+    stats = {k: np.zeros(4, dtype=np.int64) for k in ("all", "caption-only")}
     for name, true_regions in gt.items():
         mine = pred.get(name, [])
         for key, keep in (("all", lambda p: True), ("caption-only", _caption_only)):
             t = [r for r in true_regions if keep(r["phrase"])]
             p = [r for r in mine if keep(r["phrase"])]
             stats[key][1] += len(p)
-            stats[key][2] += len(t)
-            for r in p:
-                same = [u["bbox"] for u in t if _norm(u["phrase"]) == _norm(r["phrase"])]
-                if same and float(box_iou(torch.tensor([r["bbox"]]), torch.tensor(same)).max()) >= iou:
-                    stats[key][0] += 1
+            stats[key][3] += len(t)
+            if not (t and p):
+                continue
+            same = torch.tensor([[_norm(u["phrase"]) == _norm(r["phrase"]) for u in t] for r in p])  # (P, T)
+            overlap = box_iou(torch.tensor([r["bbox"] for r in p]), torch.tensor([u["bbox"] for u in t]))
+            right = same & (overlap >= iou)
+            stats[key][0] += int(right.any(1).sum())  # a duplicate of a found box is still a right box
+            stats[key][2] += int(right.any(0).sum())  # ... but finds that true box only once
     out = {}
-    for key, (hits, n_pred, n_true) in stats.items():
+    for key, (hits, n_pred, found, n_true) in stats.items():
         out[f"{key}/precision"] = hits / n_pred if n_pred else 0.0
-        out[f"{key}/recall"] = hits / n_true if n_true else 0.0
+        out[f"{key}/recall"] = found / n_true if n_true else 0.0
         out[f"{key}/boxes"] = int(n_pred)
     return out
 
