@@ -125,9 +125,8 @@ def pseudo_label(paths: dict, teacher: Path, threshold: float, root: Path) -> di
     from openglip.teachers import load_teacher
 
     done = root / "pseudo.json"
-    if (
-        done.exists()
-    ):  # the labels are kept; their quality is re-read (cheap, and the scoring may have improved)
+    # cached labels are kept; their quality is re-read (cheap, and the scoring may have improved)
+    if done.exists():
         return {
             **json.loads(done.read_text()),
             **pseudo_label_quality(paths["pseudo"], paths["captions_truth"]),
