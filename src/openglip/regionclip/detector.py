@@ -70,7 +70,7 @@ class OpenVocabDetector(RegionPredictor):
         post: test-time settings.
         templates, encoder: the text space (prompt templates and sentence encoder name).
         text: an already loaded sentence encoder (else loaded on first :meth:`predict`).
-        pretrained: a frozen copy of the pretrained student, to calibrate unseen classes (None: no calibration).
+        pretrained: the frozen pretrained student, the ensemble partner of the class scores (None: no ensemble).
         seen_classes: the class names transfer trained on.
         unseen_weight: ``w`` of the calibration for classes transfer had no box of (0: off).
         seen_weight: ``w`` for the training classes (0: their scores are the detector's alone).
@@ -98,11 +98,8 @@ class OpenVocabDetector(RegionPredictor):
         self.rpn = rpn.requires_grad_(False).eval()
         self.student = student
         self.pretrained = None if pretrained is None else pretrained.requires_grad_(False).eval()
-        self.seen_classes, self.unseen_weight, self.seen_weight = (
-            tuple(seen_classes),
-            unseen_weight,
-            seen_weight,
-        )
+        self.seen_classes = tuple(seen_classes)
+        self.unseen_weight, self.seen_weight = unseen_weight, seen_weight
         self.background = nn.Parameter(
             torch.zeros(student.embed_dim)
         )  # RegionCLIP: zero-initialised, not normalised
