@@ -252,7 +252,8 @@ class TransferTask(_Task):
         self.rpn_cfg = config_from_dict(saved["rpn"], RPNConfig)
         self.class_emb = self.pool.embed(self.classes, text)  # (C, D)
         # concept negatives: the pool minus the class names themselves (already in the classifier)
-        keep = [k for k, n in enumerate(self.pool.names) if n not in set(self.classes)]
+        names = set(self.classes)
+        keep = [k for k, n in enumerate(self.pool.names) if n not in names]
         self.negatives = self.pool.embeddings[keep]  # (P, D)
         self.compatible = compatible_concepts(self.classes, [self.pool.names[k] for k in keep])  # (C, P)
 
