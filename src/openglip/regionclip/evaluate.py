@@ -145,8 +145,8 @@ def evaluate_detector(
     image_size=None,
     **kwargs,
 ):
-    """:func:`evaluate_predictor` of a transferred detector file (``unseen_weight`` / ``seen_weight`` override its calibration,
-    ``image_size`` its test resize)."""
+    """:func:`evaluate_predictor` of a transferred detector file (``unseen_weight`` / ``seen_weight`` override
+    its ensemble weights, ``image_size`` its test resize)."""
     detector = _sized(load_detector(path, text=text), image_size)
     if unseen_weight is not None:
         detector.unseen_weight = unseen_weight
