@@ -243,6 +243,35 @@ def read_coco(
     return records, [c["name"] for c in cats], report
 
 
+def coco_annotation(ann_id: int, image_id: int, category_id: int, box: Sequence[float], **extra) -> dict:
+    """One COCO annotation from an xyxy ``box`` (COCO stores xywh and the box's area); ``extra`` adds fields
+    such as ``iscrowd`` (default 0) or ``segmentation``."""
+    x1, y1, x2, y2 = (float(v) for v in box)
+    ann = {"id": ann_id, "image_id": image_id, "category_id": category_id, "iscrowd": 0}
+    ann.update(bbox=[x1, y1, x2 - x1, y2 - y1], area=(x2 - x1) * (y2 - y1))
+    ann.update(extra)
+    return ann
+
+
+def coco_ground_truth(images: Sequence[dict], categories: Sequence[dict], **top: Any) -> dict:
+    """A COCO ground-truth dict, the one builder every writer and evaluator uses.
+
+    Args:
+        images: one dict an image: ``id``, ``file_name``, ``height``, ``width`` (copied to ``images``), and
+            ``boxes`` (xyxy), ``category_ids``, optionally ``extras`` (one dict of extra annotation fields a
+            box, e.g. ``iscrowd`` or ``segmentation``). Annotations are numbered 1..n in that order.
+        categories: the COCO ``categories`` list, kept as given.
+        top: further top-level fields (``info``, ``licenses``).
+    """
+    out_images, anns = [], []
+    for im in images:
+        out_images.append({k: im[k] for k in ("id", "file_name", "height", "width")})
+        extras = im.get("extras") or [{}] * len(im["boxes"])
+        for box, cat, extra in zip(im["boxes"], im["category_ids"], extras, strict=True):
+            anns.append(coco_annotation(len(anns) + 1, im["id"], int(cat), box, **extra))
+    return {**top, "images": out_images, "annotations": anns, "categories": list(categories)}
+
+
 def assign_image_ids(records: Sequence[ImageRecord]) -> list[int]:
     """The records' own ids when they are positive and unique, else 1..n."""
     ids = [r.image_id for r in records]
@@ -270,20 +299,17 @@ def write_coco(
     for i, c in enumerate(categories):
         extra = {k: v for k, v in c.items() if k not in ("id", "name")} if isinstance(c, dict) else {}
         cats.append({"id": i + 1, "name": c["name"] if isinstance(c, dict) else c, **extra})
-    images, anns = [], []
+    images = []
     for image_id, rec in zip(assign_image_ids(records), records):
         bad = [int(v) for v in rec.labels if not 0 <= v < len(cats)]
         if bad:
             raise DataError(
                 f"write_coco: {rec.file_name} has labels {bad} outside the {len(cats)} categories"
             )
-        name = relative_name(rec.file_name, folder)
-        images.append({"id": image_id, "file_name": name, "height": rec.height, "width": rec.width})
-        for k, (box, label) in enumerate(zip(rec.boxes.tolist(), rec.labels.tolist())):
-            x1, y1, x2, y2 = box
-            ann = {"id": len(anns) + 1, "image_id": image_id, "category_id": label + 1, "iscrowd": 0}
-            ann.update(bbox=[x1, y1, x2 - x1, y2 - y1], area=(x2 - x1) * (y2 - y1))
-            if rec.masks is not None and rec.masks[k] is not None:
-                ann["segmentation"] = rec.masks[k]
-            anns.append(ann)
-    write_text_atomic(path, json.dumps({"images": images, "annotations": anns, "categories": cats}))
+        masks = rec.masks if rec.masks is not None else [None] * len(rec.boxes)
+        images.append(
+            {"id": image_id, "file_name": relative_name(rec.file_name, folder), "height": rec.height,
+             "width": rec.width, "boxes": rec.boxes.tolist(), "category_ids": (rec.labels + 1).tolist(),
+             "extras": [{} if m is None else {"segmentation": m} for m in masks]}
+        )  # fmt: skip
+    write_text_atomic(path, json.dumps(coco_ground_truth(images, cats)))

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from ..data.coco import coco_ground_truth
 from ..errors import DataError, UsageError
 from ..metrics import coco_detection_metrics, grounding_recall, referring_miou
 from ..prompts import Prompt, build_prompt, normalize_phrase
@@ -285,17 +286,10 @@ def evaluate_records(
             )
         return evaluate_grounding(detector, items, batch_size=batch_size), []
     cats = cats or [{"id": i + 1, "name": n} for i, n in enumerate(categories)]
-    gt = {"images": [], "annotations": [], "categories": cats}
-    ann_id = 1
-    for i, rec in enumerate(records):
-        gt["images"].append(
-            {"id": i + 1, "file_name": rec.file_name, "height": rec.height, "width": rec.width}
-        )
-        for box, label in zip(rec.boxes.tolist(), rec.labels.tolist()):
-            x1, y1, x2, y2 = box
-            gt["annotations"].append(
-                {"id": ann_id, "image_id": i + 1, "category_id": cats[label]["id"], "bbox": [x1, y1, x2 - x1, y2 - y1],
-                 "area": (x2 - x1) * (y2 - y1), "iscrowd": 0}
-            )  # fmt: skip
-            ann_id += 1
+    images = [
+        {"id": i + 1, "file_name": rec.file_name, "height": rec.height, "width": rec.width,
+         "boxes": rec.boxes.tolist(), "category_ids": [cats[label]["id"] for label in rec.labels.tolist()]}
+        for i, rec in enumerate(records)
+    ]  # fmt: skip
+    gt = coco_ground_truth(images, cats)
     return evaluate_detection(detector, gt, [r.file_name for r in records], batch_size=batch_size)
