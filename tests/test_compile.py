@@ -53,8 +53,9 @@ def test_bucket_padding_changes_detections_only_slightly(tiny_detector, chelsea)
     padded = openglip.Detector(tiny_detector.model, device="cpu", buckets=[(256, 320)]).predict(
         chelsea, "cat. dog.", box_threshold=0.0
     )
-    top = min(10, len(plain))
-    np.testing.assert_allclose(plain.scores[:top], padded.scores[:top], atol=0.05)
+    assert len(plain) >= 10 and len(padded) >= 10  # with no box the comparison below would hold trivially
+    # 0.05: a bucket pads the image like a larger batch mate would; the top scores moved by 0.011 on one CPU
+    np.testing.assert_allclose(plain.scores[:10], padded.scores[:10], atol=0.05)
 
 
 def test_bad_compile_options():
@@ -77,6 +78,8 @@ def test_channels_last_gives_the_same_detections(chelsea):
     assert next(m.weight for m in model.modules() if isinstance(m, torch.nn.Conv2d)).is_contiguous(
         memory_format=torch.channels_last
     )
+    assert len(want) > 10  # something to compare
     np.testing.assert_array_equal(want.labels, got.labels)
+    # channels-last reorders the convolutions' sums: measured 1.2e-7 on scores and 3e-5 px on boxes
     np.testing.assert_allclose(want.scores, got.scores, atol=1e-5)
     np.testing.assert_allclose(want.xyxy, got.xyxy, atol=1e-3)

@@ -7,6 +7,7 @@ cores; the dynamo exporter is checked once on ``tiny`` (slow) and again for ``gl
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import subprocess
@@ -59,28 +60,40 @@ def run_without_torch(tasks: list[dict], runner_dir: Path, tmp_path: Path) -> li
     return [dict(np.load(t["out"])) for t in tasks]
 
 
+def flat_outputs(det, model, pixel_values, sizes, text):
+    """The raw outputs an exported graph returns, flattened over levels; also the model's output object."""
+    out = model(pixel_values, sizes, text=text)
+    raw = {
+        "logits": torch.cat(out.logits, 1),
+        "centerness": torch.cat([c.flatten(1) for c in out.centerness], 1),
+        "box_regression": torch.cat([d.flatten(2).transpose(1, 2) for d in out.box_regression], 1),
+    }
+    anchors = torch.cat(out.anchors)
+    raw["boxes"] = torch.stack(
+        [det.postprocessor.box_coder.decode(d, anchors) for d in raw["box_regression"]]
+    )
+    return raw, out
+
+
 def reference(det, images: list[Path], prompts: list[str]):
-    """PyTorch's side: the padded batch, flat raw outputs, each image's detections and positive map."""
+    """PyTorch's side: the padded batch, flat raw outputs, each image's detections and positive map, the text
+    mask, and PyTorch's own float32 error on each raw output (its relative error against the same model run in
+    float64 on the same inputs: the noise floor of any float32 computation of this tower on this CPU)."""
     tensors = [det.transform.to_tensor(load_image(str(p))[0]) for p in images]
     pixel_values, sizes = det.transform.pad(tensors)
     chunks = [det.encode_prompt(parse_prompt(p))[0] for p in prompts]
+    text = TextFeatures.cat([c.text for c in chunks])
     with torch.no_grad():
-        out = det.model(pixel_values, sizes, text=TextFeatures.cat([c.text for c in chunks]))
-        raw = {
-            "logits": torch.cat(out.logits, 1),
-            "centerness": torch.cat([c.flatten(1) for c in out.centerness], 1),
-            "box_regression": torch.cat([d.flatten(2).transpose(1, 2) for d in out.box_regression], 1),
-        }
-        anchors = torch.cat(out.anchors)
-        raw["boxes"] = torch.stack(
-            [det.postprocessor.box_coder.decode(d, anchors) for d in raw["box_regression"]]
-        )
+        raw, out = flat_outputs(det, det.model, pixel_values, sizes, text)
         dets = [
             det.postprocessor.select(det.postprocessor.candidates(out, b, c.pmap))
             for b, c in enumerate(chunks)
         ]
+        text64 = TextFeatures(text.input_ids, text.attention_mask, text.hidden.double())
+        raw64, _ = flat_outputs(det, copy.deepcopy(det.model).double(), pixel_values.double(), sizes, text64)
     raw = {k: v.numpy() for k, v in raw.items()}
-    return pixel_values.numpy(), sizes, raw, dets, [c.pmap for c in chunks], out.text_mask.numpy()
+    noise = {k: relative_error(raw[k], v.numpy()) for k, v in raw64.items()}
+    return pixel_values.numpy(), sizes, raw, dets, [c.pmap for c in chunks], out.text_mask.numpy(), noise
 
 
 def relative_error(got: np.ndarray, ref: np.ndarray) -> float:
@@ -128,22 +141,31 @@ def assert_standard_ops(path: Path, expected: set[str]) -> None:
 
 def check_against_pytorch(ref, result: dict, *, fixed: bool, nms: bool) -> None:
     """``ref``: :func:`reference`'s answer for the images and prompts the worker ran."""
-    pixel_values, sizes, raw, dets, pmaps, text_mask = ref
+    pixel_values, sizes, raw, dets, pmaps, text_mask, noise = ref
     assert (
         np.abs(result["pixel_values"] - pixel_values).max() <= 1e-6
     )  # numpy preprocessing == ImageTransform
     assert [tuple(s) for s in result["sizes"]] == sizes
     keep_tokens = text_mask.astype(bool)  # (B, T): padded tokens' logits are not used by anything
+
+    def bar(name: str) -> float:
+        # The graph and PyTorch are two float32 computations of one tower: each errs by about PyTorch's own
+        # float32-vs-float64 error measured here (``noise``), so they differ by up to twice that; a factor 4 leaves
+        # room for another CPU's kernels. 1e-4 is the floor where the tower is well conditioned (noise ~1e-6):
+        # on GLIP-T's 6-layer random tower box_regression's noise is 6.5e-5 on one CPU, and an AMD EPYC run
+        # differed by 1.35e-4 from PyTorch, which a fixed 1e-4 bar failed.
+        return max(1e-4, 4 * noise[name])
+
     for name in ("centerness", "box_regression", "boxes"):
-        assert relative_error(result[f"out_{name}"], raw[name]) <= 1e-4, name
+        assert relative_error(result[f"out_{name}"], raw[name]) <= bar(name), (name, noise[name])
     logits = result["out_logits"]
     for b in range(len(sizes)):
         T = int(keep_tokens[b].sum())
-        assert relative_error(logits[b, :, :T], raw["logits"][b, :, :T]) <= 1e-4
+        assert relative_error(logits[b, :, :T], raw["logits"][b, :, :T]) <= bar("logits"), noise["logits"]
     if fixed:
         ref_scores = np.stack([phrase_scores(torch.from_numpy(raw["logits"][b]).sigmoid(), pmaps[b]).numpy()
                                for b in range(len(sizes))])  # fmt: skip
-        assert relative_error(result["out_scores"], ref_scores) <= 1e-4
+        assert relative_error(result["out_scores"], ref_scores) <= bar("logits")
     for route in ("numpy", "graph") if nms else ("numpy",):
         for b in range(len(sizes)):
             assert_same_detections(
@@ -400,7 +422,8 @@ def test_glip_t_fixed_vocabulary_with_nms_matches_pytorch(tmp_path, photos):
     The offsets are drawn with std 0.02 (up to about 6 px on these maps), not ``firing``'s 0.05: with 0.05 the
     random 256-channel, 6-layer tower is chaotic (offsets up to 15 px; each DyConv multiplies a relative
     difference by 3 to 10), so that PyTorch's own logits move by 9e-4 between 1 and 2 threads, a mere
-    reordering of its float sums, and no exporter could meet 1e-4. At 0.02 that move is 1.5e-6."""
+    reordering of its float sums. At 0.02 that move is 1.5e-6 for the logits; box_regression still carries a
+    float32 error of 6.5e-5 against float64, which is why :func:`check_against_pytorch` measures its bars."""
     from openglip.api import Detector
     from openglip.config import apply_overrides, get_preset
     from openglip.models.detector import build_model
@@ -451,7 +474,7 @@ def test_auto_falls_back_to_torchscript_and_bakes_a_tuned_prompt(
     det = openglip.load_model(tmp_path / "tiny.safetensors", device="cpu")
     plain = reference(det, photos, [caption] * 2)
     det.add_tuned_prompt(tuned)
-    pixel_values, _, raw, _, pmaps, _ = reference(det, photos, [caption] * 2)
+    pixel_values, _, raw, _, pmaps, _, _ = reference(det, photos, [caption] * 2)
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     logits, scores = session.run(["logits", "scores"], {"images": pixel_values})
     assert relative_error(logits, raw["logits"]) <= 1e-4
