@@ -68,6 +68,43 @@ def image_size(entry: dict, path: str) -> tuple[int, int] | None:
         return None
 
 
+def locate_image(
+    entry: dict, file_name: str, root: Path, report: SkipReport, *, check_images: bool, where: str
+) -> tuple[str, tuple[int, int]] | None:
+    """``(path, (height, width))`` of an annotation entry's image, or None after counting why it is skipped
+    ("missing_image": no such file when ``check_images``; "missing_size": no size in the entry or the file)."""
+    path = resolve_image(file_name, root)
+    if check_images and not os.path.isfile(path):
+        report.add("missing_image", where=f"{where}: {path}")
+        return None
+    size = image_size(entry, path)
+    if size is None:
+        report.add("missing_size", where=where)
+        return None
+    return path, size
+
+
+def group_annotations(
+    anns: list, image_ids: Any, report: SkipReport, *, required: tuple[str, ...], categories: Any = None
+) -> dict[Any, list[dict]]:
+    """COCO-style annotations grouped by ``image_id`` (every id of ``image_ids`` present); malformed ones
+    (missing a ``required`` key), crowd ones, those of unknown images and, when ``categories`` is given, of
+    unknown category ids are counted in ``report`` and left out."""
+    by_image: dict[Any, list[dict]] = {k: [] for k in image_ids}
+    for ann in anns:
+        if not isinstance(ann, dict) or any(k not in ann for k in required):
+            report.add("bad_annotation")
+        elif ann.get("iscrowd", 0):
+            report.add("crowd")
+        elif ann.get("image_id") not in by_image:
+            report.add("unknown_image")
+        elif categories is not None and ann["category_id"] not in categories:
+            report.add("unknown_category")
+        else:
+            by_image[ann["image_id"]].append(ann)
+    return by_image
+
+
 def parse_box(raw: Any, xywh: bool) -> list[float]:
     """Four floats ``x1, y1, x2, y2`` from a raw ``bbox``; NaNs when it is malformed."""
     try:
@@ -200,29 +237,15 @@ def read_coco(
             images[entry["id"]] = entry
         else:
             report.add("bad_image_entry")
-    by_image: dict[Any, list[dict]] = {k: [] for k in images}
-    for ann in anns:
-        if not isinstance(ann, dict) or "bbox" not in ann or "category_id" not in ann:
-            report.add("bad_annotation")
-        elif ann.get("iscrowd", 0):
-            report.add("crowd")
-        elif ann.get("image_id") not in by_image:
-            report.add("unknown_image")
-        elif ann["category_id"] not in cat_index:
-            report.add("unknown_category")
-        else:
-            by_image[ann["image_id"]].append(ann)
-
+    by_image = group_annotations(anns, images, report, required=("bbox", "category_id"), categories=cat_index)
     records = []
     for image_id, entry in images.items():
-        path = resolve_image(entry["file_name"], root)
-        if check_images and not os.path.isfile(path):
-            report.add("missing_image", where=f"image id {image_id}: {path}")
+        located = locate_image(
+            entry, entry["file_name"], root, report, check_images=check_images, where=f"image id {image_id}"
+        )
+        if located is None:
             continue
-        size = image_size(entry, path)
-        if size is None:
-            report.add("missing_size")
-            continue
+        path, size = located
         group = by_image[image_id]
         boxes, keep = clean_boxes([parse_box(a["bbox"], xywh=True) for a in group], *size, report)
         kept = [a for a, k in zip(group, keep) if k]

@@ -7,7 +7,6 @@ import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -17,11 +16,11 @@ from .coco import (
     assign_image_ids,
     clean_boxes,
     clean_spans,
-    image_size,
+    group_annotations,
     load_json,
+    locate_image,
     parse_box,
     relative_name,
-    resolve_image,
 )
 from .records import ImageRecord, SkipReport
 
@@ -54,7 +53,6 @@ def read_mdetr(
     if images and not any(isinstance(im, dict) and "caption" in im for im in images):
         raise DataError(f"{json_path}: not an MDETR grounding file (images have no 'caption')")
 
-    by_image: dict[Any, list[dict]] = {}
     entries = []
     for im in images:
         ok = (
@@ -66,27 +64,16 @@ def read_mdetr(
             report.add("bad_image_entry")
             continue
         entries.append(im)
-        by_image[im["id"]] = []
-    for ann in anns:
-        if not isinstance(ann, dict) or "bbox" not in ann:
-            report.add("bad_annotation")
-        elif ann.get("iscrowd", 0):
-            report.add("crowd")
-        elif ann.get("image_id") not in by_image:
-            report.add("unknown_image")
-        else:
-            by_image[ann["image_id"]].append(ann)
+    by_image = group_annotations(anns, [im["id"] for im in entries], report, required=("bbox",))
 
     records = []
     for im in entries:
-        path = resolve_image(im["file_name"], root)
-        if check_images and not os.path.isfile(path):
-            report.add("missing_image")
+        located = locate_image(
+            im, im["file_name"], root, report, check_images=check_images, where=f"image id {im['id']}"
+        )
+        if located is None:
             continue
-        size = image_size(im, path)
-        if size is None:
-            report.add("missing_size")
-            continue
+        path, size = located
         caption, raw, spans = im["caption"], [], []
         for ann in by_image[im["id"]]:
             valid, dropped = clean_spans(ann.get("tokens_positive"), caption)

@@ -23,7 +23,7 @@ import numpy as np
 
 from ..errors import DataError
 from ..files import write_text_atomic
-from .coco import clean_boxes, clean_spans, image_size, parse_box, relative_name, resolve_image
+from .coco import clean_boxes, clean_spans, locate_image, parse_box, relative_name
 from .records import ImageRecord, SkipReport, log
 
 _MAX_LOGGED_LINES = 10  # bad lines logged one by one; the rest only counted
@@ -166,6 +166,32 @@ def parse_grounding_line(
     return caption, boxes, [s for s, k in zip(spans, keep) if k]
 
 
+def _renumber_labels(
+    records: list[ImageRecord], names: dict[int, str], report: SkipReport, jsonl_path: Path
+) -> list[str]:
+    """Renumber detection records' label ids to indices of the returned category names (ids in order); boxes
+    whose label has no name are dropped ("unnamed_label") with one warning."""
+    index = {label: i for i, label in enumerate(sorted(names))}
+    categories = [names[label] for label in sorted(names)]
+    unnamed: set[int] = set()
+    for rec in records:
+        if rec.caption is not None:
+            continue
+        keep = np.array([int(lab) in index for lab in rec.labels], dtype=bool)
+        if not keep.all():
+            unnamed.update(int(lab) for lab in rec.labels[~keep])
+            report.add("unnamed_label", int((~keep).sum()))
+            rec.boxes = rec.boxes[keep]
+        rec.labels = np.array([index[int(lab)] for lab in rec.labels[keep]], dtype=np.int64)
+    if unnamed:
+        log.warning(
+            "%s: labels %s have no category name (no 'category' field, no label map); their boxes are skipped. "
+            "Add a label map %s",
+            jsonl_path, sorted(unnamed)[:20], label_map_path(jsonl_path),
+        )  # fmt: skip
+    return categories
+
+
 def read_odvg(
     jsonl_path: str | os.PathLike,
     image_root: str | os.PathLike | None = None,
@@ -209,14 +235,12 @@ def read_odvg(
         if kind is None or not isinstance(obj.get("filename"), str):
             report.add("bad_record")
             continue
-        path = resolve_image(obj["filename"], root)
-        if check_images and not os.path.isfile(path):
-            report.add("missing_image")
+        located = locate_image(
+            obj, obj["filename"], root, report, check_images=check_images, where=f"line {number}"
+        )
+        if located is None:
             continue
-        size = image_size(obj, path)
-        if size is None:
-            report.add("missing_size")
-            continue
+        path, size = located
         head = {"file_name": path, "height": size[0], "width": size[1], "image_id": number}
         if kind == "detection":
             parsed_det = parse_detection_line(obj, size, names, fixed, report)
@@ -234,25 +258,7 @@ def read_odvg(
         records.append(ImageRecord(**head, boxes=boxes, labels=labels, caption=caption, spans=spans))
     if kinds == {None}:
         raise DataError(f"{jsonl_path}: not an ODVG file (no line has 'detection' or 'grounding')")
-    names.update(fixed)
-    index = {label: i for i, label in enumerate(sorted(names))}
-    categories = [names[label] for label in sorted(names)]
-    unnamed: set[int] = set()
-    for rec in records:
-        if rec.caption is not None:
-            continue
-        keep = np.array([int(lab) in index for lab in rec.labels], dtype=bool)
-        if not keep.all():
-            unnamed.update(int(lab) for lab in rec.labels[~keep])
-            report.add("unnamed_label", int((~keep).sum()))
-            rec.boxes = rec.boxes[keep]
-        rec.labels = np.array([index[int(lab)] for lab in rec.labels[keep]], dtype=np.int64)
-    if unnamed:
-        log.warning(
-            "%s: labels %s have no category name (no 'category' field, no label map); their boxes are skipped. "
-            "Add a label map %s",
-            jsonl_path, sorted(unnamed)[:20], label_map_path(jsonl_path),
-        )  # fmt: skip
+    categories = _renumber_labels(records, {**names, **fixed}, report, jsonl_path)
     report.log()
     return records, categories, report
 
