@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import signal
 import subprocess
 import sys
 from functools import partial
@@ -15,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import kill_at_step
 from openglip.config import TrainConfig, tiny
 from openglip.data.collate import Collate
 from openglip.data.datasets import ShapesDataset, detection_prompt
@@ -161,9 +163,8 @@ def uninterrupted(tmp_path_factory):
 
 
 def test_killed_and_resumed_run_repeats_the_losses_exactly(tmp_path, uninterrupted):
-    crash = {**ENV, "OPENGLIP_CRASH_AFTER_STEP": "4"}
-    first = subprocess.run(_train_cmd(tmp_path), env=crash, capture_output=True, text=True, timeout=600)
-    assert first.returncode == 17, first.stderr[-2000:]
+    first = kill_at_step(_train_cmd(tmp_path), tmp_path, 4, env=ENV)
+    assert first.returncode == -signal.SIGKILL
     assert [s for s, _ in _losses(tmp_path)] == [
         1,
         2,
@@ -189,12 +190,10 @@ def test_killed_and_resumed_run_repeats_the_losses_exactly(tmp_path, uninterrupt
 def test_torchrun_restart_resumes_from_the_last_checkpoint(tmp_path, uninterrupted):
     """The README's ``torchrun --nproc_per_node N --max-restarts 3 -m openglip.cli train ... --resume``: a crashed
     rank is restarted and continues from the last checkpoint with the uninterrupted run's losses."""
-    crash = {**ENV, "OPENGLIP_CRASH_AFTER_STEP": "4"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1",
            "--max-restarts", "1", "-m", "openglip.cli", *_train_cmd(tmp_path)[3:], "--resume"]  # fmt: skip
-    done = subprocess.run(cmd, env=crash, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert (tmp_path / ".crashed").exists()  # the first attempt really died
+    done = kill_at_step(cmd, tmp_path, 4, env=ENV, worker=True)  # the first attempt dies at step 4
+    assert done.returncode == 0, done.stderr.read()[-3000:]
     assert _losses(tmp_path) == _losses(uninterrupted)
 
 
