@@ -80,7 +80,13 @@ def tiny_checkpoint(tmp_path_factory, tiny_detector) -> Path:
     return path
 
 
-def kill_at_step(cmd: list[str], run_dir: Path, step: int, *, env: dict, worker: bool = False, timeout=600):
+@pytest.fixture
+def kill_at_step():
+    """:func:`_kill_at_step`: a training run killed by SIGKILL once it has logged a step."""
+    return _kill_at_step
+
+
+def _kill_at_step(cmd: list[str], run_dir: Path, step: int, *, env: dict, worker: bool = False, timeout=600):
     """Start ``cmd``, wait until ``run_dir/metrics.jsonl`` logs ``step``, then SIGKILL the process (``worker``: its
     first child, the training process that ``torch.distributed.run`` supervises and restarts) as a crash would.
 

@@ -16,7 +16,6 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import kill_at_step
 from openglip.data.shapes import BASE, NOVEL, ShapesWorld
 from openglip.regionclip import ConceptPool, load_detector, load_student
 from openglip.regionclip.config import PretrainConfig, RPNConfig, TeacherConfig, TransferConfig
@@ -217,7 +216,7 @@ def test_transfer_puts_the_caption_concepts_in_foreground_rois_softmax(parts):
     assert torch.isfinite(with_pool) and with_pool.item() > without.item()
 
 
-def test_cli_pretraining_survives_a_kill_and_resumes_exactly(tmp_path, capsys):
+def test_cli_pretraining_survives_a_kill_and_resumes_exactly(tmp_path, capsys, kill_at_step):
     """The real commands (MiniLM text, tiny CNNs): concepts, teacher, rpn and a reference pretraining in this process,
     then a pretraining killed after step 3 and resumed, in subprocesses (as a crashed job would be)."""
     from openglip.cli.regionclip import main

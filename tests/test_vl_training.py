@@ -14,8 +14,6 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import kill_at_step
-
 ENV = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
 TINY = ["--device", "cpu", "batch_size=2", "log_every=1", "warmup_steps=1", "lr=1e-3", "shapes_epoch_size=8",
         "train_min_sizes=(96,128)", "train_max_size=160", "num_negatives=10"]  # fmt: skip
@@ -64,7 +62,7 @@ def test_mlm_pretraining_logs_the_mlm_loss(runs):
 
 
 @pytest.mark.parametrize("task", ["vqa", "caption"])
-def test_killed_and_resumed_vl_run_repeats_the_losses_exactly(runs, tmp_path, task):
+def test_killed_and_resumed_vl_run_repeats_the_losses_exactly(runs, tmp_path, task, kill_at_step):
     args = [
         f"task={task}",
         f"init_weights={runs / 'mlm' / 'model.safetensors'}",
