@@ -90,8 +90,8 @@ def pretrain(out: Path, steps: int) -> Path:
 
     path = out / "model.safetensors"
     if not path.exists():
-        model_cfg, train_cfg = demo_configs(budget=0.0, out=str(out), steps=steps)
-        train(model_cfg, train_cfg, overwrite=True, device="cpu")
+        model_cfg, train_cfg, task_cfg = demo_configs(budget=0.0, out=str(out), steps=steps)
+        train(model_cfg, train_cfg, task_cfg, overwrite=True, device="cpu")
     return path
 
 
@@ -110,8 +110,8 @@ def tune_run(mode: str, base: Path, train_file: Path, out: Path, steps: int) -> 
         overrides.append("lr=0.01")
     if mode == "replay":
         overrides += ["replay_data=shapes", "replay_ratio=0.25", "num_negatives=20", "shapes_image_size=128"]
-    cfg = tune_config(mode, overrides, out_dir=str(out))
-    return tune(str(base), records, cats, mode=mode, cfg=cfg, overwrite=True, device="cpu")
+    cfg, tune_cfg = tune_config(mode, overrides, out_dir=str(out))
+    return tune(str(base), records, cats, cfg=cfg, tune_cfg=tune_cfg, overwrite=True, device="cpu")
 
 
 def metrics(detector, target_file: Path, retain_file: Path) -> dict:
@@ -139,8 +139,9 @@ def main() -> None:
     torch.set_num_threads(2)
     from openglip.api import load_model
     from openglip.checkpoints import read_checkpoint
+    from openglip.engine.wise import choose_alpha, interpolate
     from openglip.prompt_tuning import load_tuned_prompt
-    from openglip.tasks.wise import choose_alpha, interpolate, retain_ap50
+    from openglip.tasks.glip import retain_ap50
 
     out = Path(args.out)
     target, retain = categories()

@@ -61,7 +61,7 @@ DIRECTIONS = (
 
 
 def rung_configs(paths: dict, rung: str, seed: int, steps: int, out: Path):
-    """(ModelConfig, TrainConfig) of a rung: the recipe of ``ladder.json`` with the rung's fusion and data."""
+    """(ModelConfig, TrainConfig, GLIPTaskConfig) of a rung: the recipe of ``ladder.json`` with the rung's fusion and data."""
     from openglip.config import load_run_config
 
     data = {
@@ -71,9 +71,9 @@ def rung_configs(paths: dict, rung: str, seed: int, steps: int, out: Path):
         "student": [paths["detection"], paths["grounding"], paths["pseudo"]],
     }[rung]
     overrides = [f"fusion={'late' if rung == 'A' else 'deep'}", f"seed={seed}", f"max_steps={steps}"]
-    model_cfg, train_cfg = load_run_config(paths["recipe"], overrides)
+    model_cfg, train_cfg, task_cfg = load_run_config(paths["recipe"], overrides)
     train_cfg = dataclasses.replace(train_cfg, data=",".join(str(p) for p in data), out_dir=str(out))
-    return model_cfg, train_cfg
+    return model_cfg, train_cfg, task_cfg
 
 
 def evaluate(weights: Path, images: int) -> dict:
@@ -107,9 +107,9 @@ def run_rung(paths: dict, rung: str, seed: int, steps: int, images: int, root: P
     done = out / "result.json"
     if done.exists():
         return json.loads(done.read_text())
-    model_cfg, train_cfg = rung_configs(paths, rung, seed, steps, out)
+    model_cfg, train_cfg, task_cfg = rung_configs(paths, rung, seed, steps, out)
     start = time.time()
-    train(model_cfg, train_cfg, overwrite=True, device="cpu")
+    train(model_cfg, train_cfg, task_cfg, overwrite=True, device="cpu")
     seconds = time.time() - start
     result = {"train_s": seconds, **evaluate(out / "model.safetensors", images)}
     done.write_text(json.dumps(result, indent=1))

@@ -34,12 +34,15 @@ def train_shapes(out: Path, steps: int, **model_changes):
     from openglip.engine.trainer import Trainer
     from openglip.tasks import GLIPTask
 
-    model_cfg, train_cfg = demo_configs(budget=0.0, out=str(out), steps=steps)
+    model_cfg, train_cfg, task_cfg = demo_configs(budget=0.0, out=str(out), steps=steps)
     model_cfg = dataclasses.replace(model_cfg, **model_changes)
     if model_cfg.inter_image_dim:
-        train_cfg = dataclasses.replace(train_cfg, inter_image_weight=1.0)
+        task_cfg = dataclasses.replace(task_cfg, inter_image_weight=1.0)
     trainer = Trainer(
-        GLIPTask(model_cfg, train_cfg), train_cfg, build_train_dataset(model_cfg, train_cfg), device="cpu"
+        GLIPTask(model_cfg, train_cfg, task_cfg),
+        train_cfg,
+        build_train_dataset(model_cfg, train_cfg, task_cfg),
+        device="cpu",
     )
     start = time.time()
     trainer.fit()
@@ -88,7 +91,7 @@ def novel_task(root: Path, seed: int, num_images: int):
 
 def few_shot_rows(base_path: Path, work: Path, shots_list, tune_steps: int, eval_images: int) -> list[tuple]:
     from openglip.api import Detector, load_model
-    from openglip.config import TrainConfig
+    from openglip.config import TrainConfig, TuneConfig
     from openglip.data.build import read_annotations
     from openglip.engine.evaluate import evaluate_detection
     from openglip.prompt_tuning import load_tuned_prompt
@@ -106,9 +109,10 @@ def few_shot_rows(base_path: Path, work: Path, shots_list, tune_steps: int, eval
             out = work / f"{mode}_{shots}"
             cfg = TrainConfig(out_dir=str(out), max_steps=tune_steps, batch_size=4, warmup_steps=5,
                               lr={"prompt": 1e-2, "linear": 1e-3, "full": 1e-4}[mode], freeze="text",
-                              checkpoint_every=0, log_every=10, ema_decay=0.0, normalized_token_targets=False,
+                              checkpoint_every=0, log_every=10, ema_decay=0.0,
                               train_min_sizes=(112, 128, 144), train_max_size=240)  # fmt: skip
-            tune(str(base_path), chosen, categories, mode=mode, cfg=cfg, device="cpu")
+            tune_cfg = TuneConfig(mode=mode, normalized_token_targets=False)
+            tune(str(base_path), chosen, categories, cfg=cfg, tune_cfg=tune_cfg, device="cpu")
             if mode == "prompt":
                 det = load_model(str(base_path), device="cpu")
                 det.add_tuned_prompt(load_tuned_prompt(out / "prompt.safetensors"))

@@ -37,20 +37,21 @@ def configs(out: Path, steps: int, preset: str):
     from openglip.config import get_preset
     from openglip.demo import demo_configs
 
-    model_cfg, train_cfg = demo_configs(budget=0.0, out=str(out), steps=steps)
+    model_cfg, train_cfg, task_cfg = demo_configs(budget=0.0, out=str(out), steps=steps)
     if preset != "glip_nano":  # smoke runs of this script
         model_cfg = dataclasses.replace(
             get_preset(preset), min_size=model_cfg.min_size, max_size=model_cfg.max_size
         )
-    return model_cfg, dataclasses.replace(train_cfg, checkpoint_every=0, log_every=max(steps // 10, 1))
+    train_cfg = dataclasses.replace(train_cfg, checkpoint_every=0, log_every=max(steps // 10, 1))
+    return model_cfg, train_cfg, task_cfg
 
 
-def run(model_cfg, train_cfg):
-    """Train ``train_cfg.task`` and return (final model, seconds)."""
+def run(model_cfg, train_cfg, task_cfg):
+    """Train ``train_cfg.task`` with its config ``task_cfg`` and return (final model, seconds)."""
     from openglip.tasks import train
 
     start = time.time()
-    trainer = train(model_cfg, train_cfg, overwrite=True, device="cpu")
+    trainer = train(model_cfg, train_cfg, task_cfg, overwrite=True, device="cpu")
     return trainer.final_weights().cpu().eval(), time.time() - start
 
 
@@ -77,6 +78,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(2)
     from openglip.api import Detector
+    from openglip.config import CaptionConfig, VQAConfig
     from openglip.data.shapes_language import shapes_caption_items, shapes_vqa_items
     from openglip.engine.evaluate import evaluate_shapes
     from openglip.tasks.caption import evaluate_captions
@@ -93,11 +95,13 @@ def main() -> None:
             out / "det_mlm" / "model.safetensors",
         )
     for name, mlm in (("GLIP losses", False), ("+ MLM loss", True)) if "a" in parts else ():
-        model_cfg, train_cfg = configs(out / ("det_mlm" if mlm else "det"), args.det_steps, args.preset)
+        model_cfg, train_cfg, task_cfg = configs(
+            out / ("det_mlm" if mlm else "det"), args.det_steps, args.preset
+        )
         if mlm:
             model_cfg = dataclasses.replace(model_cfg, mlm_head=True)
-            train_cfg = dataclasses.replace(train_cfg, mlm_weight=args.mlm_weight)
-        model, seconds = run(model_cfg, train_cfg)
+            task_cfg = dataclasses.replace(task_cfg, mlm_weight=args.mlm_weight)
+        model, seconds = run(model_cfg, train_cfg, task_cfg)
         m = evaluate_shapes(Detector(model, device="cpu"), num_images=args.images)
         det[mlm] = (model_cfg, Path(train_cfg.out_dir) / "model.safetensors")
         rows_a.append((name, f"{m['base/AP50']:.3f}", f"{m['novel/AP50']:.3f}", f"{m['AP50']:.3f}", f"{m['R@1']:.3f}",
@@ -112,14 +116,13 @@ def main() -> None:
     for name, blind in (
         (("VQA head on the fused [CLS]", False), ("blind (constant image)", True)) if "b" in parts else ()
     ):
-        _, train_cfg = configs(out / ("vqa_blind" if blind else "vqa"), args.vqa_steps, args.preset)
-        train_cfg = dataclasses.replace(
-            train_cfg, task="vqa", init_weights=str(base_weights), blind=blind, lr=2e-4
-        )
+        _, train_cfg, _ = configs(out / ("vqa_blind" if blind else "vqa"), args.vqa_steps, args.preset)
+        vqa_cfg = VQAConfig(blind=blind)
+        train_cfg = dataclasses.replace(train_cfg, task="vqa", init_weights=str(base_weights), lr=2e-4)
         if blind and args.vqa_blind == "eval":  # the model of the row above, every test image made constant
             name, seconds = "same model, constant image at test", 0.0
         else:
-            model, seconds = run(base_cfg, train_cfg)
+            model, seconds = run(base_cfg, train_cfg, vqa_cfg)
         m = evaluate_vqa(Detector(model, device="cpu"), vqa_items, blind=blind)
         types = ("colour", "shape", "count", "exist", "relation")
         rows_b.append((name, *[f"{m.get(f'accuracy/{t}', float('nan')):.3f}" for t in types],
@@ -138,10 +141,11 @@ def main() -> None:
     for name, blind in (
         (("caption head (causal fusion)", False), ("blind (constant image)", True)) if "c" in parts else ()
     ):
-        _, train_cfg = configs(out / ("cap_blind" if blind else "cap"), args.vl_steps, args.preset)
-        train_cfg = dataclasses.replace(train_cfg, task="caption", init_weights=str(base_weights), blind=blind,
-                                        lr=2e-4)  # fmt: skip
-        model, seconds = run(base_cfg, train_cfg)
+        _, train_cfg, task_cfg = configs(out / ("cap_blind" if blind else "cap"), args.vl_steps, args.preset)
+        train_cfg = dataclasses.replace(train_cfg, task="caption", init_weights=str(base_weights), lr=2e-4)
+        # the demo's grounding-loss settings, as the caption task's grounding loss
+        cap_cfg = CaptionConfig(blind=blind, normalized_token_targets=task_cfg.normalized_token_targets)
+        model, seconds = run(base_cfg, train_cfg, cap_cfg)
         m = evaluate_captions(Detector(model, device="cpu"), images, refs, samples=None if blind else samples,
                               blind=blind)  # fmt: skip
         grounded = f"{m['grounded/AP50']:.3f}" if "grounded/AP50" in m else "-"

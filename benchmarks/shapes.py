@@ -36,9 +36,12 @@ def train_demo(budget: float, threads: int, out: str) -> tuple[object, list[tupl
     from openglip.tasks import GLIPTask
 
     torch.set_num_threads(threads)
-    model_cfg, train_cfg = demo_configs(budget, out)
+    model_cfg, train_cfg, task_cfg = demo_configs(budget, out)
     trainer = Trainer(
-        GLIPTask(model_cfg, train_cfg), train_cfg, build_train_dataset(model_cfg, train_cfg), device="cpu"
+        GLIPTask(model_cfg, train_cfg, task_cfg),
+        train_cfg,
+        build_train_dataset(model_cfg, train_cfg, task_cfg),
+        device="cpu",
     )
     start = time.time()
     trainer.fit()

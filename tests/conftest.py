@@ -78,3 +78,48 @@ def tiny_checkpoint(tmp_path_factory, tiny_detector) -> Path:
     path = tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"
     save_safetensors(tiny_detector.model, path)
     return path
+
+
+@pytest.fixture
+def kill_at_step():
+    """:func:`_kill_at_step`: a training run killed by SIGKILL once it has logged a step."""
+    return _kill_at_step
+
+
+def _kill_at_step(cmd: list[str], run_dir: Path, step: int, *, env: dict, worker: bool = False, timeout=600):
+    """Start ``cmd``, wait until ``run_dir/metrics.jsonl`` logs ``step``, then SIGKILL the process (``worker``: its
+    first child, the training process that ``torch.distributed.run`` supervises and restarts) as a crash would.
+
+    Returns:
+        the started process (finished: killed, or restarted and done when ``worker``).
+    """
+    import json
+    import signal
+    import subprocess
+    import time
+
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    metrics, deadline = Path(run_dir) / "metrics.jsonl", time.time() + timeout
+    while not _logged(metrics, step, json):
+        assert proc.poll() is None, f"the run ended before step {step}: {proc.stderr.read()[-2000:]}"
+        assert time.time() < deadline, f"step {step} not logged within {timeout} s"
+        time.sleep(0.005)
+    if worker:
+        children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+        os.kill(int(children[0]), signal.SIGKILL)
+    else:
+        proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=timeout)
+    return proc
+
+
+def _logged(metrics: Path, step: int, json) -> bool:
+    if not metrics.exists():
+        return False
+    for line in metrics.read_text().splitlines():
+        try:
+            if json.loads(line).get("step", 0) >= step:
+                return True
+        except json.JSONDecodeError:
+            continue  # a line being written
+    return False

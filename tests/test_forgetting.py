@@ -17,9 +17,9 @@ from openglip.cli import main
 from openglip.data.build import ReplayMix, read_annotations
 from openglip.data.shapes import write_dataset
 from openglip.engine.sampler import ReplaySampler
+from openglip.engine.wise import choose_alpha, interpolate
 from openglip.errors import UsageError
 from openglip.tasks.tune import MODES, tune_config
-from openglip.tasks.wise import choose_alpha, interpolate
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 TINY_TUNE = ["max_steps=2", "batch_size=2", "train_min_sizes=(96,)", "train_max_size=128", "log_every=1",
@@ -36,7 +36,7 @@ def task_files(tmp_path_factory):
 
 def test_modes_are_offered_by_name():
     assert {"prompt", "linear", "full", "wise", "replay"} <= set(MODES)
-    assert tune_config("wise").wise_alpha == 0.5 and tune_config("full").wise_alpha == 1.0
+    assert tune_config("wise")[1].wise_alpha == 0.5 and tune_config("full")[1].wise_alpha == 1.0
 
 
 def test_interpolation_endpoints_are_bitwise_and_the_middle_is_the_mean():
@@ -102,25 +102,19 @@ def test_replay_mode_mixes_pretraining_data_into_tuning_batches(tiny_checkpoint,
 
     records, categories = read_annotations(task_files[0])
     _, model_cfg = read_checkpoint(tiny_checkpoint)
-    cfg = tune_config("replay", [*TINY_TUNE, "replay_data=shapes", "batch_size=4", "replay_ratio=0.25",
+    cfg, tune_cfg = tune_config("replay", [*TINY_TUNE, "replay_data=shapes", "batch_size=4", "replay_ratio=0.25",
                                  "num_negatives=5"], out_dir=str(tmp_path))  # fmt: skip
     to_tensor = partial(to_model_input, mean=model_cfg.pixel_mean, std=model_cfg.pixel_std, bgr=model_cfg.bgr)
     target = GroundingDataset(records, categories, transform=None, to_tensor=to_tensor, fixed_prompt=True)
-    dataset = with_replay(target, model_cfg, cfg)
-    task = TuneTask(model_cfg, cfg, mode="replay", weights=str(tiny_checkpoint), categories=categories)
+    dataset = with_replay(target, model_cfg, cfg, tune_cfg)
+    task = TuneTask(model_cfg, cfg, tune_cfg, weights=str(tiny_checkpoint), categories=categories)
     trainer = Trainer(task, cfg, dataset, device="cpu")
     fixed = build_prompt(categories).caption
     loader = iter(trainer._loader())
     replayed = [sum(c != fixed for c in next(loader).captions) for _ in range(6)]
     assert replayed == [1] * 6  # 4 images a batch, a quarter of them replayed, in every batch
     with pytest.raises(UsageError, match="replay_data"):
-        TuneTask(
-            model_cfg,
-            tune_config("replay"),
-            mode="replay",
-            weights=str(tiny_checkpoint),
-            categories=categories,
-        )
+        TuneTask(model_cfg, *tune_config("replay"), weights=str(tiny_checkpoint), categories=categories)
 
 
 def _state(path):
@@ -193,6 +187,6 @@ def test_readme_forgetting_commands_run(tiny_checkpoint, task_files, tmp_path, m
     auto = json.loads((tmp_path / "runs/mine_auto/wise.json").read_text())
     assert auto["choice"] == "auto" and [r["alpha"] for r in auto["rows"]] == [i / 10 for i in range(11)]
     assert json.loads((tmp_path / "runs/mine_replay/tune.json").read_text())["replay"]["ratio"] == 0.25
-    train_cfg = json.loads((tmp_path / "runs/mine_train/config.json").read_text())["train"]
-    assert train_cfg["replay_data"] == "shapes" and train_cfg["wise_alpha"] == 0.5
+    task_cfg = json.loads((tmp_path / "runs/mine_train/config.json").read_text())["task"]
+    assert task_cfg["replay_data"] == "shapes" and task_cfg["wise_alpha"] == 0.5
     assert (tmp_path / "runs/mine_train/finetuned.safetensors").exists()

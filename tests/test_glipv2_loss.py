@@ -8,7 +8,7 @@ from functools import partial
 
 import torch
 
-from openglip.config import TrainConfig, tiny
+from openglip.config import GLIPTaskConfig, TrainConfig, tiny
 from openglip.data.collate import Collate, phrase_key
 from openglip.data.datasets import ShapesDataset
 from openglip.data.transforms import to_model_input
@@ -68,7 +68,7 @@ def test_gradients_reach_pre_fusion_features_only_through_the_projections():
     out = model(
         batch.pixel_values, batch.image_sizes, input_ids=batch.input_ids, attention_mask=batch.attention_mask
     )
-    task = GLIPTask(cfg, TrainConfig(inter_image_weight=1.0))
+    task = GLIPTask(cfg, TrainConfig(), GLIPTaskConfig(inter_image_weight=1.0))
     matched = task.criterion.assign(out, batch.targets)
     loss = inter_image_loss(model.contrastive, out, batch.targets, matched, batch.token_phrase_ids)
     assert torch.isfinite(loss) and loss > 0
@@ -91,7 +91,7 @@ def test_task_adds_the_weighted_loss_and_requires_the_projections():
     assert "loss_inter_image" in _one_step_losses(cfg, 0.5)
     assert "loss_inter_image" not in _one_step_losses(cfg, 0.0)
     try:
-        GLIPTask(tiny(), TrainConfig(inter_image_weight=1.0))
+        GLIPTask(tiny(), TrainConfig(), GLIPTaskConfig(inter_image_weight=1.0))
     except ValueError as err:
         assert "inter_image_dim" in str(err)
     else:
@@ -105,4 +105,6 @@ def _one_step_losses(cfg, weight):
         to_tensor=partial(to_model_input, mean=cfg.pixel_mean, std=cfg.pixel_std, bgr=cfg.bgr),
     )  # fmt: skip
     batch = Collate()([ds[(0, i)] for i in range(2)])
-    return GLIPTask(cfg, TrainConfig(inter_image_weight=weight)).losses(build_model(cfg), batch)
+    return GLIPTask(cfg, TrainConfig(), GLIPTaskConfig(inter_image_weight=weight)).losses(
+        build_model(cfg), batch
+    )

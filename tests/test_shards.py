@@ -14,7 +14,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from openglip.cli import main
-from openglip.config import TrainConfig, tiny
+from openglip.config import GLIPTaskConfig, TrainConfig, tiny
 from openglip.data.captions import write_captions
 from openglip.data.datasets import GroundingDataset
 from openglip.data.odvg import read_odvg
@@ -147,9 +147,8 @@ def test_training_from_shards_resumes_exactly(shards, tmp_path, monkeypatch):
 
     def run(out: Path, resume: bool) -> list[float]:
         cfg = TrainConfig(data=str(shards), out_dir=str(out), max_steps=4, batch_size=2, log_every=1,
-                          checkpoint_every=2, ema_decay=0, warmup_steps=1, train_min_sizes=(64,), train_max_size=96,
-                          num_negatives=5)  # fmt: skip
-        dataset = build_train_dataset(tiny(), cfg)
+                          checkpoint_every=2, ema_decay=0, warmup_steps=1, train_min_sizes=(64,), train_max_size=96)  # fmt: skip
+        dataset = build_train_dataset(tiny(), cfg, GLIPTaskConfig(num_negatives=5))
         assert isinstance(dataset, ShardDataset)
         torch.manual_seed(0)
         Trainer(GLIPTask(tiny(), cfg), cfg, dataset, device="cpu", resume=resume).fit()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import signal
 import subprocess
 import sys
 from functools import partial
@@ -160,10 +161,9 @@ def uninterrupted(tmp_path_factory):
     return out
 
 
-def test_killed_and_resumed_run_repeats_the_losses_exactly(tmp_path, uninterrupted):
-    crash = {**ENV, "OPENGLIP_CRASH_AFTER_STEP": "4"}
-    first = subprocess.run(_train_cmd(tmp_path), env=crash, capture_output=True, text=True, timeout=600)
-    assert first.returncode == 17, first.stderr[-2000:]
+def test_killed_and_resumed_run_repeats_the_losses_exactly(tmp_path, uninterrupted, kill_at_step):
+    first = kill_at_step(_train_cmd(tmp_path), tmp_path, 4, env=ENV)
+    assert first.returncode == -signal.SIGKILL
     assert [s for s, _ in _losses(tmp_path)] == [
         1,
         2,
@@ -186,22 +186,20 @@ def test_killed_and_resumed_run_repeats_the_losses_exactly(tmp_path, uninterrupt
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_torchrun_restart_resumes_from_the_last_checkpoint(tmp_path, uninterrupted):
+def test_torchrun_restart_resumes_from_the_last_checkpoint(tmp_path, uninterrupted, kill_at_step):
     """The README's ``torchrun --nproc_per_node N --max-restarts 3 -m openglip.cli train ... --resume``: a crashed
     rank is restarted and continues from the last checkpoint with the uninterrupted run's losses."""
-    crash = {**ENV, "OPENGLIP_CRASH_AFTER_STEP": "4"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1",
            "--max-restarts", "1", "-m", "openglip.cli", *_train_cmd(tmp_path)[3:], "--resume"]  # fmt: skip
-    done = subprocess.run(cmd, env=crash, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert (tmp_path / ".crashed").exists()  # the first attempt really died
+    done = kill_at_step(cmd, tmp_path, 4, env=ENV, worker=True)  # the first attempt dies at step 4
+    assert done.returncode == 0, done.stderr.read()[-3000:]
     assert _losses(tmp_path) == _losses(uninterrupted)
 
 
 DDP_SCRIPT = """
 import sys, torch, torch.distributed as dist
 from functools import partial
-from openglip.config import TrainConfig, tiny
+from openglip.config import GLIPTaskConfig, TrainConfig, tiny
 from openglip.data.datasets import ShapesDataset
 from openglip.data.transforms import to_model_input
 from openglip.engine.trainer import Trainer
@@ -211,9 +209,8 @@ import dataclasses
 cfg = dataclasses.replace(tiny(), inter_image_dim=8)  # GLIPv2's loss gathers regions/words across ranks
 ds = ShapesDataset(size=8, transform=None, fresh_each_epoch=False, num_negatives=10,
                    to_tensor=partial(to_model_input, mean=cfg.pixel_mean, std=cfg.pixel_std, bgr=cfg.bgr))
-tc = TrainConfig(out_dir=out, max_steps=3, batch_size=2, lr=1e-3, warmup_steps=1, checkpoint_every=0, log_every=1,
-                 inter_image_weight=0.5)
-trainer = Trainer(GLIPTask(cfg, tc), tc, ds, device="cpu")
+tc = TrainConfig(out_dir=out, max_steps=3, batch_size=2, lr=1e-3, warmup_steps=1, checkpoint_every=0, log_every=1)
+trainer = Trainer(GLIPTask(cfg, tc, GLIPTaskConfig(inter_image_weight=0.5)), tc, ds, device="cpu")
 rank = trainer.dist.rank
 trainer.fit()
 torch.save({k: v.clone() for k, v in trainer.model.state_dict().items()}, f"{out}/rank{rank}.pt")
@@ -388,3 +385,29 @@ def test_no_annotations_give_null_metrics_and_a_training_warning(tmp_path, tiny_
         build_train_dataset(tiny(), TrainConfig(data=str(coco)))
     warned = [r for r in caplog.records if "has an annotated box" in r.getMessage()]
     assert len(warned) == 1 and "empty.json" in warned[0].getMessage()
+
+
+def test_a_flat_run_config_of_before_the_task_configs_loads_and_overrides_route(tmp_path):
+    """Runs written before the split hold one flat "train" dict: its keys go to the configs that hold them now."""
+    import dataclasses
+
+    from openglip.config import GLIPTaskConfig, TrainConfig, VQAConfig, load_run_config, tiny
+    from openglip.errors import UsageError
+
+    old = {**dataclasses.asdict(TrainConfig(max_steps=7)), **dataclasses.asdict(GLIPTaskConfig(focal_alpha=0.5)),
+           **dataclasses.asdict(VQAConfig()), "grounding_weight": 1.0}  # fmt: skip
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({"model": dataclasses.asdict(tiny()), "train": {**old, "task": "vqa", "blind": True,
+                                "max_answers": 50}}))  # fmt: skip
+    model_cfg, train_cfg, task_cfg = load_run_config(path)
+    assert model_cfg == tiny() and train_cfg == TrainConfig(max_steps=7, task="vqa")
+    assert task_cfg == VQAConfig(blind=True, max_answers=50)
+    path.write_text(json.dumps({"train": old}))
+    _, train_cfg, task_cfg = load_run_config(path, ["wise_alpha=0.5", "max_steps=2"])
+    assert train_cfg.max_steps == 2 and task_cfg == GLIPTaskConfig(focal_alpha=0.5, wise_alpha=0.5)
+    _, _, task_cfg = load_run_config("tiny", ["task=vqa", "max_answers=50"])
+    assert task_cfg == VQAConfig(max_answers=50)
+    with pytest.raises(UsageError, match="max_answers is a setting of task=vqa"):
+        load_run_config("tiny", ["max_answers=50"])
+    with pytest.raises(UsageError, match="did you mean focal_alpha"):
+        load_run_config("tiny", ["focal_alpah=0.5"])

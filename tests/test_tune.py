@@ -12,12 +12,12 @@ import torch
 import openglip
 from openglip.checkpoints import read_checkpoint
 from openglip.cli import main
-from openglip.config import TrainConfig
+from openglip.config import TrainConfig, TuneConfig
 from openglip.data.build import read_annotations
 from openglip.data.shapes import write_dataset
 from openglip.engine.trainer import Trainer
 from openglip.prompt_tuning import load_tuned_prompt
-from openglip.tasks.tune import LINEAR_PROBE, TuneTask, few_shot
+from openglip.tasks.tune import LINEAR_PROBE, few_shot, tune_task
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +42,7 @@ def _trainer(mode, weights, data, out):
         to_tensor=partial(to_model_input, mean=model_cfg.pixel_mean, std=model_cfg.pixel_std, bgr=model_cfg.bgr),
     )  # fmt: skip
     return Trainer(
-        TuneTask(model_cfg, cfg, mode=mode, weights=str(weights), categories=categories),
+        tune_task(model_cfg, cfg, TuneConfig(mode=mode), weights=str(weights), categories=categories),
         cfg,
         ds,
         device="cpu",

@@ -13,7 +13,7 @@ import torch
 import openglip
 from openglip.checkpoints import CheckpointError, save_safetensors
 from openglip.cli import main
-from openglip.config import TrainConfig, tiny
+from openglip.config import TrainConfig, VQAConfig, tiny
 from openglip.errors import UsageError
 from openglip.losses.language import caption_loss, mask_tokens, mlm_loss
 from openglip.models import build_model
@@ -144,7 +144,7 @@ def test_heads_and_answer_vocabulary_travel_in_the_weights_file(vl_checkpoint, t
     from openglip.tasks import VQATask
 
     with pytest.raises(UsageError, match="answer vocabulary has 4 answers"):
-        VQATask(VL, TrainConfig(data="shapes", task="vqa", answer_vocab=str(wrong)))
+        VQATask(VL, TrainConfig(data="shapes", task="vqa"), VQAConfig(answer_vocab=str(wrong)))
     plain = openglip.load_model("tiny", device="cpu")
     with pytest.raises(UsageError, match="no VQA head"):
         plain.answer(image, "what?")

@@ -5,8 +5,9 @@ A preset is a plain function returning a frozen :class:`ModelConfig`. Overrides 
     cfg = dataclasses.replace(presets.glip_t(), fusion_layers=4)
     cfg = apply_overrides(presets.tiny(), ["fusion_layers=1", "min_size=96"])
 
-The resolved config is saved beside every checkpoint (``config_to_dict``/``config_from_dict``); every config
-dataclass of the project (GLIP, the tasks, RegionCLIP's stages) goes through the same reader and override parser.
+The resolved configs are saved beside every checkpoint (``config_to_dict``/``config_from_dict``): the model, the
+training loop (:class:`TrainConfig`) and the task's own config (:data:`TASK_CONFIGS`, RegionCLIP's stages); every
+config dataclass of the project goes through the same reader and override parser.
 """
 
 from __future__ import annotations
@@ -105,9 +106,12 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """How to train (the model itself is a :class:`ModelConfig`). GLIP-T's recipe values are the defaults
-    where they apply (AdamW, lr 1e-4, text lr 1e-5, weight decay 1e-4, clip 1.0, EMA 0.999, 85 negatives)."""
+    """How to run a training loop, for any task (the model is a :class:`ModelConfig`, what the task optimises its
+    own config: :class:`GLIPTaskConfig`, :class:`VQAConfig`, :class:`CaptionConfig`, :class:`TuneConfig`, the
+    RegionCLIP stages'). GLIP-T's recipe values are the defaults where they apply (AdamW, lr 1e-4, text lr 1e-5,
+    weight decay 1e-4, clip 1.0, EMA 0.999)."""
 
+    task: str = "glip"  # what to train: "glip" (detection/grounding), "vqa" or "caption" (see TASK_CONFIGS)
     data: str = "shapes"  # "shapes" or comma-separated COCO .json / ODVG .jsonl / MDETR .json files
     image_root: str | None = None  # folder image paths are relative to (default: the annotation file's)
     val_data: str | None = None  # evaluated at eval_every and at the end ("shapes" = shapes val split)
@@ -134,21 +138,35 @@ class TrainConfig:
     eval_images: int = 200  # images of the shapes val split used for evaluation
     seed: int = 0
     num_workers: int = 0  # data-loader worker processes
+    # data augmentation of every task's images (the understanding tasks never flip)
     train_min_sizes: tuple[int, ...] = (480, 560, 640, 720, 800)  # multi-scale training (shorter side)
     train_max_size: int = 1333
     flip_prob: float = 0.5  # horizontal flip (swaps "left"/"right" in captions)
     color_jitter: float = 0.2  # brightness/contrast/saturation; never hue (colour words must stay true)
-    num_negatives: int = 85  # negative classes sampled into a detection prompt
-    grounding_ratio: float = 0.3  # shapes: fraction of items trained with a caption instead of class names
     shapes_image_size: int = 128  # shapes: rendered image side
     shapes_epoch_size: int = 2000  # shapes: items per (virtual) epoch; every epoch renders new images
     freeze: str = "none"  # "none", or a comma list of: backbone, fpn, text, tower, all_but_head
+    init_weights: str | None = None  # start from these weights (fine-tuning)
+    time_budget: float = 0.0  # stop after this many seconds (0: no limit)
+    tensorboard: bool = False  # also write TensorBoard scalars (needs the tensorboard package)
+    compile: bool = False  # torch.compile the model's image encoder and fusion tower + head (GPU speed)
 
-    # --- losses (every loss setting lives here) ---------------------------------------------------------------
+
+@dataclass(frozen=True)
+class GroundingLossConfig:
+    """GLIP's grounding loss (ATSS assignment, token-level sigmoid focal loss, GIoU, centerness)."""
+
     atss_topk: int = 9  # ATSS candidates per pyramid level
     focal_alpha: float = 0.25  # sigmoid focal loss of the alignment logits
     focal_gamma: float = 2.0
     normalized_token_targets: bool = True  # GLIP: 1/n on each of a phrase's n tokens
+
+
+@dataclass(frozen=True)
+class GLIPTaskConfig(GroundingLossConfig):
+    """``task=glip``: detection/grounding with GLIPv2's extra losses, its prompts, and forgetting-aware
+    fine-tuning (:mod:`openglip.engine.wise`, :class:`openglip.engine.sampler.ReplaySampler`)."""
+
     inter_image_weight: float = 0.0  # GLIPv2 inter-image region-word loss (needs the model's inter_image_dim)
     inter_image_regions: int = 100  # positive regions per image in the inter-image loss (GLIP: 100)
     mask_weight: float = 1.0  # weight of the mask loss (models with a mask head, data with masks)
@@ -156,25 +174,40 @@ class TrainConfig:
         0.0  # GLIPv2 masked-language-modelling loss (needs mlm_head=true); off for fine-tuning
     )
     mlm_probability: float = 0.15  # fraction of caption tokens masked (BERT's 80/10/10 rule inside it)
-    grounding_weight: float = 1.0  # task=caption: GLIP's grounding loss on captions that carry boxes (0: off)
-
-    # --- GLIPv2 understanding tasks -----------------------------------------------------------------------
-    task: str = "glip"  # what to train: "glip" (detection/grounding), "vqa" or "caption"
-    answer_vocab: str | None = None  # task=vqa: JSON list of answers (default: built from the training data)
-    max_answers: int = 3129  # task=vqa: answers kept when building the vocabulary (VQAv2 convention: 3129)
-    blind: bool = False  # task=vqa|caption: replace every image by a constant (the language-only baseline)
-
-    # --- forgetting-aware fine-tuning (openglip.tasks.wise, openglip.engine.sampler.ReplaySampler) -----------
+    num_negatives: int = 85  # negative classes sampled into a detection prompt
+    grounding_ratio: float = 0.3  # shapes: fraction of items trained with a caption instead of class names
     replay_data: str | None = None  # replay: pre-training-style data mixed into batches (syntax of data)
     replay_ratio: float = 0.25  # replay: share of every batch drawn from replay_data
     wise_alpha: float = 1.0  # WiSE-FT: result = (1 - a) * starting + a * trained weights (1: off)
     wise_retain: str | None = None  # WiSE-FT: choose a automatically on val data + this file of what to keep
     wise_keep: float = 0.95  # WiSE-FT auto: share of the starting model's AP50 on wise_retain to keep
 
-    init_weights: str | None = None  # start from these weights (fine-tuning)
-    time_budget: float = 0.0  # stop after this many seconds (0: no limit)
-    tensorboard: bool = False  # also write TensorBoard scalars (needs the tensorboard package)
-    compile: bool = False  # torch.compile the model's image encoder and fusion tower + head (GPU speed)
+
+@dataclass(frozen=True)
+class TuneConfig(GLIPTaskConfig):
+    """``openglip tune``: adapting a trained GLIP (:mod:`openglip.tasks.tune`)."""
+
+    mode: str = "full"  # "prompt", "linear", "full", "wise" or "replay"
+
+
+@dataclass(frozen=True)
+class VQAConfig:
+    """``task=vqa``: GLIPv2's VQA head (:mod:`openglip.tasks.vqa`)."""
+
+    answer_vocab: str | None = None  # JSON list of answers (default: built from the training data)
+    max_answers: int = 3129  # answers kept when building the vocabulary (VQAv2 convention: 3129)
+    blind: bool = False  # replace every image by a constant (the language-only baseline)
+
+
+@dataclass(frozen=True)
+class CaptionConfig(GroundingLossConfig):
+    """``task=caption``: GLIPv2's captioning head (:mod:`openglip.tasks.caption`)."""
+
+    grounding_weight: float = 1.0  # GLIP's grounding loss on captions that carry boxes (0: off)
+    blind: bool = False  # replace every image by a constant (the language-only baseline)
+
+
+TASK_CONFIGS: dict[str, type] = {"glip": GLIPTaskConfig, "vqa": VQAConfig, "caption": CaptionConfig}
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -281,9 +314,9 @@ RETIRED_FIELDS: dict[str, dict[str, str]] = {
         "freeze_backbone": "never read; use TrainConfig.freeze=backbone",
         "freeze_text": "never read; use TrainConfig.freeze=text",
         "extra": "never read",
-        "atss_topk": "moved to TrainConfig (all loss settings live there)",
-        "focal_alpha": "moved to TrainConfig (all loss settings live there)",
-        "focal_gamma": "moved to TrainConfig (all loss settings live there)",
+        "atss_topk": "moved to the task config (GLIPTaskConfig, CaptionConfig)",
+        "focal_alpha": "moved to the task config (GLIPTaskConfig, CaptionConfig)",
+        "focal_gamma": "moved to the task config (GLIPTaskConfig, CaptionConfig)",
     },
 }
 
@@ -382,15 +415,48 @@ def split_overrides(overrides: Iterable[str], *configs) -> list:
     return [dataclasses.replace(c, **ch) for c, ch in zip(configs, changes)]
 
 
-def load_run_config(
-    config: str | os.PathLike, overrides: Iterable[str] = ()
-) -> tuple[ModelConfig, TrainConfig]:
-    """``(ModelConfig, TrainConfig)`` of a training run: a preset name or a run's ``config.json``, then
-    ``key=value`` overrides (each key goes to whichever config has it).
+def task_config_class(task: str) -> type:
+    """The config dataclass of ``TrainConfig.task`` (:data:`TASK_CONFIGS`); raises :class:`UsageError` otherwise."""
+    if task not in TASK_CONFIGS:
+        raise UsageError(f"unknown task {task!r}; choose one of {', '.join(TASK_CONFIGS)}")
+    return TASK_CONFIGS[task]
+
+
+def _names(cls: type) -> set[str]:
+    return {f.name for f in dataclasses.fields(cls)}
+
+
+def run_configs_from_dict(train: dict, task: dict | None = None, *, where: str = "") -> tuple:
+    """``(TrainConfig, task config)`` of a saved run: ``config.json``'s ``"train"`` and ``"task"`` entries (or a
+    checkpoint's ``train_config`` and ``task_config``).
+
+    Runs written before the task configs were split off hold one flat ``"train"`` dict: each of its keys goes to
+    the config that holds it now, and the settings of other tasks (defaults the run never read) are dropped.
+    """
+    cls = task_config_class(train.get("task", "glip"))
+    if task is None:
+        loop = _names(TrainConfig)
+        other = set().union(*(_names(c) for c in (*TASK_CONFIGS.values(), TuneConfig))) - loop
+        task = {k: v for k, v in train.items() if k in _names(cls) and k not in loop}
+        train = {k: v for k, v in train.items() if k not in other}  # unknown keys stay, and raise
+    return config_from_dict(train, TrainConfig, where=where), config_from_dict(task, cls, where=where)
+
+
+def _task_of(overrides: list[str], default: str) -> str:
+    """The ``task=`` override's value (the last one), else ``default``."""
+    names = [raw for key, raw in map(_split_item, overrides) if key == "task"]
+    return names[-1] if names else default
+
+
+def load_run_config(config: str | os.PathLike, overrides: Iterable[str] = ()) -> tuple:
+    """``(ModelConfig, TrainConfig, task config)`` of a training run: a preset name or a run's ``config.json``,
+    then ``key=value`` overrides (each key goes to whichever config has it; ``task=`` picks the task config).
 
     Raises:
-        UsageError: a missing or malformed config file, an unknown preset or key.
+        UsageError: a missing or malformed config file, an unknown preset, task or key (a key of another task's
+            config is named as such).
     """
+    overrides = list(overrides)
     path = Path(config)
     if path.suffix == ".json" or path.exists():
         if not path.is_file():
@@ -406,8 +472,16 @@ def load_run_config(
             if "model" in data
             else get_preset(data.get("preset", "glip_t"))
         )
-        train_cfg = config_from_dict(data.get("train", {}), TrainConfig, where=str(path))
+        train_cfg, task_cfg = run_configs_from_dict(data.get("train", {}), data.get("task"), where=str(path))
     else:
         model_cfg, train_cfg = get_preset(str(config)), TrainConfig()
-    model_cfg, train_cfg = split_overrides(overrides, model_cfg, train_cfg)
-    return model_cfg, train_cfg
+        task_cfg = task_config_class(train_cfg.task)()
+    task = _task_of(overrides, train_cfg.task)
+    if task != train_cfg.task:
+        task_cfg = task_config_class(task)()
+    held = _names(ModelConfig) | _names(TrainConfig) | _names(type(task_cfg))
+    for key, _ in map(_split_item, overrides):
+        owner = next((n for n, c in TASK_CONFIGS.items() if key not in held and key in _names(c)), None)
+        if owner is not None:
+            raise UsageError(f"{key} is a setting of task={owner}, not of task={task}")
+    return tuple(split_overrides(overrides, model_cfg, train_cfg, task_cfg))

@@ -29,10 +29,11 @@ def demo_configs(
     seed: int = 0,
     steps: int = DEFAULT_STEPS,
 ):
-    """glip_nano (ImageNet EfficientNet-Lite0 + MiniLM, both from PyPI) fine-tuned on 128-px shapes images."""
+    """``(ModelConfig, TrainConfig, GLIPTaskConfig)``: glip_nano (ImageNet EfficientNet-Lite0 + MiniLM, both from
+    PyPI) fine-tuned on 128-px shapes images."""
     import dataclasses
 
-    from .config import TrainConfig, glip_nano
+    from .config import GLIPTaskConfig, TrainConfig, glip_nano
 
     # trained on 112-144 px renderings, evaluated a little larger (160 px): small hexagons need the pixels
     model_cfg = dataclasses.replace(glip_nano(), min_size=160, max_size=320)
@@ -46,8 +47,6 @@ def demo_configs(
         schedule="step",  # a short run learns best at full rate, then cools down for the last 15%
         milestones=(0.85,),
         freeze="text",  # MiniLM stays as pretrained; the tower's text layers adapt
-        normalized_token_targets=False,
-        num_negatives=20,
         checkpoint_every=100,
         log_every=20,
         ema_decay=0.999,
@@ -57,7 +56,7 @@ def demo_configs(
         time_budget=budget,
         seed=seed,
     )
-    return model_cfg, train_cfg
+    return model_cfg, train_cfg, GLIPTaskConfig(normalized_token_targets=False, num_negatives=20)
 
 
 PHOTO_PROMPTS = {  # check-set photo -> what we ask for (a distractor included)
@@ -136,13 +135,16 @@ def shapes(argv: list[str]) -> int:
 
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    model_cfg, train_cfg = demo_configs(args.budget, args.out, args.seed, args.steps)
+    model_cfg, train_cfg, task_cfg = demo_configs(args.budget, args.out, args.seed, args.steps)
     print(
         f"fine-tuning {model_cfg.name} on the shapes world for {args.steps} steps (novel combinations held out)"
     )
     start = time.time()
     trainer = Trainer(
-        GLIPTask(model_cfg, train_cfg), train_cfg, build_train_dataset(model_cfg, train_cfg), device="cpu"
+        GLIPTask(model_cfg, train_cfg, task_cfg),
+        train_cfg,
+        build_train_dataset(model_cfg, train_cfg, task_cfg),
+        device="cpu",
     )
     trainer.fit()
     train_time = time.time() - start

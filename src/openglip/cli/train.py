@@ -13,14 +13,16 @@ def register(sub) -> None:
         "train",
         help="train or fine-tune a model",
         description="Train a preset (or a config JSON) on the shapes world or on COCO / ODVG / MDETR files. "
-        "Extra key=value arguments override any ModelConfig or TrainConfig field. Under torchrun every process "
+        "Extra key=value arguments override any ModelConfig or TrainConfig field, or one of the task's config (task=...). Under torchrun every process "
         "trains a shard; with --resume a restarted run continues from its newest checkpoint.",
         epilog="example: openglip train glip_nano --data shapes --out runs/shapes max_steps=500 freeze=text min_size=128",
     )
     p.add_argument(
         "config", help="preset name (glip_nano, glip_t, ...) or a config JSON (e.g. a run's config.json)"
     )
-    p.add_argument("overrides", nargs="*", help="key=value overrides of ModelConfig/TrainConfig fields")
+    p.add_argument(
+        "overrides", nargs="*", help="key=value overrides of ModelConfig/TrainConfig/task config fields"
+    )
     p.add_argument(
         "--data", help='"shapes" or comma-separated annotation files (COCO .json, ODVG .jsonl, MDETR .json)'
     )
@@ -46,7 +48,7 @@ def run(args) -> int:
     from ..metrics import format_table
     from ..tasks import train
 
-    model_cfg, train_cfg = load_run_config(args.config, args.overrides)
+    model_cfg, train_cfg, task_cfg = load_run_config(args.config, args.overrides)
     flags = {
         "data": args.data,
         "val_data": args.val_data,
@@ -58,7 +60,9 @@ def run(args) -> int:
     resolve_device(args.device)
     check_output_dir(train_cfg.out_dir, "--out")  # before the data are read and the model is built
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    trainer = train(model_cfg, train_cfg, resume=args.resume, overwrite=args.overwrite, device=args.device)
+    trainer = train(
+        model_cfg, train_cfg, task_cfg, resume=args.resume, overwrite=args.overwrite, device=args.device
+    )
     if trainer.dist.is_main:
         shown = {k: v for k, v in trainer.result.items() if isinstance(v, float) and k not in ("lr", "time")}
         print(format_table(shown, title=f"{model_cfg.name} after {trainer.step} steps"))

@@ -48,7 +48,9 @@ def register(sub) -> None:
     runs.add_argument("--resume", action="store_true")
     runs.add_argument("--overwrite", action="store_true", help="delete the run already in --out first")
     p.add_argument("--device", default=None)
-    p.add_argument("overrides", nargs="*", help="key=value TrainConfig overrides (max_steps=..., lr=...)")
+    p.add_argument(
+        "overrides", nargs="*", help="key=value TrainConfig/TuneConfig overrides (max_steps=..., lr=...)"
+    )
     p.set_defaults(func=run)
 
 
@@ -62,13 +64,15 @@ def run(args) -> int:
     records, categories = read_annotations(args.data, args.image_root)
     if args.shots:
         records = few_shot(records, categories, args.shots, seed=args.seed)
-    cfg = tune_config(args.mode, args.overrides, out_dir=args.out, seed=args.seed, **_wise_flags(args))
+    cfg, tune_cfg = tune_config(
+        args.mode, args.overrides, out_dir=args.out, seed=args.seed, **_wise_flags(args)
+    )
     holdout = []
-    if cfg.wise_retain:  # WiSE-FT's alpha is chosen on images the tuning does not see
+    if tune_cfg.wise_retain:  # WiSE-FT's alpha is chosen on images the tuning does not see
         records, holdout = split_holdout(records, args.holdout, seed=args.seed)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     out = tune(
-        args.weights, records, categories, mode=args.mode, cfg=cfg, holdout=holdout, resume=args.resume,
+        args.weights, records, categories, cfg=cfg, tune_cfg=tune_cfg, holdout=holdout, resume=args.resume,
         overwrite=args.overwrite, device=args.device,
     )  # fmt: skip
     print(f"{args.mode} tuning on {len(records)} images -> {out}", file=sys.stderr)
@@ -76,7 +80,7 @@ def run(args) -> int:
 
 
 def _wise_flags(args) -> dict:
-    """TrainConfig changes of --alpha / --retain."""
+    """TuneConfig changes of --alpha / --retain."""
     from ..errors import UsageError
 
     if args.alpha is None:

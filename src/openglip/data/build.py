@@ -10,6 +10,7 @@ from pathlib import Path
 
 from torch.utils.data import Dataset
 
+from ..config import GLIPTaskConfig
 from ..errors import DataError, UsageError
 from .datasets import GroundingDataset, ShapesDataset
 from .records import ImageRecord, log
@@ -81,21 +82,24 @@ class ReplayMix(MultiDataset):
         self.replay_ratio = ratio
 
 
-def with_replay(dataset: Dataset, model_cfg, cfg) -> Dataset:
-    """``dataset`` mixed with ``cfg.replay_data`` at ``cfg.replay_ratio`` (unchanged when there is none)."""
-    if not cfg.replay_data:
+def with_replay(dataset: Dataset, model_cfg, cfg, task_cfg) -> Dataset:
+    """``dataset`` mixed with ``task_cfg.replay_data`` at ``task_cfg.replay_ratio`` (unchanged when there is
+    none)."""
+    if not task_cfg.replay_data:
         return dataset
-    replay = _build_dataset(model_cfg, dataclasses.replace(cfg, data=cfg.replay_data))
-    return ReplayMix(dataset, replay, cfg.replay_ratio)
+    replay = _build_dataset(model_cfg, dataclasses.replace(cfg, data=task_cfg.replay_data), task_cfg)
+    return ReplayMix(dataset, replay, task_cfg.replay_ratio)
 
 
-def build_train_dataset(model_cfg, cfg) -> Dataset:
-    """The training dataset of a run: transforms, detection->grounding conversion, several files merged, and
-    ``cfg.replay_data`` mixed in when given (see :class:`ReplayMix`)."""
-    return with_replay(_build_dataset(model_cfg, cfg), model_cfg, cfg)
+def build_train_dataset(model_cfg, cfg, task_cfg=None) -> Dataset:
+    """The training dataset of a run (``cfg``: a :class:`~openglip.config.TrainConfig`, ``task_cfg``: a
+    :class:`~openglip.config.GLIPTaskConfig`): transforms, detection->grounding conversion with sampled
+    negatives, several files merged, and ``task_cfg.replay_data`` mixed in when given (see :class:`ReplayMix`); default: GLIP's."""
+    task_cfg = task_cfg if task_cfg is not None else GLIPTaskConfig()
+    return with_replay(_build_dataset(model_cfg, cfg, task_cfg), model_cfg, cfg, task_cfg)
 
 
-def _build_dataset(model_cfg, cfg) -> Dataset:
+def _build_dataset(model_cfg, cfg, task_cfg) -> Dataset:
     """The dataset of ``cfg.data``."""
     # the shapes world adds crops, blur and JPEG so that a model does not learn its one renderer's look
     make = shapes_train_transforms if cfg.data == "shapes" else default_train_transforms
@@ -112,15 +116,15 @@ def _build_dataset(model_cfg, cfg) -> Dataset:
             transform=transform,
             to_tensor=to_tensor,
             image_size=cfg.shapes_image_size,
-            grounding_ratio=cfg.grounding_ratio,
-            num_negatives=cfg.num_negatives,
+            grounding_ratio=task_cfg.grounding_ratio,
+            num_negatives=task_cfg.num_negatives,
             seed=cfg.seed,
             with_masks=model_cfg.mask_head,
         )
     common = {
         "transform": transform,
         "to_tensor": to_tensor,
-        "num_negatives": cfg.num_negatives,
+        "num_negatives": task_cfg.num_negatives,
         "max_tokens": model_cfg.max_text_len,
         "seed": cfg.seed,
         "with_masks": model_cfg.mask_head,

@@ -89,20 +89,24 @@ def _grounding_record(sample: ShapesSample, name: str, caption) -> dict:
 
 
 def ladder_recipe(data: str, preset: str = "glip_nano") -> dict:
-    """The run config (``{"model", "train"}``, as ``openglip train CONFIG.json`` reads it) of every rung: the
+    """The run config (``{"model", "train", "task"}``, as ``openglip train CONFIG.json`` reads it) of every rung: the
     shapes demo's recipe (:func:`openglip.demo.demo_configs`) without its time budget, on ``data``."""
     import dataclasses
 
     from ..config import config_to_dict, get_preset
     from ..demo import demo_configs
 
-    model_cfg, train_cfg = demo_configs(budget=0.0, out="runs/ladder")
+    model_cfg, train_cfg, task_cfg = demo_configs(budget=0.0, out="runs/ladder")
     if preset != model_cfg.name:
         model_cfg = dataclasses.replace(
             get_preset(preset), min_size=model_cfg.min_size, max_size=model_cfg.max_size
         )
     train_cfg = dataclasses.replace(train_cfg, data=data, checkpoint_every=0)
-    return {"model": config_to_dict(model_cfg), "train": config_to_dict(train_cfg)}
+    return {
+        "model": config_to_dict(model_cfg),
+        "train": config_to_dict(train_cfg),
+        "task": config_to_dict(task_cfg),
+    }
 
 
 def write_ladder(

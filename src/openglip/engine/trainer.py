@@ -4,7 +4,7 @@
 
 Run directory::
 
-    out_dir/config.json                 resolved model and training configs
+    out_dir/config.json                 resolved model, training and task configs
     out_dir/metrics.jsonl               one line per logged step (and per evaluation)
     out_dir/checkpoints/step_NNNNNNN.pt model, optimiser, scheduler, scaler, EMA, step, data position, RNG
     out_dir/checkpoints/last            name of the newest checkpoint
@@ -17,7 +17,6 @@ import contextlib
 import dataclasses
 import json
 import logging
-import os
 import random
 import shutil
 import sys
@@ -38,7 +37,6 @@ from .optim import build_optimizer, lr_factor
 from .sampler import ReplaySampler, ResumableSampler
 
 log = logging.getLogger("openglip.train")
-CRASH_ENV = "OPENGLIP_CRASH_AFTER_STEP"  # tests: exit abruptly after this step, as a killed run would
 
 
 class ModelEMA:
@@ -97,9 +95,9 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-RUN_FILES = ("checkpoints", "metrics.jsonl", "config.json", "model.safetensors", "tb", ".crashed",
-             "finetuned.safetensors", "wise.json")  # fmt: skip
-# TrainConfig fields a resumed run may change (how long, how often, where to look, and WiSE-FT's mixing weight,
+RUN_FILES = ("checkpoints", "metrics.jsonl", "config.json", "model.safetensors", "tb", "finetuned.safetensors",
+             "wise.json")  # fmt: skip
+# TrainConfig and task config fields a resumed run may change (how long, how often, where to look, and WiSE-FT's mixing weight,
 # which `tune --resume --alpha X` re-applies to a finished run); any other change would make the folder hold
 # two different runs
 RESUMABLE_CHANGES = frozenset(
@@ -222,7 +220,8 @@ class Trainer:
                 log.info("no checkpoint in %s: starting a new run", self.ckpt_dir)
             return
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        self._check_same_run(ckpt.get("train_config") or {})
+        # checkpoints written before the task configs were split off hold one flat train_config
+        self._check_same_run({**(ckpt.get("train_config") or {}), **(ckpt.get("task_config") or {})})
         try:
             self.model.load_state_dict(ckpt["model"])
         except RuntimeError as err:
@@ -244,7 +243,8 @@ class Trainer:
 
     def _check_same_run(self, saved: dict) -> None:
         """Refuse to resume a run with settings that would make it another run (seed, data, lr, ...)."""
-        now = json.loads(json.dumps(dataclasses.asdict(self.cfg), default=str))
+        now = {**dataclasses.asdict(self.cfg), **self.task.task_config_dict()}
+        now = json.loads(json.dumps(now, default=str))
         saved = json.loads(json.dumps(saved, default=str))
         changed = [
             f"{k}: {saved[k]!r} -> {now[k]!r}"
@@ -291,6 +291,7 @@ class Trainer:
                 "rng": rngs,
                 MODEL_CONFIG_KEY: self.task.config_dict(),
                 "train_config": dataclasses.asdict(self.cfg),
+                "task_config": self.task.task_config_dict(),
             }
             atomic_write(path, lambda tmp: torch.save(state, tmp))
             write_text_atomic(self.ckpt_dir / "last", path.name)
@@ -366,7 +367,8 @@ class Trainer:
         self.tb = None
         if self.dist.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
-            configs = {"model": self.task.config_dict(), "train": dataclasses.asdict(cfg)}
+            configs = {"model": self.task.config_dict(), "train": dataclasses.asdict(cfg),
+                       "task": self.task.task_config_dict()}  # fmt: skip
             write_text_atomic(self.out_dir / "config.json", json.dumps(configs, indent=1))
             if cfg.tensorboard:
                 try:
@@ -377,7 +379,6 @@ class Trainer:
                     log.warning(
                         "tensorboard is not installed: pip install tensorboard (continuing without it)"
                     )
-        crash_after = int(os.environ.get(CRASH_ENV, "0"))
         self._bad_step = None
         self._train_mode()
         from tqdm import tqdm
@@ -442,11 +443,6 @@ class Trainer:
                 self.save_checkpoint()
             if cfg.eval_every and self.step % cfg.eval_every == 0:
                 self._evaluate()
-            if crash_after and self.step >= crash_after and self.dist.is_main:
-                marker = self.out_dir / ".crashed"
-                if not marker.exists():  # once per run directory, so that a restarted run can finish
-                    marker.touch()
-                    os._exit(17)  # simulate a killed process: no cleanup, no final checkpoint
         bar.close()
         self._check_finite()
         self.save_checkpoint()
@@ -454,9 +450,7 @@ class Trainer:
         if self.dist.is_main:
             final = self.final_weights()
             # a task may turn the trained weights into its result (WiSE-FT mixes them with the starting weights)
-            finalize = getattr(self.task, "finalize", None)
-            if finalize is not None:
-                final = finalize(final, self.step)
+            final = self.task.finalize(final, self.step)
             self.task.export(final.cpu(), self.out_dir / "model.safetensors")
             final = final.to(self.device)
         self.result = {**last, **self._evaluate(final)}

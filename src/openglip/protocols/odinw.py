@@ -91,8 +91,8 @@ def _tuned(mode: str) -> Callable[[AdaptContext], object]:
 
         records, categories, _ = read_coco(ctx.train_file, ctx.image_root)
         overrides = [f"seed={ctx.seed}", *mode_overrides(ctx.overrides, mode)]
-        cfg = tune_config(mode, overrides, out_dir=str(ctx.run_dir))
-        out = tune(ctx.weights, records, categories, mode=mode, cfg=cfg, device=ctx.device, resume=True,
+        cfg, tune_cfg = tune_config(mode, overrides, out_dir=str(ctx.run_dir))
+        out = tune(ctx.weights, records, categories, cfg=cfg, tune_cfg=tune_cfg, device=ctx.device, resume=True,
                    prompt=ctx.prompt)  # fmt: skip
         if mode == "prompt":
             det = load_model(ctx.weights, device=ctx.device)

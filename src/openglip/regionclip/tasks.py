@@ -16,6 +16,7 @@ from torch import nn
 from ..config import TrainConfig, config_from_dict
 from ..engine.optim import freeze_parts, param_groups
 from ..errors import UsageError
+from ..tasks.base import TaskBase
 from .concepts import ConceptPool, SentenceEncoder
 from .config import PretrainConfig, RPNConfig, TeacherConfig, TransferConfig
 from .data import RegionBatch, collate_regions
@@ -49,8 +50,9 @@ def same_caption(captions: list[str], device) -> torch.Tensor:
     return t[:, None] == t[None, :]
 
 
-class _Task:
-    """What every stage shares: no text parameters inside the trained model, region batches, safetensors export."""
+class _Task(TaskBase):
+    """What every stage shares: no text parameters inside the trained model, region batches, safetensors export
+    (the stage's config is its model config; its dataset comes from :mod:`openglip.regionclip.train`)."""
 
     kind = ""
 

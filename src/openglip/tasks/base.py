@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from ..config import TrainConfig
+from ..errors import UsageError
 
 
 @runtime_checkable
@@ -19,9 +20,13 @@ class Task(Protocol):
     a frozen text encoder) live on the task. Batches returned by ``collate_fn()`` have ``.to(device)`` and
     ``len()``.
 
-    Optional: ``finalize(model, step) -> model`` turns the trained (EMA) weights into the run's result before
-    ``export`` and the final evaluation (GLIP tasks use it for WiSE-FT, :mod:`openglip.tasks.wise`).
+    :class:`TaskBase` gives the hooks most tasks leave as they are (``finalize``, ``task_config_dict``,
+    ``build_dataset``).
     """
+
+    def build_dataset(self) -> Any:
+        """The training dataset of ``TrainConfig.data`` (items addressed by ``(epoch, index)`` keys)."""
+        ...
 
     def build_model(self) -> nn.Module:
         """A freshly initialised model (pretrained parts named in the config are loaded)."""
@@ -56,6 +61,29 @@ class Task(Protocol):
         """The model config, saved as ``"model_config"`` in checkpoints and ``"model"`` in ``config.json``."""
         ...
 
+    def task_config_dict(self) -> dict:
+        """The task's own config, saved as ``"task_config"`` in checkpoints and ``"task"`` in ``config.json``
+        (compared on resume like the training config); ``{}`` when it has none."""
+        ...
+
+    def finalize(self, model: nn.Module, step: int) -> nn.Module:
+        """Turn the trained (EMA) weights into the run's result, before ``export`` and the final evaluation
+        (GLIP tasks mix them with the starting weights for WiSE-FT, :mod:`openglip.engine.wise`)."""
+        ...
+
     def export(self, model: nn.Module, path) -> None:
         """Write the final weights (``RUN/model.safetensors``) so that the project's loaders read them back."""
         ...
+
+
+class TaskBase:
+    """Default hooks of :class:`Task`: no dataset of its own, no task config, the trained model is the result."""
+
+    def build_dataset(self) -> Any:
+        raise UsageError(f"{type(self).__name__} builds no dataset of its own: give the trainer one")
+
+    def task_config_dict(self) -> dict:
+        return {}
+
+    def finalize(self, model: nn.Module, step: int) -> nn.Module:
+        return model

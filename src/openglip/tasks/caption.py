@@ -14,12 +14,14 @@ import dataclasses
 
 import torch
 
-from ..config import ModelConfig, TrainConfig
+from ..config import CaptionConfig, ModelConfig, TrainConfig, config_to_dict
 from ..data.collate import Collate
 from ..distributed import unwrap
 from ..errors import DataError
+from ..losses import GroundingLoss
 from ..losses.language import caption_loss
 from ..models.detector import GLIP
+from .base import TaskBase
 from .glip import GLIPTask
 from .vqa import unused_image_side, vl_transforms
 
@@ -29,32 +31,37 @@ class CaptionTask(GLIPTask):
 
     Args:
         model_cfg: the model.
-        cfg: the run; ``data``, ``grounding_weight``, ``blind``, ``val_data``.
+        train_cfg: the run; ``data``, ``val_data``.
+        cfg: ``grounding_weight`` (only the shapes world's captions carry boxes), ``blind``, the grounding loss.
     """
 
-    def __init__(self, model_cfg: ModelConfig, cfg: TrainConfig):
-        grounding = cfg.grounding_weight if cfg.data == "shapes" and not cfg.blind else 0.0
-        super().__init__(
-            dataclasses.replace(model_cfg, caption_head=True),
-            dataclasses.replace(cfg, inter_image_weight=0.0, mlm_weight=0.0, grounding_weight=grounding),
-        )
+    finalize = TaskBase.finalize  # no WiSE-FT: a new head has no starting weights to mix with
+
+    def __init__(self, model_cfg: ModelConfig, train_cfg: TrainConfig, cfg: CaptionConfig | None = None):
+        cfg = cfg if cfg is not None else CaptionConfig()
+        grounding = cfg.grounding_weight if train_cfg.data == "shapes" and not cfg.blind else 0.0
+        self.model_cfg = dataclasses.replace(model_cfg, caption_head=True)
+        self.train_cfg, self.cfg, self.grounding_weight = train_cfg, cfg, grounding
+        self.criterion = GroundingLoss(topk=cfg.atss_topk, alpha=cfg.focal_alpha, gamma=cfg.focal_gamma,
+                                       normalized_token_targets=cfg.normalized_token_targets)  # fmt: skip
 
     def trained_heads(self) -> set[str]:
-        return {"caption_head"} | ({"head"} if self.cfg.grounding_weight > 0 else set())
+        return {"caption_head"} | ({"head"} if self.grounding_weight > 0 else set())
 
     def build_dataset(self):
         """The training dataset of ``cfg.data``."""
         from ..data.captions import read_caption_files
         from ..data.vl_datasets import CaptionDataset, ShapesCaptionDataset
 
-        transform, to_tensor = vl_transforms(self.model_cfg, self.cfg)
-        if self.cfg.data == "shapes":
-            return ShapesCaptionDataset(size=self.cfg.shapes_epoch_size, transform=transform, to_tensor=to_tensor,
-                                        image_size=self.cfg.shapes_image_size, seed=self.cfg.seed)  # fmt: skip
-        records, report = read_caption_files(self.cfg.data, self.cfg.image_root)
+        run = self.train_cfg
+        transform, to_tensor = vl_transforms(self.model_cfg, run)
+        if run.data == "shapes":
+            return ShapesCaptionDataset(size=run.shapes_epoch_size, transform=transform, to_tensor=to_tensor,
+                                        image_size=run.shapes_image_size, seed=run.seed)  # fmt: skip
+        records, report = read_caption_files(run.data, run.image_root)
         if not records:
-            raise DataError(f"{self.cfg.data}: no usable caption records ({report})")
-        return CaptionDataset(records, transform=transform, to_tensor=to_tensor, seed=self.cfg.seed)
+            raise DataError(f"{run.data}: no usable caption records ({report})")
+        return CaptionDataset(records, transform=transform, to_tensor=to_tensor, seed=run.seed)
 
     def collate_fn(self) -> Collate:
         return Collate(
@@ -71,32 +78,36 @@ class CaptionTask(GLIPTask):
             "loss_caption": caption_loss(logits, batch.input_ids, batch.attention_mask)
             + unused_image_side(out)
         }
-        if self.cfg.grounding_weight > 0:
+        if self.grounding_weight > 0:
             grounded = model(pixel_values, batch.image_sizes, input_ids=batch.input_ids,
                              attention_mask=batch.attention_mask)  # fmt: skip
             for k, v in self.criterion(grounded, batch.targets).items():
-                losses[k] = self.cfg.grounding_weight * v
+                losses[k] = self.grounding_weight * v
         return losses
 
     def evaluate(self, model: GLIP, step: int) -> dict[str, float]:
         """BLEU-4 and CIDEr on ``val_data`` (``"shapes"`` adds the box AP50 of grounded captions)."""
-        if not self.cfg.val_data:
+        run = self.train_cfg
+        if not run.val_data:
             return {}
         from ..api import Detector
 
         detector = Detector(model, device=next(model.parameters()).device)
-        if self.cfg.val_data == "shapes":
+        if run.val_data == "shapes":
             from ..data.shapes_language import shapes_caption_items
 
-            items = shapes_caption_items(self.cfg.eval_images, image_size=self.cfg.shapes_image_size)
+            items = shapes_caption_items(run.eval_images, image_size=run.shapes_image_size)
             return evaluate_captions(detector, [s.image for s, _ in items], [r for _, r in items],
                                      samples=None if self.cfg.blind else [s for s, _ in items],
                                      blind=self.cfg.blind)  # fmt: skip
         from ..data.captions import read_caption_files
 
-        records, _ = read_caption_files(self.cfg.val_data, self.cfg.image_root)
+        records, _ = read_caption_files(run.val_data, run.image_root)
         return evaluate_captions(detector, [r.file_name for r in records], [r.captions for r in records],
                                  blind=self.cfg.blind)  # fmt: skip
+
+    def task_config_dict(self) -> dict:
+        return config_to_dict(self.cfg)
 
 
 def evaluate_captions(

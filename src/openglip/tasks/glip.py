@@ -3,38 +3,44 @@ inter-image region-word loss and mask loss when the model has those heads."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
+
 import torch
 
 from ..checkpoints import load_into, read_checkpoint, save_safetensors
-from ..config import ModelConfig, TrainConfig, config_to_dict
+from ..config import GLIPTaskConfig, ModelConfig, TrainConfig, config_to_dict
 from ..data.collate import Batch, Collate
 from ..distributed import unwrap
 from ..engine.optim import freeze_parts, param_groups
+from ..engine.wise import mix_with_start
 from ..errors import UsageError
 from ..losses import GroundingLoss
 from ..losses.contrastive import inter_image_loss
 from ..losses.masks import mask_loss
 from ..models.detector import GLIP, build_model
-from .wise import apply_wise, check_wise_config, wise_enabled
+from .base import TaskBase
 
 OPTIONAL_HEADS = ("contrastive.", "mask_head.", "mlm_head.", "vqa_head.", "caption_head.")  # GLIPv2 heads a
 # starting checkpoint may lack
 
 
-class GLIPTask:
+class GLIPTask(TaskBase):
     """Trains a :class:`~openglip.models.detector.GLIP` (the default task of ``openglip train``).
 
     Args:
         model_cfg: the model.
-        cfg: the training run: loss settings and weights, and ``val_data`` for :meth:`evaluate`.
+        train_cfg: the training run: ``data``, ``init_weights``, ``val_data`` for :meth:`evaluate`.
+        cfg: the task's settings: losses, prompts, replay and WiSE-FT.
     """
 
-    def __init__(self, model_cfg: ModelConfig, cfg: TrainConfig):
+    def __init__(self, model_cfg: ModelConfig, train_cfg: TrainConfig, cfg: GLIPTaskConfig | None = None):
+        cfg = cfg if cfg is not None else GLIPTaskConfig()
         if cfg.inter_image_weight > 0 and model_cfg.inter_image_dim <= 0:
             raise UsageError("inter_image_weight > 0 needs the model's projections: set inter_image_dim=64")
         if cfg.mlm_weight > 0 and not model_cfg.mlm_head:
             raise UsageError("mlm_weight > 0 needs the model's MLM head: set mlm_head=true")
-        self.model_cfg, self.cfg = model_cfg, cfg
+        self.model_cfg, self.train_cfg, self.cfg = model_cfg, train_cfg, cfg
         if wise_enabled(cfg):
             if not self.start_weights():
                 raise UsageError(
@@ -55,7 +61,7 @@ class GLIPTask:
         """The training dataset of ``cfg.data`` (the shapes world or annotation files)."""
         from ..data.build import build_train_dataset
 
-        return build_train_dataset(self.model_cfg, self.cfg)
+        return build_train_dataset(self.model_cfg, self.train_cfg, self.cfg)
 
     def load_weights(self, model: GLIP, path: str) -> None:
         """Strict loading, except that GLIPv2's extra heads (inter-image projections, mask, MLM, VQA and caption
@@ -136,27 +142,26 @@ class GLIPTask:
         return losses
 
     def evaluate(self, model: GLIP, step: int) -> dict[str, float]:
-        """Metrics on ``cfg.val_data``: the shapes val split (``"shapes"``) or an annotation file."""
-        if not self.cfg.val_data:
+        """Metrics on ``val_data``: the shapes val split (``"shapes"``) or an annotation file."""
+        run = self.train_cfg
+        if not run.val_data:
             return {}
         from ..api import Detector
         from ..engine.evaluate import evaluate_file, evaluate_shapes
 
         detector = Detector(model, device=next(model.parameters()).device)
-        if self.cfg.val_data == "shapes":
-            return evaluate_shapes(
-                detector, num_images=self.cfg.eval_images, image_size=self.cfg.shapes_image_size
-            )
-        return evaluate_file(detector, self.cfg.val_data, self.cfg.image_root, batch_size=8)[0]
+        if run.val_data == "shapes":
+            return evaluate_shapes(detector, num_images=run.eval_images, image_size=run.shapes_image_size)
+        return evaluate_file(detector, run.val_data, run.image_root, batch_size=8)[0]
 
     # -- WiSE-FT --------------------------------------------------------------------------------------------
     def start_weights(self) -> str | None:
         """The weights training starts from, which WiSE-FT mixes the result with."""
-        return self.cfg.init_weights
+        return self.train_cfg.init_weights
 
     def has_holdout(self) -> bool:
         """Whether there are held-out target data for WiSE-FT's automatic alpha (``val_data``)."""
-        return bool(self.cfg.val_data)
+        return bool(self.train_cfg.val_data)
 
     def holdout_ap(self, model: GLIP, step: int) -> float:
         """AP50 on the held-out target data."""
@@ -164,19 +169,74 @@ class GLIPTask:
 
     def finalize(self, model: GLIP, step: int) -> GLIP:
         """WiSE-FT when asked for (``wise_alpha`` < 1 or ``wise_retain``): mix the trained weights with the
-        starting weights (see :mod:`openglip.tasks.wise`); otherwise the trained model as it is."""
-        if not wise_enabled(self.cfg):
+        starting weights (see :mod:`openglip.engine.wise`); otherwise the trained model as it is."""
+        cfg = self.cfg
+        if not wise_enabled(cfg):
             return model
-        return apply_wise(
+        return mix_with_start(
             model,
             lambda m: self.load_weights(m, self.start_weights()),
-            self.cfg,
+            self.train_cfg.out_dir,
+            alpha=cfg.wise_alpha,
+            retain=cfg.wise_retain,
+            keep=cfg.wise_keep,
             target_ap=lambda m: self.holdout_ap(m, step),
+            retain_ap=retain_ap50(cfg.wise_retain) if cfg.wise_retain else None,
             save=lambda m, path: save_safetensors(m, path, self.model_cfg),
         )
 
     def config_dict(self) -> dict:
         return config_to_dict(self.model_cfg)
 
+    def task_config_dict(self) -> dict:
+        return config_to_dict(self.cfg)
+
     def export(self, model: GLIP, path) -> None:
         save_safetensors(model, path, self.model_cfg)
+
+
+def wise_enabled(cfg: GLIPTaskConfig) -> bool:
+    return cfg.wise_alpha != 1.0 or cfg.wise_retain is not None
+
+
+def check_wise_config(cfg: GLIPTaskConfig, *, has_holdout: bool) -> None:
+    """Refuse WiSE-FT settings that cannot work, before training starts.
+
+    Raises:
+        UsageError: alpha outside [0, 1], both a fixed alpha and a retain file, a retain file that does not
+            exist, or no held-out target data for the automatic choice.
+    """
+    if not 0.0 <= cfg.wise_alpha <= 1.0:
+        raise UsageError(f"wise_alpha must be between 0 and 1, got {cfg.wise_alpha}")
+    if cfg.wise_retain is None:
+        return
+    if cfg.wise_alpha != 1.0:
+        raise UsageError("give wise_alpha (a fixed mix) or wise_retain (choose it automatically), not both")
+    if not Path(cfg.wise_retain).is_file():
+        raise UsageError(
+            f"wise_retain {cfg.wise_retain}: file not found (a COCO/ODVG file of what must be kept)"
+        )
+    if not has_holdout:
+        raise UsageError(
+            "WiSE-FT with an automatic alpha needs held-out target data: val_data=FILE in openglip train, "
+            "--holdout in openglip tune"
+        )
+    if not 0.0 <= cfg.wise_keep <= 1.0:
+        raise UsageError(f"wise_keep must be between 0 and 1, got {cfg.wise_keep}")
+
+
+def retain_ap50(path: str) -> Callable[[torch.nn.Module], float]:
+    """AP50 of a model on the retain file, with that file's own categories as the prompt."""
+    from ..api import Detector
+    from ..data.build import read_annotations
+    from ..data.coco import coco_category_info
+    from ..engine.evaluate import evaluate_records
+
+    records, categories = read_annotations(path)
+    cats = coco_category_info(path) if Path(path).suffix == ".json" else None
+
+    def metric(model: torch.nn.Module) -> float:
+        det = Detector(model, device=next(model.parameters()).device)
+        return evaluate_records(det, records, categories, cats)[0].get("AP50", 0.0)
+
+    return metric

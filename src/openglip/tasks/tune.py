@@ -8,7 +8,7 @@ two forgetting-aware variants of full fine-tuning.
 * ``full``: everything trains.
 * ``wise``: full fine-tuning, then WiSE-FT: the weights are mixed with the starting ones,
   ``(1 - alpha) * start + alpha * fine-tuned`` (alpha 0.5 unless given; or chosen on held-out data, see
-  :mod:`openglip.tasks.wise`).
+  :mod:`openglip.engine.wise`).
 * ``replay``: full fine-tuning whose batches mix in a fixed share (``replay_ratio``, default 0.25) of
   pre-training-style data (``replay_data``: ``"shapes"`` or annotation files, with class prompts and sampled
   negatives as in pre-training), see :class:`~openglip.engine.sampler.ReplaySampler`.
@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from ..checkpoints import read_checkpoint
-from ..config import ModelConfig, TrainConfig, apply_overrides
+from ..config import ModelConfig, TrainConfig, TuneConfig, split_overrides
 from ..data.records import ImageRecord
 from ..distributed import unwrap
 from ..errors import DataError, UsageError
@@ -51,7 +51,8 @@ WISE_DEFAULT_ALPHA = 0.5  # mode "wise" without an alpha
 
 
 class TuneTask(GLIPTask):
-    """A :class:`GLIPTask` that starts from trained weights and trains only what ``mode`` allows.
+    """A :class:`GLIPTask` that starts from trained weights and trains what ``cfg.mode`` allows: ``linear`` only
+    the final layers, ``full``, ``wise`` and ``replay`` everything (prompt tuning is :class:`PromptTuneTask`).
 
     Args:
         holdout: records of the task kept out of training, on which WiSE-FT's automatic alpha is chosen.
@@ -60,41 +61,31 @@ class TuneTask(GLIPTask):
     def __init__(
         self,
         model_cfg: ModelConfig,
-        cfg: TrainConfig,
+        train_cfg: TrainConfig,
+        cfg: TuneConfig,
         *,
-        mode: str,
         weights: str,
         categories: Sequence[str],
         prompt: Prompt | None = None,
         holdout: Sequence[ImageRecord] = (),
     ):
-        if mode not in MODES:
-            raise UsageError(f"tuning mode must be one of {', '.join(MODES)}, not {mode!r}")
-        if mode == "replay" and not cfg.replay_data:
+        if cfg.mode not in MODES:
+            raise UsageError(f"tuning mode must be one of {', '.join(MODES)}, not {cfg.mode!r}")
+        if cfg.mode == "replay" and not cfg.replay_data:
             raise UsageError(
                 'mode replay needs pre-training-style data to replay: replay_data="shapes" or files'
             )
-        if mode == "prompt" and (cfg.replay_data or cfg.wise_alpha != 1.0 or cfg.wise_retain):
-            raise UsageError(
-                "prompt tuning leaves the model unchanged: replay and WiSE-FT do not apply to it"
-            )
-        self.mode = mode
         self.weights = weights
         self.categories = list(categories)
         self.holdout = list(holdout)
-        super().__init__(model_cfg, cfg)
+        super().__init__(model_cfg, train_cfg, cfg)
         self.prompt = prompt or fixed_prompt(categories)
-
-    @property
-    def trains(self) -> str:
-        """What the mode trains: "prompt", "linear" or "full" (``wise`` and ``replay`` train fully)."""
-        return self.mode if self.mode in ("prompt", "linear") else "full"
 
     def start_weights(self) -> str:
         return self.weights
 
     def has_holdout(self) -> bool:
-        return bool(self.holdout) or bool(self.cfg.val_data)
+        return bool(self.holdout) or bool(self.train_cfg.val_data)
 
     def holdout_ap(self, model, step: int) -> float:
         if not self.holdout:
@@ -108,21 +99,57 @@ class TuneTask(GLIPTask):
     def build_model(self) -> torch.nn.Module:
         model = super().build_model()
         self.load_weights(model, self.weights)
-        if self.trains == "prompt":
-            return PromptTunedGLIP(model, self.prompt)
-        if self.trains == "linear":
+        if self.cfg.mode == "linear":
             for name, p in model.named_parameters():
                 p.requires_grad_(name.startswith(LINEAR_PROBE))
         return model
 
     def freeze(self, model, spec: str) -> list[str]:
-        if self.trains == "full":
-            return super().freeze(model, spec)
-        return []  # already decided by the mode
+        if self.cfg.mode == "linear":
+            return []  # already decided by the mode
+        return super().freeze(model, spec)
+
+    def export(self, model, path) -> None:
+        """``RUN/model.safetensors`` and ``RUN/tune.json`` saying how the result was made."""
+        super().export(model, path)
+        info = tune_info(self, path)
+        wise = Path(path).with_name("wise.json")
+        if wise.exists() and (self.cfg.wise_alpha != 1.0 or self.cfg.wise_retain):
+            info["wise"] = json.loads(wise.read_text())
+        write_text_atomic(Path(path).with_name("tune.json"), json.dumps(info, indent=1))
+
+
+class PromptTuneTask(GLIPTask):
+    """Prompt tuning: the whole model is frozen; only an offset on the task prompt's token features trains, and
+    the result is a small file (``RUN/prompt.safetensors``) used with the unchanged model."""
+
+    def __init__(
+        self,
+        model_cfg: ModelConfig,
+        train_cfg: TrainConfig,
+        cfg: TuneConfig,
+        *,
+        weights: str,
+        categories: Sequence[str],
+        prompt: Prompt | None = None,
+    ):
+        if cfg.replay_data or cfg.wise_alpha != 1.0 or cfg.wise_retain:
+            raise UsageError(
+                "prompt tuning leaves the model unchanged: replay and WiSE-FT do not apply to it"
+            )
+        self.weights = weights
+        super().__init__(model_cfg, train_cfg, cfg)
+        self.prompt = prompt or fixed_prompt(categories)
+
+    def build_model(self) -> torch.nn.Module:
+        model = super().build_model()
+        self.load_weights(model, self.weights)
+        return PromptTunedGLIP(model, self.prompt)
+
+    def freeze(self, model, spec: str) -> list[str]:
+        return []  # everything but the prompt offset is frozen already
 
     def losses(self, model, batch) -> dict[str, torch.Tensor]:
-        if self.trains != "prompt":
-            return super().losses(model, batch)
         out = model(
             batch.pixel_values,
             batch.image_sizes,
@@ -132,22 +159,33 @@ class TuneTask(GLIPTask):
         return self.criterion(out, batch.targets)
 
     def evaluate(self, model, step: int) -> dict[str, float]:
-        return {} if self.trains == "prompt" else super().evaluate(model, step)
+        return {}
+
+    def finalize(self, model, step: int):
+        return model
 
     def export(self, model, path) -> None:
-        """``RUN/prompt.safetensors`` (prompt mode) or ``RUN/model.safetensors``, and ``RUN/tune.json`` saying how
-        the result was made."""
-        if self.trains == "prompt":
-            unwrap(model).tuned_prompt().save(Path(path).with_name("prompt.safetensors"))
-        else:
-            super().export(model, path)
-        info = {"mode": self.mode, "from": str(self.weights), "phrases": list(self.prompt.phrases)}
-        if self.cfg.replay_data:
-            info["replay"] = {"data": self.cfg.replay_data, "ratio": self.cfg.replay_ratio}
-        wise = Path(path).with_name("wise.json")
-        if self.trains != "prompt" and wise.exists() and (self.cfg.wise_alpha != 1.0 or self.cfg.wise_retain):
-            info["wise"] = json.loads(wise.read_text())
-        write_text_atomic(Path(path).with_name("tune.json"), json.dumps(info, indent=1))
+        """``RUN/prompt.safetensors`` and ``RUN/tune.json`` saying how the result was made."""
+        unwrap(model).tuned_prompt().save(Path(path).with_name("prompt.safetensors"))
+        write_text_atomic(Path(path).with_name("tune.json"), json.dumps(tune_info(self, path), indent=1))
+
+
+def tune_info(task, path) -> dict:
+    """What ``RUN/tune.json`` says of every mode: the mode, the starting weights, the phrases, the replay."""
+    info = {"mode": task.cfg.mode, "from": str(task.weights), "phrases": list(task.prompt.phrases)}
+    if task.cfg.replay_data:
+        info["replay"] = {"data": task.cfg.replay_data, "ratio": task.cfg.replay_ratio}
+    return info
+
+
+def tune_task(model_cfg, train_cfg, cfg: TuneConfig, *, weights, categories, prompt=None, holdout=()):
+    """The task of ``cfg.mode``: :class:`PromptTuneTask` for ``prompt``, :class:`TuneTask` otherwise."""
+    if cfg.mode == "prompt":
+        return PromptTuneTask(
+            model_cfg, train_cfg, cfg, weights=weights, categories=categories, prompt=prompt
+        )
+    return TuneTask(model_cfg, train_cfg, cfg, weights=weights, categories=categories, prompt=prompt,
+                    holdout=holdout)  # fmt: skip
 
 
 def few_shot(records: Sequence[ImageRecord], categories: Sequence[str], shots: int, seed: int = 0):
@@ -166,17 +204,24 @@ def few_shot(records: Sequence[ImageRecord], categories: Sequence[str], shots: i
     return chosen
 
 
-def tune_config(mode: str, overrides: Iterable[str] = (), **changes) -> TrainConfig:
-    """The training config of a tuning run: short, no EMA, the task's fixed prompt (no flips), lr 1e-3 for prompt
-    tuning and 1e-4 otherwise, alpha 0.5 for mode ``wise``; then ``key=value`` overrides and ``changes``.
+def tune_config(mode: str, overrides: Iterable[str] = (), **changes) -> tuple[TrainConfig, TuneConfig]:
+    """``(TrainConfig, TuneConfig)`` of a tuning run: short, no EMA, the task's fixed prompt (no flips), lr 1e-3 for
+    prompt tuning and 1e-4 otherwise, alpha 0.5 for mode ``wise``; then ``key=value`` overrides and ``changes``
+    (each to the config that holds it).
 
     Sampled negatives (``num_negatives``) only shape the prompts of replayed data: the task's own data always
     use their fixed prompt."""
-    defaults = TrainConfig(
+    train = TrainConfig(
         max_steps=200, lr=1e-3 if mode == "prompt" else 1e-4, warmup_steps=10, checkpoint_every=100,
-        log_every=10, ema_decay=0.0, flip_prob=0.0, wise_alpha=WISE_DEFAULT_ALPHA if mode == "wise" else 1.0,
+        log_every=10, ema_decay=0.0, flip_prob=0.0,
     )  # fmt: skip
-    return dataclasses.replace(apply_overrides(defaults, overrides), **changes)
+    task = TuneConfig(mode=mode, wise_alpha=WISE_DEFAULT_ALPHA if mode == "wise" else 1.0)
+    train, task = split_overrides(overrides, train, task)
+    train_names = {f.name for f in dataclasses.fields(TrainConfig)}
+    return (
+        dataclasses.replace(train, **{k: v for k, v in changes.items() if k in train_names}),
+        dataclasses.replace(task, **{k: v for k, v in changes.items() if k not in train_names}),
+    )
 
 
 def split_holdout(records: Sequence[ImageRecord], fraction: float, seed: int = 0):
@@ -196,8 +241,8 @@ def tune(
     records: Sequence[ImageRecord],
     categories: Sequence[str],
     *,
-    mode: str,
     cfg: TrainConfig,
+    tune_cfg: TuneConfig,
     holdout: Sequence[ImageRecord] = (),
     resume: bool = False,
     overwrite: bool = False,
@@ -209,7 +254,8 @@ def tune(
     Returns the result file: ``cfg.out_dir/prompt.safetensors`` (prompt mode) or ``model.safetensors``.
 
     Args:
-        holdout: task records not trained on, for WiSE-FT's automatic alpha (``cfg.wise_retain``).
+        cfg: the training loop; ``tune_cfg``: the mode, replay and WiSE-FT (see :func:`tune_config`).
+        holdout: task records not trained on, for WiSE-FT's automatic alpha (``tune_cfg.wise_retain``).
 
     Raises:
         UsageError: weights without an embedded config, an unknown mode, replay or WiSE-FT settings that cannot
@@ -226,9 +272,8 @@ def tune(
         raise UsageError(f"{weights} carries no config; convert it first with openglip convert")
     if not records:
         raise DataError("no usable records to tune on")
-    task = TuneTask(
-        model_cfg, cfg, mode=mode, weights=str(weights), categories=categories, holdout=holdout, prompt=prompt
-    )
+    task = tune_task(model_cfg, cfg, tune_cfg, weights=str(weights), categories=categories, prompt=prompt,
+                     holdout=holdout)  # fmt: skip
     dataset = GroundingDataset(
         records,
         categories,
@@ -244,6 +289,6 @@ def tune(
         fixed_prompt=prompt or True,
         seed=cfg.seed,
     )
-    dataset = with_replay(dataset, model_cfg, cfg)
+    dataset = with_replay(dataset, model_cfg, cfg, tune_cfg)
     Trainer(task, cfg, dataset, resume=resume, overwrite=overwrite, device=device).fit()
-    return Path(cfg.out_dir) / ("prompt.safetensors" if mode == "prompt" else "model.safetensors")
+    return Path(cfg.out_dir) / ("prompt.safetensors" if tune_cfg.mode == "prompt" else "model.safetensors")

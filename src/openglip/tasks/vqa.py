@@ -5,7 +5,7 @@ VQAv2's soft-score binary cross-entropy.
 
 Data (``TrainConfig.data``): ``"shapes"`` (the shapes world's questions) or comma-separated VQAv2
 questions/annotations JSON pairs and ``{"filename", "question", "answers"}`` JSONL files. The answer vocabulary is
-``TrainConfig.answer_vocab`` (a JSON list) or the ``max_answers`` most frequent answers of the training data; it is
+``VQAConfig.answer_vocab`` (a JSON list) or the ``max_answers`` most frequent answers of the training data; it is
 saved in ``model.safetensors``'s metadata so ``load_model`` restores it with the head.
 """
 
@@ -17,12 +17,13 @@ from functools import partial
 import torch
 
 from ..checkpoints import save_safetensors
-from ..config import ModelConfig, TrainConfig
+from ..config import ModelConfig, TrainConfig, VQAConfig, config_to_dict
 from ..data.records import SkipReport
 from ..distributed import unwrap
 from ..errors import DataError, UsageError
 from ..losses.language import vqa_loss
 from ..models.detector import GLIP
+from .base import TaskBase
 from .glip import GLIPTask
 
 
@@ -60,13 +61,17 @@ class VQATask(GLIPTask):
 
     Args:
         model_cfg: the model (its detection parts are the starting point, e.g. from ``init_weights``).
-        cfg: the run; ``data``, ``answer_vocab``, ``max_answers``, ``blind``, ``val_data``.
+        train_cfg: the run; ``data``, ``val_data``.
+        cfg: ``answer_vocab``, ``max_answers``, ``blind``.
     """
 
-    def __init__(self, model_cfg: ModelConfig, cfg: TrainConfig):
-        super().__init__(model_cfg, dataclasses.replace(cfg, inter_image_weight=0.0, mlm_weight=0.0))
-        self.records, self.report = None, SkipReport(source=cfg.data)
-        self.vocab = self._vocabulary(cfg)
+    finalize = TaskBase.finalize  # no WiSE-FT: a new head has no starting weights to mix with
+
+    def __init__(self, model_cfg: ModelConfig, train_cfg: TrainConfig, cfg: VQAConfig | None = None):
+        cfg = cfg if cfg is not None else VQAConfig()
+        self.model_cfg, self.train_cfg, self.cfg = model_cfg, train_cfg, cfg
+        self.records, self.report = None, SkipReport(source=train_cfg.data)
+        self.vocab = self._vocabulary(train_cfg)
         if model_cfg.vqa_answers not in (0, len(self.vocab)):
             raise UsageError(
                 f"the answer vocabulary has {len(self.vocab)} answers but the model's VQA head {model_cfg.vqa_answers}"
@@ -77,15 +82,15 @@ class VQATask(GLIPTask):
     def _vocabulary(self, cfg: TrainConfig) -> list[str]:
         from ..data.vqa import build_answer_vocab, load_answer_vocab, read_vqa_files
 
-        if cfg.answer_vocab:
-            return load_answer_vocab(cfg.answer_vocab)
+        if self.cfg.answer_vocab:
+            return load_answer_vocab(self.cfg.answer_vocab)
         if cfg.data == "shapes":
             from ..data.shapes_language import ANSWERS
 
             return list(ANSWERS)
         records, self.report = read_vqa_files(cfg.data, cfg.image_root)
         self.records = records
-        vocab = build_answer_vocab(records, cfg.max_answers)
+        vocab = build_answer_vocab(records, self.cfg.max_answers)
         if not vocab:
             raise DataError(f"{cfg.data}: no usable VQA records (see the skipped-record counts above)")
         return vocab
@@ -102,19 +107,20 @@ class VQATask(GLIPTask):
         """The training dataset of ``cfg.data``."""
         from ..data.vl_datasets import ShapesVQADataset, VQADataset
 
-        transform, to_tensor = vl_transforms(self.model_cfg, self.cfg)
-        if self.cfg.data == "shapes":
-            return ShapesVQADataset(size=self.cfg.shapes_epoch_size, transform=transform, to_tensor=to_tensor,
-                                    image_size=self.cfg.shapes_image_size, seed=self.cfg.seed)  # fmt: skip
+        run = self.train_cfg
+        transform, to_tensor = vl_transforms(self.model_cfg, run)
+        if run.data == "shapes":
+            return ShapesVQADataset(size=run.shapes_epoch_size, transform=transform, to_tensor=to_tensor,
+                                    image_size=run.shapes_image_size, seed=run.seed)  # fmt: skip
         if self.records is None:
             from ..data.vqa import read_vqa_files
 
-            self.records, self.report = read_vqa_files(self.cfg.data, self.cfg.image_root)
+            self.records, self.report = read_vqa_files(run.data, run.image_root)
         records = drop_long_questions(self.records, self.model_cfg.max_text_len, self.report)
         self.report.log()
         if not records:
-            raise DataError(f"{self.cfg.data}: no usable VQA records")
-        return VQADataset(records, transform=transform, to_tensor=to_tensor, seed=self.cfg.seed)
+            raise DataError(f"{run.data}: no usable VQA records")
+        return VQADataset(records, transform=transform, to_tensor=to_tensor, seed=run.seed)
 
     def collate_fn(self):
         from ..data.vl_datasets import VQACollate
@@ -134,21 +140,25 @@ class VQATask(GLIPTask):
 
     def evaluate(self, model: GLIP, step: int) -> dict[str, float]:
         """VQA accuracy (overall and per question type) on ``val_data``: ``"shapes"`` or VQA files."""
-        if not self.cfg.val_data:
+        run = self.train_cfg
+        if not run.val_data:
             return {}
         from ..api import Detector
 
         detector = Detector(model, device=next(model.parameters()).device)
-        if self.cfg.val_data == "shapes":
+        if run.val_data == "shapes":
             from ..data.shapes_language import shapes_vqa_items
 
-            items = shapes_vqa_items(self.cfg.eval_images, image_size=self.cfg.shapes_image_size)
+            items = shapes_vqa_items(run.eval_images, image_size=run.shapes_image_size)
         else:
             from ..data.vqa import read_vqa_files
 
-            records, _ = read_vqa_files(self.cfg.val_data, self.cfg.image_root)
+            records, _ = read_vqa_files(run.val_data, run.image_root)
             items = [(r.file_name, r.question, r.answers, r.question_type) for r in records]
         return evaluate_vqa(detector, items, blind=self.cfg.blind)
+
+    def task_config_dict(self) -> dict:
+        return config_to_dict(self.cfg)
 
     def export(self, model: GLIP, path) -> None:
         model.answer_vocab = list(self.vocab)

@@ -1,5 +1,5 @@
-"""WiSE-FT (Wortsman et al., "Robust fine-tuning of zero-shot models", CVPR 2022): after fine-tuning, mix the
-weights with the starting ones,
+"""WiSE-FT weight mixing (Wortsman et al., "Robust fine-tuning of zero-shot models", CVPR 2022): after
+fine-tuning, mix the weights with the starting ones,
 
     theta(alpha) = (1 - alpha) * theta_start + alpha * theta_fine_tuned,
 
@@ -7,14 +7,14 @@ which keeps much of what the starting (zero-shot) model could detect, the catego
 named, while keeping most of the gain on the fine-tuning task. ``alpha = 1`` is plain fine-tuning, ``alpha = 0``
 the starting model; both endpoints are returned bitwise.
 
-``alpha`` is given (``TrainConfig.wise_alpha``, ``openglip tune --mode wise --alpha 0.5``) or chosen
-automatically (``wise_retain=FILE``, ``openglip tune --mode wise --alpha auto --retain FILE``) on two held-out
-sets: target data the fine-tuning did not train on (``val_data`` in ``openglip train``, ``--holdout`` of the
-task's images in ``openglip tune``) and a "retain" set of what the starting model must keep detecting. The
-criterion: among alpha = 0, 0.1, ..., 1, the one with the highest target AP50 whose retain AP50 is at least
-``wise_keep`` (default 0.95) times the starting model's (alpha = 0 always qualifies); ties go to the smaller
-alpha. The table of every alpha is written to ``RUN/wise.json``, the un-mixed weights to
-``RUN/finetuned.safetensors``.
+This module is the weight arithmetic only: mixing two state dicts (:func:`interpolate`), choosing alpha from two
+metrics (:func:`choose_alpha`) and mixing a trained model in place (:func:`mix_with_start`). The GLIP tasks call
+it from ``finalize`` (see :mod:`openglip.tasks.glip`), with ``alpha`` given (``wise_alpha``,
+``openglip tune --mode wise --alpha 0.5``) or chosen automatically on two held-out sets: target data the
+fine-tuning did not train on and a "retain" set of what the starting model must keep detecting. The criterion:
+among alpha = 0, 0.1, ..., 1, the one with the highest target AP50 whose retain AP50 is at least ``keep``
+(default 0.95) times the starting model's (alpha = 0 always qualifies); ties go to the smaller alpha. The table
+of every alpha is written to ``RUN/wise.json``, the un-mixed weights to ``RUN/finetuned.safetensors``.
 """
 
 from __future__ import annotations
@@ -29,7 +29,6 @@ from pathlib import Path
 
 import torch
 
-from ..config import TrainConfig
 from ..errors import UsageError
 from ..files import write_text_atomic
 
@@ -106,42 +105,16 @@ def _finite(x: float) -> float:
     return x if math.isfinite(x) and x >= 0 else 0.0  # COCO's -1 (no ground truth) counts as nothing kept
 
 
-def check_wise_config(cfg: TrainConfig, *, has_holdout: bool) -> None:
-    """Refuse WiSE-FT settings that cannot work, before training starts.
-
-    Raises:
-        UsageError: alpha outside [0, 1], both a fixed alpha and a retain file, a retain file that does not
-            exist, or no held-out target data for the automatic choice.
-    """
-    if not 0.0 <= cfg.wise_alpha <= 1.0:
-        raise UsageError(f"wise_alpha must be between 0 and 1, got {cfg.wise_alpha}")
-    if cfg.wise_retain is None:
-        return
-    if cfg.wise_alpha != 1.0:
-        raise UsageError("give wise_alpha (a fixed mix) or wise_retain (choose it automatically), not both")
-    if not Path(cfg.wise_retain).is_file():
-        raise UsageError(
-            f"wise_retain {cfg.wise_retain}: file not found (a COCO/ODVG file of what must be kept)"
-        )
-    if not has_holdout:
-        raise UsageError(
-            "WiSE-FT with an automatic alpha needs held-out target data: val_data=FILE in openglip train, "
-            "--holdout in openglip tune"
-        )
-    if not 0.0 <= cfg.wise_keep <= 1.0:
-        raise UsageError(f"wise_keep must be between 0 and 1, got {cfg.wise_keep}")
-
-
-def wise_enabled(cfg: TrainConfig) -> bool:
-    return cfg.wise_alpha != 1.0 or cfg.wise_retain is not None
-
-
-def apply_wise(
+def mix_with_start(
     model: torch.nn.Module,
     load_start: Callable[[torch.nn.Module], None],
-    cfg: TrainConfig,
+    out_dir: str | Path,
     *,
+    alpha: float = 1.0,
+    retain: str | None = None,
+    keep: float = 0.95,
     target_ap: Callable[[torch.nn.Module], float] | None = None,
+    retain_ap: Callable[[torch.nn.Module], float] | None = None,
     save: Callable[[torch.nn.Module, Path], None] | None = None,
 ) -> torch.nn.Module:
     """Mix ``model`` (the fine-tuned weights) with the starting weights in place and return it.
@@ -149,9 +122,11 @@ def apply_wise(
     Args:
         model: the fine-tuned model.
         load_start: loads the starting weights into a model (with the task's strict rules).
-        cfg: ``wise_alpha`` or ``wise_retain`` / ``wise_keep``; ``out_dir`` receives ``wise.json`` and
-            ``finetuned.safetensors``.
-        target_ap: AP50 of a model on the held-out target data (needed for the automatic choice).
+        out_dir: receives ``wise.json`` (how alpha was chosen) and ``finetuned.safetensors``.
+        alpha: the fixed mix (used when ``retain`` is None).
+        retain: the file of what must be kept; when given, alpha is chosen with ``target_ap`` and ``retain_ap``
+            (AP50 of a model on the held-out target data and on the retain file), keeping ``keep`` of the
+            starting model's retain AP50.
         save: writes a model's weights (the un-mixed fine-tuned weights are kept with it).
     """
     tuned = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -159,40 +134,21 @@ def apply_wise(
     load_start(start_model)
     start = start_model.state_dict()
     del start_model
-    out = Path(cfg.out_dir)
+    out = Path(out_dir)
     if save is not None:
         save(model, out / "finetuned.safetensors")
-    info: dict = {"alpha": cfg.wise_alpha, "choice": "fixed"}
-    if cfg.wise_retain is not None:
-        if target_ap is None:
+    info: dict = {"alpha": alpha, "choice": "fixed"}
+    if retain is not None:
+        if target_ap is None or retain_ap is None:
             raise UsageError("WiSE-FT with an automatic alpha needs held-out target data")
-        retain_ap = retain_ap50(cfg.wise_retain)
 
         def at(a: float, metric: Callable[[torch.nn.Module], float]) -> float:
             model.load_state_dict(interpolate(start, tuned, a))
             return metric(model)
 
-        choice = choose_alpha(lambda a: at(a, target_ap), lambda a: at(a, retain_ap), keep=cfg.wise_keep)
-        info = {"alpha": choice.alpha, "choice": "auto", "keep": cfg.wise_keep, "retain": cfg.wise_retain,
-                "rows": choice.rows}  # fmt: skip
+        choice = choose_alpha(lambda a: at(a, target_ap), lambda a: at(a, retain_ap), keep=keep)
+        info = {"alpha": choice.alpha, "choice": "auto", "keep": keep, "retain": retain, "rows": choice.rows}
     model.load_state_dict(interpolate(start, tuned, info["alpha"]))
     out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out / "wise.json", json.dumps(info, indent=1))
     return model
-
-
-def retain_ap50(path: str) -> Callable[[torch.nn.Module], float]:
-    """AP50 of a model on the retain file, with that file's own categories as the prompt."""
-    from ..api import Detector
-    from ..data.build import read_annotations
-    from ..data.coco import coco_category_info
-    from ..engine.evaluate import evaluate_records
-
-    records, categories = read_annotations(path)
-    cats = coco_category_info(path) if Path(path).suffix == ".json" else None
-
-    def metric(model: torch.nn.Module) -> float:
-        det = Detector(model, device=next(model.parameters()).device)
-        return evaluate_records(det, records, categories, cats)[0].get("AP50", 0.0)
-
-    return metric
