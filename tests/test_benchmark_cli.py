@@ -120,6 +120,47 @@ def test_benchmark_errors_are_one_line(fixtures, tiny_checkpoint, tmp_path, caps
     assert code == 2 and "frequency" in capsys.readouterr().err
 
 
+def test_odinw_says_which_split_each_dataset_was_scored_on(fixtures, tiny_checkpoint, tmp_path, capsys):
+    """Issue 23.5: a dataset without a test file is scored on valid, and the log, the table and the JSON say so."""
+    import shutil
+
+    root = tmp_path / "odinw"
+    for name in ("Circles", "Stars"):
+        shutil.copytree(fixtures / "odinw" / name, root / name)
+    shutil.rmtree(root / "Stars" / "test")
+    argv = [
+        "benchmark",
+        "odinw",
+        str(root),
+        "--weights",
+        str(tiny_checkpoint),
+        "--out",
+        str(tmp_path / "out"),
+    ]
+    assert main([*argv, "--device", "cpu"]) == 0
+    captured = capsys.readouterr()
+    assert "odinw: Stars has no test split; it is scored on its valid split" in captured.err
+    table = (tmp_path / "out" / "odinw.md").read_text()
+    assert (
+        "| Stars (valid split) |" in table and "| Circles |" in table and "test split unless marked" in table
+    )
+    report = json.loads((tmp_path / "out" / "odinw.json").read_text())
+    assert report["summary"]["splits"] == {"Circles": "test", "Stars": "valid"}
+    assert report["datasets"]["Stars"]["zero_shot"]["split"] == "valid"
+
+
+def test_ovcoco_without_split_on_a_non_coco_file_names_the_default_split(fixtures, tiny_checkpoint, capsys):
+    """Issue 23.5: without --split the error blames the default COCO split, not a split file never given."""
+    argv = ["benchmark", "ovcoco", str(fixtures / "ovcoco" / "annotations.coco.json")]
+    assert main([*argv, "--weights", str(tiny_checkpoint), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert (
+        "wrong split file" not in err
+        and "OVR-CNN's 48 base / 17 novel COCO split" in err
+        and "--split" in err
+    )
+
+
 def test_killed_odinw_run_continues_where_it_stopped(fixtures, tiny_checkpoint, tmp_path):
     plan = OdinwPlan(
         shots=(1,), seeds=(3,), modes=("prompt", "full"), overrides=tuple(TINY_TUNE), device="cpu"

@@ -297,6 +297,44 @@ def test_cli_export_bad_input_is_one_line_exit_2(tmp_path, extra, words, capsys)
     assert not list(tmp_path.iterdir())
 
 
+def test_cli_export_checks_out_before_any_work(tmp_path, capsys, monkeypatch):
+    """Issue 23.1/23.8: an --out that cannot be written (a file as its parent, /proc) or that already exists (no
+    --overwrite) is refused with exit 2 before the model is loaded."""
+    import openglip.api
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was loaded before --out was checked")
+
+    monkeypatch.setattr(openglip.api, "load_model", no_model)
+    (tmp_path / "some_file").write_text("x")
+    (tmp_path / "old.onnx").write_bytes(b"old")
+    cases = [
+        (str(tmp_path / "some_file" / "x.onnx"), "a file is in the way"),
+        ("/proc/x.onnx", "cannot write there"),
+        (str(tmp_path / "old.onnx"), "already exists; give --overwrite"),
+    ]
+    for out, words in cases:
+        assert main(["export", "--preset", "tiny", "--out", out]) == 2, out
+        err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("openglip: error:")]
+        assert len(err) == 1 and words in err[0], err
+    assert (tmp_path / "old.onnx").read_bytes() == b"old"
+    with pytest.raises(AssertionError, match="before --out was checked"):  # --overwrite goes on to the work
+        main(["--debug", "export", "--preset", "tiny", "--out", str(tmp_path / "old.onnx"), "--overwrite"])
+
+
+def test_numpy_runner_names_the_unreadable_image(tmp_path):
+    """Issue 23.3: a truncated image in a list fails with its file name, not a bare 'image file is truncated'."""
+    from openglip.export import openglip_onnx
+
+    good, bad = tmp_path / "good.jpg", tmp_path / "bad.jpg"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (48, 64, 3), dtype=np.uint8)).save(good)
+    bad.write_bytes(good.read_bytes()[: good.stat().st_size // 2])  # cut in the pixel data
+    meta = {"min_size": 32, "max_size": 64, "bgr": False, "pixel_mean": [0, 0, 0], "pixel_std": [1, 1, 1]}
+    meta["size_divisibility"] = 1
+    with pytest.raises(OSError, match=r"bad\.jpg: cannot read the image \(image file is truncated"):
+        openglip_onnx.preprocess([str(good), str(bad)], meta)
+
+
 def test_fixed_vocabulary_prompt_must_fit_one_chunk(tmp_path, tiny_det):
     names = [f"object number {i}" for i in range(80)]  # about 400 tokens: two chunks
     with pytest.raises(UsageError, match="2 chunks"):

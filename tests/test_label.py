@@ -225,3 +225,4 @@ def test_a_second_label_run_on_the_same_out_is_refused(caption_set, tmp_path):
     assert not out.exists()
     stats = label_pairs(pairs[:1], WholeImageTeacher(), out, extractor=rule_based_noun_phrases)  # free again
     assert stats.labelled == 1
+    assert not (root / "pseudo.odvg.jsonl.lock").exists()  # issue 23.8: a finished run leaves no lock file

@@ -103,6 +103,20 @@ def test_detection_data_with_splits_in_the_categories_or_in_a_split_file(tmp_pat
     assert read_detection_data(path).split_names("base") == ["cat", "dog", "okapi"]
 
 
+def test_training_on_data_without_a_split_says_every_box_is_used(tmp_path, capsys):
+    """Issue 23.8: ``regionclip rpn`` (and transfer) on a file with no split information warn that every box,
+    novel categories included, is trained on; with a split they say nothing."""
+    from openglip.regionclip.config import RPNConfig
+    from openglip.regionclip.train import detection_data
+
+    plain = _coco(tmp_path, [{"id": c["id"], "name": c["name"]} for c in CATS], "plain.json")
+    assert detection_data(RPNConfig(data=str(plain))).split_names("base") == ["cat", "dog", "okapi"]
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "plain.json has no base/novel split" in err[0] and "every box" in err[0]
+    detection_data(RPNConfig(data=str(_coco(tmp_path, CATS))))
+    assert capsys.readouterr().err == ""
+
+
 @pytest.mark.parametrize(
     ("categories", "split", "message"),
     [

@@ -410,6 +410,52 @@ def test_a_failing_request_does_not_fail_its_batch(tiny_detector, chelsea):
     assert answers[1].json() == {"error": "internal_error", "detail": "RuntimeError: boom"}
 
 
+def _multipart(jpg: bytes, boundary: str = "XyZ") -> tuple[dict, bytes]:
+    body = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="prompt"\r\n\r\n{PROMPT}\r\n'
+            f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="c.jpg"\r\n'
+            "Content-Type: image/jpeg\r\n\r\n"
+        ).encode()
+        + jpg
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    return {"content-type": f"multipart/form-data; boundary={boundary}"}, body
+
+
+def test_a_multipart_body_cut_before_its_closing_boundary_is_malformed(client, jpeg):
+    """Issue 23.4: a body cut short is 400 malformed_form, not 422 missing_field."""
+    headers, body = _multipart(jpeg)
+    assert client.post("/v1/detect", content=body, headers=headers).status_code == 200
+    for cut in (len(body) - 10, len(body) // 2):
+        r = client.post("/v1/detect", content=body[:cut], headers=headers)
+        assert r.status_code == 400 and r.json()["error"] == "malformed_form", r.text
+        assert "closing boundary" in r.json()["detail"]
+
+
+def test_a_client_that_stalls_mid_body_gets_408_and_its_connection_closed(tiny_detector, jpeg):
+    """Issue 23.4: a client that sends part of a body and stalls does not hold its connection open; others
+    are answered meanwhile."""
+    app = create_app(tiny_detector, ServeSettings(body_timeout_s=1.0))
+    headers, body = _multipart(jpeg)
+    with app_server(app) as url, socket.create_connection(("127.0.0.1", int(url.rsplit(":", 1)[1]))) as s:
+        s.settimeout(10)
+        head = f"POST /v1/detect HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {len(body)}\r\n"
+        head += f"Content-Type: {headers['content-type']}\r\n\r\n"
+        start = time.monotonic()
+        s.sendall(head.encode() + body[:100])  # ...and stall
+        with httpx.Client(base_url=url, timeout=30) as http:
+            good = http.post("/v1/detect", content=body, headers=headers)
+        assert good.status_code == 200
+        answer = b""
+        while chunk := s.recv(65536):  # until the server closes the connection
+            answer += chunk
+        assert time.monotonic() - start < 8
+    assert answer.startswith(b"HTTP/1.1 408") and b'"error":"body_timeout"' in answer, answer[:300]
+    with pytest.raises(Exception, match="--body-timeout-s must be > 0"):
+        ServeSettings(body_timeout_s=0)
+
+
 # --- the CLI and the README ---------------------------------------------------------------------------------------
 
 

@@ -19,7 +19,8 @@ from openglip.data.captions import write_captions
 from openglip.data.datasets import GroundingDataset
 from openglip.data.odvg import read_odvg
 from openglip.data.shapes import write_dataset
-from openglip.data.shards import MANIFEST, ShardDataset, ShardSampler, ShardSet, write_shards
+from openglip.data.shard_writing import write_shards
+from openglip.data.shards import MANIFEST, ShardDataset, ShardSampler, ShardSet
 from openglip.data.transforms import to_model_input
 from openglip.errors import DataError, UsageError
 
@@ -220,6 +221,34 @@ def test_label_reads_caption_shards_and_writes_shards(shapes_files, tmp_path, ti
                  "--threshold", "0.0", "--device", "cpu", "--extractor", "rule"]) == 0  # fmt: skip
     records, _, _ = read_odvg(jsonl, root)
     assert len(records) == pairs
+
+
+def test_a_listed_shard_missing_or_cut_is_refused_before_training(shards, tmp_path, capsys):
+    """Issue 23.6: every shard the manifest lists is checked (present, its size) when the set is opened, and
+    ``openglip train`` stops with one line and exit 2 before the first step."""
+    import shutil
+
+    broken = tmp_path / "shards"
+    shutil.copytree(shards, broken)
+    manifest = json.loads((broken / MANIFEST).read_text())
+    names = [s["name"] for s in manifest["shards"]]
+    assert len(names) >= 4 and all(
+        s["bytes"] == (broken / s["name"]).stat().st_size for s in manifest["shards"]
+    )
+    (broken / names[-1]).unlink()  # the last one: a sampler would reach it last, if at all
+    with pytest.raises(DataError, match=rf"1 of the {len(names)} shards .* {names[-1]} is missing"):
+        ShardSet(broken)
+    cut = broken / names[1]
+    cut.write_bytes(cut.read_bytes()[:1024])
+    with pytest.raises(DataError, match=rf"{names[1]} has 1024 bytes, not \d+.*{names[-1]} is missing"):
+        ShardSet(broken)
+    out = tmp_path / "run"
+    code = main(["train", "tiny", "--data", str(broken), "--out", str(out), "--device", "cpu", "max_steps=2",
+                 "batch_size=2", "train_min_sizes=(64,)", "train_max_size=96"])  # fmt: skip
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("openglip: error:") and names[-1] in err[0]
+    assert not (out / "metrics.jsonl").exists()
 
 
 def test_train_command_streams_shards_with_workers(shards, tmp_path):

@@ -152,6 +152,64 @@ def test_heads_and_answer_vocabulary_travel_in_the_weights_file(vl_checkpoint, t
         plain.caption(image)
 
 
+def test_a_too_long_question_is_one_error_line_without_a_tokenizer_warning(vl_checkpoint, tmp_path, capfd):
+    """Issue 23.7: a 2000-word question exits 2 with one line; the tokenizer's own "longer than the maximum
+    sequence length" warning is not printed before it."""
+    import logging
+
+    from PIL import Image
+
+    from openglip.prompts import load_tokenizer
+
+    img = tmp_path / "a.png"
+    Image.fromarray(np.full((48, 64, 3), 90, np.uint8)).save(img)
+    load_tokenizer().deprecation_warnings.clear()  # the tokenizer warns once per instance: make it able to again
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = records.append
+    logging.getLogger("transformers").addHandler(handler)
+    try:
+        code = main(
+            ["vqa", str(img), "--question", " ".join(["why"] * 2000), "--weights", str(vl_checkpoint)]
+        )
+    finally:
+        logging.getLogger("transformers").removeHandler(handler)
+    assert code == 2
+    assert not [r.getMessage() for r in records if "sequence length" in r.getMessage()]
+    err = capfd.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "the question is 2002 tokens long" in err[0]
+
+
+def test_caption_decoding_never_emits_special_tokens_nor_repeats_an_ngram(vl_checkpoint, monkeypatch):
+    """Issue 23.11: a caption head that prefers ``[unused80]`` and one word still decodes (greedy and beam
+    search) to real word pieces with no trigram twice; ``no_repeat_ngram_size=0`` allows repeats."""
+    from PIL import Image
+
+    from openglip.prompts import load_tokenizer
+    from openglip.understand import never_emitted
+
+    det = openglip.load_model(str(vl_checkpoint), device="cpu")
+    tok = load_tokenizer()
+    unused, big, blue, a = tok.convert_tokens_to_ids(["[unused80]", "big", "blue", "a"])
+    assert {unused, 0, 100, 101, 103} <= set(never_emitted()) and 102 not in never_emitted()
+
+    def rigged(hidden, embeddings):  # unused80 > [MASK] > "big" > "blue" > "a" > everything else > [SEP]
+        logits = torch.zeros(*hidden.shape[:-1], embeddings.shape[0])
+        logits[..., [unused, 103, big, blue, a]] = torch.tensor([9.0, 8.0, 5.0, 4.0, 3.0])
+        logits[..., 102] = -9.0
+        return logits
+
+    monkeypatch.setattr(det.model.caption_head, "forward", rigged)
+    image = Image.fromarray(np.full((48, 64, 3), 90, np.uint8))
+    for beam_size in (1, 3):
+        text = det.caption(image, beam_size=beam_size, max_length=12)
+        ids = tok(text, add_special_tokens=False)["input_ids"]
+        assert "[unused" not in text and "[MASK]" not in text and ids[:3] == [big, big, big], text
+        trigrams = [tuple(ids[i : i + 3]) for i in range(len(ids) - 2)]
+        assert len(ids) == 12 and len(trigrams) == len(set(trigrams)), text
+    assert det.caption(image, max_length=6, no_repeat_ngram_size=0) == "big big big big big big"
+
+
 def test_vqa_and_caption_commands(vl_checkpoint, tmp_path, capsys):
     from PIL import Image
 

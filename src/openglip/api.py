@@ -387,7 +387,7 @@ class Detector:
 
     def caption(
         self, images, *, grounded: bool = False, beam_size: int = 1, max_length: int = 32,
-        box_threshold: float = 0.3, extractor: str = "auto", batch_size: int = 8,
+        box_threshold: float = 0.3, extractor: str = "auto", batch_size: int = 8, no_repeat_ngram_size: int = 3,
     ):  # fmt: skip
         """Describe an image with the caption head (a model trained with ``task=caption``).
 
@@ -397,6 +397,7 @@ class Detector:
                 detection head and return a :class:`~openglip.understand.GroundedCaption` (caption, Detections).
             beam_size: 1 for greedy decoding, more for beam search.
             max_length: most word pieces generated.
+            no_repeat_ngram_size: never repeat an n-gram of this many word pieces (0 allows repeats).
             box_threshold: minimum score of a grounded box.
 
         Returns:
@@ -407,7 +408,12 @@ class Detector:
         single = not isinstance(images, (list, tuple))
         items = [images] if single else list(images)
         out = generate_captions(
-            self, items, beam_size=beam_size, max_length=max_length, batch_size=batch_size
+            self,
+            items,
+            beam_size=beam_size,
+            max_length=max_length,
+            batch_size=batch_size,
+            no_repeat_ngram_size=no_repeat_ngram_size,
         )
         if grounded:
             out = ground_captions(self, items, out, box_threshold=box_threshold, extractor=extractor)

@@ -6,6 +6,8 @@ grounded captioning (a caption, then its noun phrases grounded by the detection 
 
 from __future__ import annotations
 
+import functools
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -17,7 +19,29 @@ from .prompts import Prompt, get_extractor, load_tokenizer
 from .structures import Detections
 
 CLS, SEP, PAD, UNK, MASK = 101, 102, 0, 100, 103  # bert-base-uncased special tokens
-_NEVER = (PAD, UNK, CLS, MASK)  # tokens a caption never contains
+
+
+@functools.lru_cache(maxsize=1)
+def never_emitted() -> tuple[int, ...]:
+    """Token ids a caption never contains: every special token but [SEP] (which ends it) and BERT's
+    ``[unused*]`` placeholders (never seen in training, so their logits are noise)."""
+    tokenizer = load_tokenizer()
+    unused = [i for t, i in tokenizer.get_vocab().items() if re.fullmatch(r"\[unused\d+\]", t)]
+    return tuple(sorted({*tokenizer.all_special_ids, PAD, UNK, CLS, MASK, *unused} - {SEP}))
+
+
+def _block_repeats(logp: torch.Tensor, prefix: torch.Tensor, n: int) -> torch.Tensor:
+    """``logp`` (B, V) with -inf for every token that would repeat an ``n``-gram of its row's ``prefix`` (B, t)
+    ([CLS] excluded): the n-gram blocking of captioning decoders (``no_repeat_ngram_size``)."""
+    if n < 1 or prefix.shape[1] - 1 < n - 1:
+        return logp
+    rows = prefix[:, 1:].tolist()
+    for b, row in enumerate(rows):
+        tail = tuple(row[len(row) - n + 1 :]) if n > 1 else ()
+        banned = {row[i + n - 1] for i in range(len(row) - n + 1) if tuple(row[i : i + n - 1]) == tail}
+        if banned:
+            logp[b, list(banned)] = float("-inf")
+    return logp
 
 
 @dataclass
@@ -55,7 +79,9 @@ def check_question(question: str, max_tokens: int) -> str:
     """
     if not isinstance(question, str) or not question.strip():
         raise UsageError("the question is empty: ask something, e.g. --question 'what colour is the star?'")
-    n = len(load_tokenizer()(question)["input_ids"])
+    n = len(
+        load_tokenizer()(question, verbose=False)["input_ids"]
+    )  # no "longer than 512" warning before the error
     if n > max_tokens:
         raise UsageError(f"the question is {n} tokens long, more than the model's {max_tokens}-token limit")
     return question.strip()
@@ -83,23 +109,29 @@ def answer_questions(
     return out
 
 
-def _next_logprobs(model, pixel_values, sizes, visual, prefix: torch.Tensor) -> torch.Tensor:
-    """(B, V) log-probabilities of the token after ``prefix`` (B, t), special tokens excluded."""
+def _next_logprobs(
+    model, pixel_values, sizes, visual, prefix: torch.Tensor, no_repeat: int = 0
+) -> torch.Tensor:
+    """(B, V) log-probabilities of the token after ``prefix`` (B, t): special and ``[unused*]`` tokens excluded,
+    and (``no_repeat`` > 0) every token that would repeat an n-gram of that size."""
     out = model(pixel_values, sizes, input_ids=prefix, attention_mask=torch.ones_like(prefix), visual=visual,
                 causal=True, detect=False)  # fmt: skip
     logits = model.caption_head(out.fused_text[:, -1], model.word_embeddings).float()
-    logits[:, list(_NEVER)] = float("-inf")
-    return logits.log_softmax(-1)
+    logits[:, [i for i in never_emitted() if i < logits.shape[1]]] = float("-inf")
+    return _block_repeats(logits.log_softmax(-1), prefix, no_repeat)
 
 
-def greedy_decode(model, pixel_values, sizes, *, max_length: int = 32) -> list[list[int]]:
-    """Token ids (without [CLS]/[SEP]) of the most likely next token at every step, for a batch of images."""
+def greedy_decode(
+    model, pixel_values, sizes, *, max_length: int = 32, no_repeat_ngram_size: int = 3
+) -> list[list[int]]:
+    """Token ids (without [CLS]/[SEP]) of the most likely next token at every step, for a batch of images
+    (never repeating an n-gram of ``no_repeat_ngram_size`` tokens; 0 allows repeats)."""
     visual = model.encode_image(pixel_values)
     B = pixel_values.shape[0]
     prefix = torch.full((B, 1), CLS, dtype=torch.long, device=pixel_values.device)
     done = torch.zeros(B, dtype=torch.bool, device=pixel_values.device)
     for _ in range(max_length):
-        nxt = _next_logprobs(model, pixel_values, sizes, visual, prefix).argmax(-1)
+        nxt = _next_logprobs(model, pixel_values, sizes, visual, prefix, no_repeat_ngram_size).argmax(-1)
         nxt = torch.where(done, torch.full_like(nxt, SEP), nxt)
         prefix = torch.cat([prefix, nxt[:, None]], dim=1)
         done |= nxt == SEP
@@ -116,10 +148,12 @@ def _cut(prefix: torch.Tensor) -> list[torch.Tensor]:
     return rows
 
 
-def beam_search(model, pixel_values, sizes, *, beam_size: int = 3, max_length: int = 32) -> list[int]:
+def beam_search(model, pixel_values, sizes, *, beam_size: int = 3, max_length: int = 32,
+                no_repeat_ngram_size: int = 3) -> list[int]:  # fmt: skip
     """Beam search for one image (``pixel_values`` (1, 3, H, W)): keeps the ``beam_size`` best prefixes by summed
     log-probability; a prefix that emits [SEP] is finished; returns the best finished caption's token ids
-    (without [CLS]/[SEP]), or the best unfinished one at ``max_length``. With ``beam_size=1`` this is greedy."""
+    (without [CLS]/[SEP]), or the best unfinished one at ``max_length``. With ``beam_size=1`` this is greedy.
+    No prefix repeats an n-gram of ``no_repeat_ngram_size`` tokens (0 allows repeats)."""
     if pixel_values.shape[0] != 1:
         raise ValueError("beam_search decodes one image at a time")
     visual = model.encode_image(pixel_values)
@@ -130,7 +164,7 @@ def beam_search(model, pixel_values, sizes, *, beam_size: int = 3, max_length: i
     for _ in range(max_length):
         k = prefix.shape[0]
         logp = _next_logprobs(model, pixel_values.expand(k, -1, -1, -1), sizes * k,
-                              [f.expand(k, -1, -1, -1) for f in visual], prefix)  # fmt: skip
+                              [f.expand(k, -1, -1, -1) for f in visual], prefix, no_repeat_ngram_size)  # fmt: skip
         total = (scores[:, None] + logp).flatten()  # (k * V)
         best, flat = total.topk(beam_size)
         V = logp.shape[1]
@@ -153,9 +187,12 @@ def beam_search(model, pixel_values, sizes, *, beam_size: int = 3, max_length: i
 @torch.no_grad()
 def generate_captions(
     detector, images: Sequence, *, beam_size: int = 1, max_length: int = 32, batch_size: int = 8,
-    blind: bool = False,
+    blind: bool = False, no_repeat_ngram_size: int = 3,
 ) -> list[str]:  # fmt: skip
     """A caption for each image: greedy decoding (``beam_size=1``, batched) or beam search (one image at a time).
+
+    Special tokens and BERT's ``[unused*]`` are never emitted, and no n-gram of ``no_repeat_ngram_size`` word
+    pieces is repeated (3, as captioning decoders use; 0 allows repeats).
 
     Raises:
         UsageError: the model has no caption head, or ``beam_size`` / ``max_length`` below 1.
@@ -165,6 +202,8 @@ def generate_captions(
         raise UsageError("this model has no caption head; train one with: openglip train ... task=caption")
     if beam_size < 1 or max_length < 1:
         raise UsageError("beam_size and max_length must be at least 1")
+    if no_repeat_ngram_size < 0:
+        raise UsageError("no_repeat_ngram_size must be 0 (repeats allowed) or more")
     max_length = min(max_length, model.max_text_len - 2)
     tokenizer = load_tokenizer()
     out: list[str] = []
@@ -172,10 +211,17 @@ def generate_captions(
         pixel_values, sizes, _ = _images(detector, images[start : start + batch_size], blind)
         with detector._autocast():
             if beam_size == 1:
-                ids = greedy_decode(model, pixel_values, sizes, max_length=max_length)
+                ids = greedy_decode(
+                    model,
+                    pixel_values,
+                    sizes,
+                    max_length=max_length,
+                    no_repeat_ngram_size=no_repeat_ngram_size,
+                )
             else:
                 ids = [beam_search(model, pixel_values[b : b + 1], sizes[b : b + 1], beam_size=beam_size,
-                                   max_length=max_length) for b in range(len(sizes))]  # fmt: skip
+                                   max_length=max_length, no_repeat_ngram_size=no_repeat_ngram_size)
+                       for b in range(len(sizes))]  # fmt: skip
         out.extend(tokenizer.decode(t, skip_special_tokens=True).strip() for t in ids)
     return out
 

@@ -230,15 +230,21 @@ def cmd_ovcoco(args) -> int:
         gt = load_json(args.annotations)
     except (FileNotFoundError, ValueError) as err:
         raise DataError(str(err)) from None
+    if not isinstance(gt, dict) or not isinstance(gt.get("categories"), list):
+        raise DataError(f"{args.annotations}: not a COCO detection file (no 'categories' list)")
     if args.split:
-        split = read_category_split(args.split)
+        split, source = read_category_split(args.split), f"--split {args.split} (wrong split file?)"
     elif any("split" in c for c in gt.get("categories", [])):
-        split = parse_category_split(gt, args.annotations)
+        split, source = parse_category_split(gt, args.annotations), "the file's own 'split' fields"
     else:
         split = ovcoco_split()
+        source = (
+            "OVR-CNN's 48 base / 17 novel COCO split (the default: no --split was given and the file's categories "
+            "have no 'split' fields); give --split FILE for another vocabulary"
+        )
     root = args.image_root or str(Path(args.annotations).parent)
     detector = load_ov_detector(args.weights, args.model, device=args.device, batch_size=args.batch_size)
-    metrics, table = run_ovcoco(detector, gt, root, split, batch_size=args.batch_size)
+    metrics, table = run_ovcoco(detector, gt, root, split, batch_size=args.batch_size, split_source=source)
     return _finish(
         args, "ovcoco", {"annotations": args.annotations, "split": args.split, "metrics": metrics}, table
     )

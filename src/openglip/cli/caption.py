@@ -21,6 +21,12 @@ def register(sub) -> None:
     p.add_argument("--grounded", action="store_true", help="also ground the caption's noun phrases (boxes)")
     p.add_argument("--beam-size", type=int, default=1, help="1: greedy decoding (default), more: beam search")
     p.add_argument("--max-length", type=int, default=32, help="most word pieces per caption")
+    p.add_argument(
+        "--no-repeat-ngram-size",
+        type=int,
+        default=3,
+        help="never repeat an n-gram of this many word pieces (default 3; 0 allows repeats)",
+    )
     p.add_argument("--threshold", type=float, default=0.3, help="--grounded: minimum box score")
     p.add_argument(
         "--extractor", default="auto", choices=("auto", "rule", "spacy"), help="noun-phrase extractor"
@@ -48,6 +54,7 @@ def run(args) -> int:
     outputs = detector.caption(
         [str(p) for p in paths], grounded=args.grounded, beam_size=args.beam_size, max_length=args.max_length,
         box_threshold=args.threshold, extractor=args.extractor, batch_size=args.batch_size,
+        no_repeat_ngram_size=args.no_repeat_ngram_size,
     )  # fmt: skip
     rows = []
     for path, out in zip(paths, outputs):

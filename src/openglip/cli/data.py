@@ -156,7 +156,7 @@ def cmd_data_ladder(args) -> int:
 
 
 def cmd_data_shard(args) -> int:
-    from ..data.shards import write_shards
+    from ..data.shard_writing import write_shards
 
     manifest = write_shards(args.inputs, args.out, shard_size=args.shard_size, image_root=args.image_root)
     kinds = ", ".join(f"{v} {k}" for k, v in sorted(manifest["kinds"].items()))

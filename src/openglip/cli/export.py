@@ -22,7 +22,10 @@ def register(sub) -> None:
     p.add_argument(
         "--preset", help="model preset (default: read from --weights); e.g. glip_t, glip_nano, tiny"
     )
-    p.add_argument("--out", required=True, help="the .onnx file to write")
+    p.add_argument(
+        "--out", required=True, help="the .onnx file to write (an existing one is kept unless --overwrite)"
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace the model already at --out")
     p.add_argument("--prompt", help='bake this prompt in (fixed vocabulary), e.g. "person. car. dog."')
     p.add_argument("--prompt-file", help="bake a tuned prompt in (openglip tune --mode prompt)")
     p.add_argument(
@@ -45,6 +48,7 @@ def cmd_export(args) -> int:
 
     from ..api import load_model
     from ..export import export_onnx
+    from ..files import check_output_file
 
     if args.opset < 17:
         raise UsageError(f"--opset {args.opset} is too old: the export needs opset 17 or newer")
@@ -58,6 +62,9 @@ def cmd_export(args) -> int:
         raise UsageError("give --prompt or --prompt-file, not both")
     if args.weights and not Path(args.weights).is_file():
         raise UsageError(f"--weights {args.weights}: file not found")
+    if Path(args.out).is_file() and not args.overwrite:
+        raise UsageError(f"--out {args.out} already exists; give --overwrite to replace it, or another path")
+    check_output_file(args.out, "--out")  # before the model is loaded and traced
     if args.weights is None:
         print(
             f"openglip: warning: no --weights given; the {args.preset!r} model has random weights",

@@ -49,6 +49,13 @@ def register(sub) -> None:
         help="answer 504 and cancel a request after this many seconds",
     )
     p.add_argument(
+        "--body-timeout-s",
+        type=float,
+        default=20.0,
+        help="answer 408 and close the connection when a request body has not all arrived after this many "
+        "seconds (default 20)",
+    )
+    p.add_argument(
         "--threshold", type=float, default=0.3, help="box score threshold when a request gives none"
     )
     p.add_argument(
@@ -102,6 +109,7 @@ def cmd_serve(args) -> int:
         max_pixels=args.max_pixels,
         max_prompt_tokens=args.max_prompt_tokens,
         timeout_s=args.timeout_s,
+        body_timeout_s=args.body_timeout_s,
         default_threshold=args.threshold,
         mix_sizes=args.mix_sizes,
     )

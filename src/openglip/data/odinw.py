@@ -59,10 +59,18 @@ class OdinwDataset:
         Raises:
             DataError: the dataset has neither.
         """
+        return self.splits[self.split_used(split)]
+
+    def split_used(self, split: str) -> str:
+        """The split :meth:`split_file` reads for ``split``: itself, or ``valid`` for a missing ``test``.
+
+        Raises:
+            DataError: the dataset has neither.
+        """
         if split in self.splits:
-            return self.splits[split]
+            return split
         if split == "test" and "valid" in self.splits:
-            return self.splits["valid"]
+            return "valid"
         raise DataError(f"ODinW dataset {self.name!r} ({self.folder}) has no {split!r} split")
 
 

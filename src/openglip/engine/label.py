@@ -47,28 +47,34 @@ def _warn(message: str) -> None:
 
 
 @contextlib.contextmanager
-def output_lock(path: Path, *, remove: bool = False) -> Iterator[None]:
-    """Hold an exclusive ``flock`` on ``path`` for the block, or refuse at once when another process has it
-    (``remove``: delete the lock file afterwards, for the per-rank locks of a torchrun job)."""
+def output_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``path`` for the block, or refuse at once when another process has it.
+
+    The lock file is removed at the end (while still locked). A run that opened it just before that finds,
+    once it holds the lock, that ``path`` is no longer its file, and refuses as if the lock were held.
+    """
     try:
         import fcntl
     except ImportError:  # pragma: no cover - not on POSIX: no lock
         yield
         return
+    busy = UsageError(
+        f"another openglip label run is writing {path.name.removesuffix('.lock')} (it holds {path}); "
+        "wait for it to finish, or give another --out"
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as handle:
         try:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise UsageError(
-                f"another openglip label run is writing {path.name.removesuffix('.lock')} (it holds {path}); "
-                "wait for it to finish, or give another --out"
-            ) from None
+            raise busy from None
         try:
+            if not path.exists() or not os.path.samestat(os.fstat(handle.fileno()), path.stat()):
+                raise busy  # the previous holder removed the file we opened: another run may hold the new one
             yield
         finally:
-            if remove:
-                path.unlink(missing_ok=True)
+            if path.exists() and os.path.samestat(os.fstat(handle.fileno()), path.stat()):
+                path.unlink()
             fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
@@ -179,7 +185,7 @@ def label_pairs(
     target = out if not dist.enabled else out.with_name(f"{out.name}.rank{dist.rank}.part")
     # rank 0 (or the only process) locks OUT itself, the other ranks their part: two runs never share a file
     lock = out.with_name(out.name + ".lock") if dist.is_main else target.with_name(target.name + ".lock")
-    with output_lock(lock, remove=not dist.is_main):
+    with output_lock(lock):
         return _label_locked(
             pairs, teacher, out, target, root, extractor, threshold, batch_size, dist, log, open_image
         )
@@ -273,7 +279,8 @@ def labels_to_shards(
     The ODVG file stays the resumable record of the run; the shards are rebuilt from it (an older manifest
     is removed first, so that a kill mid-way leaves no manifest naming half-written shards).
     """
-    from ..data.shards import MANIFEST, odvg_to_shards
+    from ..data.shard_writing import odvg_to_shards
+    from ..data.shards import MANIFEST
 
     out = Path(out_dir)
     (out / MANIFEST).unlink(missing_ok=True)

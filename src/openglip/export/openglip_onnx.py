@@ -76,9 +76,12 @@ def load_image(image):
     from PIL import Image, ImageOps
 
     if isinstance(image, (str, os.PathLike)):
-        with Image.open(image) as im:
-            im = ImageOps.exif_transpose(im)
-            return im.convert("RGB")
+        try:
+            with Image.open(image) as im:
+                im = ImageOps.exif_transpose(im)
+                return im.convert("RGB")
+        except OSError as err:  # truncated, not an image, unreadable: say which file of a list it was
+            raise OSError(f"{image}: cannot read the image ({err})") from err
     if isinstance(image, np.ndarray):
         if image.ndim == 2:
             image = np.repeat(image[..., None], 3, axis=2)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -171,6 +172,12 @@ class _TestSet:
 
     def __init__(self, ds: OdinwDataset, plan: OdinwPlan):
         coco, folder = read_odinw_split(ds, "test")
+        self.split = ds.split_used("test")  # "valid" where the dataset has no test split
+        if self.split != "test":
+            tqdm.write(
+                f"odinw: {ds.name} has no test split; it is scored on its {self.split} split (as GLIP does)",
+                file=sys.stderr,
+            )
         if plan.max_test_images:
             coco = subset_coco(coco, [im["id"] for im in coco["images"][: plan.max_test_images]])
         self.gt = coco
@@ -263,6 +270,7 @@ def run_odinw(
             if not plan.keep_runs:
                 shutil.rmtree(run_dir, ignore_errors=True)
         result["test_images"] = len(test.images)
+        result["split"] = test.split
         path.parent.mkdir(parents=True, exist_ok=True)
         write_text_atomic(path, json.dumps(result))
         results[ds.name][unit] = result
@@ -288,8 +296,9 @@ def summarize(results: dict[str, dict[str, dict]], plan: OdinwPlan, metric: str 
     names = list(results)
     summary: dict = {"metric": metric, "datasets": {}, "mean": {}}
     rows = []
+    splits = {name: _scored_split(units) for name, units in results.items()}
     for name in names:
-        row, entry = [name], {}
+        row, entry = [name if splits[name] == "test" else f"{name} ({splits[name]} split)"], {}
         for mode, k in settings:
             seeds = [0] if k == 0 else list(plan.seeds)
             vals = [results[name].get(_unit_name(mode, k, s), {}).get(metric) for s in seeds]
@@ -318,5 +327,12 @@ def summarize(results: dict[str, dict[str, dict]], plan: OdinwPlan, metric: str 
     rows.append(mean_row)
     headers = ["dataset"] + ["zero-shot" if k == 0 else f"{mode} {k}-shot" for mode, k in settings]
     seeds_note = f", mean ± std over seeds {', '.join(map(str, plan.seeds))}" if plan.shots else ""
-    table = markdown_table(headers, rows, title=f"ODinW {metric} (%){seeds_note}")
+    split_note = "" if set(splits.values()) <= {"test"} else ", test split unless marked"
+    table = markdown_table(headers, rows, title=f"ODinW {metric} (%){seeds_note}{split_note}")
+    summary["splits"] = splits
     return summary, table
+
+
+def _scored_split(units: dict[str, dict]) -> str:
+    """The split a dataset's units were scored on (units written before the split was recorded: ``test``)."""
+    return next((u["split"] for u in units.values() if "split" in u), "test")

@@ -54,8 +54,11 @@ def ovcoco_split() -> dict[str, str]:
         return read_category_split(path)
 
 
-def restrict_to_split(gt: dict, split: dict[str, str]) -> dict:
+def restrict_to_split(gt: dict, split: dict[str, str], source: str = "the split file") -> dict:
     """``gt`` with only the categories named in ``split`` (matched case-insensitively) and their boxes.
+
+    Args:
+        source: where ``split`` came from, for the error (e.g. the default COCO split when no file was given).
 
     Raises:
         DataError: none of the split's categories is in ``gt``.
@@ -63,17 +66,18 @@ def restrict_to_split(gt: dict, split: dict[str, str]) -> dict:
     wanted = {n.lower() for n in split}
     cats = [c for c in gt["categories"] if c["name"].lower() in wanted]
     if not cats:
-        raise DataError("none of the split's categories is in the annotation file (wrong split file?)")
+        raise DataError(f"none of the categories of {source} is in the annotation file")
     ids = {c["id"] for c in cats}
     anns = [a for a in gt["annotations"] if a["category_id"] in ids]
     return {**gt, "categories": cats, "annotations": anns}
 
 
-def run_ovcoco(detector, gt: dict, image_root: str | Path, split: dict[str, str], *,
-               batch_size: int = 8) -> tuple[dict[str, float], str]:  # fmt: skip
-    """AP50 on novel / base / all categories of ``split``: (metrics, Markdown table)."""
+def run_ovcoco(detector, gt: dict, image_root: str | Path, split: dict[str, str], *, batch_size: int = 8,
+               split_source: str = "the split file (wrong split file?)") -> tuple[dict[str, float], str]:  # fmt: skip
+    """AP50 on novel / base / all categories of ``split`` (``split_source`` names it in errors): (metrics,
+    Markdown table)."""
     lowered = {n.lower(): s for n, s in split.items()}
-    gt = restrict_to_split(gt, split)
+    gt = restrict_to_split(gt, split, split_source)
     cats = sorted(gt["categories"], key=lambda c: c["id"])
     split_ids = split_category_ids([{**c, "name": c["name"].lower()} for c in cats], lowered)
     images = [str(Path(image_root) / im["file_name"]) for im in gt["images"]]

@@ -10,6 +10,7 @@ are ``<out_dir>/model.safetensors``. :func:`default_train_config` holds CPU-size
 from __future__ import annotations
 
 import dataclasses
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -70,7 +71,15 @@ def detection_data(cfg: RPNConfig | TransferConfig) -> DetectionData:
     """The stage's box-annotated images: ``cfg.data`` (with ``cfg.split_file``) when set, else the shapes "train"
     split (base categories only)."""
     if cfg.data:
-        return read_detection_data(cfg.data, cfg.image_root or None, split_file=cfg.split_file)
+        data = read_detection_data(cfg.data, cfg.image_root or None, split_file=cfg.split_file)
+        if not any("split" in c for c in data.categories):
+            print(
+                f"openglip: warning: {cfg.data} has no base/novel split (no 'split' on its categories, no "
+                "split_file): every category counts as base and training uses every box; give --split-file "
+                "NOVEL.txt to hold the novel categories out",
+                file=sys.stderr,
+            )
+        return data
     if cfg.split_file:
         raise UsageError("split_file needs data=FILE (the shapes world carries its own split)")
     return shapes_detection_data(

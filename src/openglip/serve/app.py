@@ -55,6 +55,8 @@ class ServeSettings:
         max_pixels: largest image (width x height); larger gets 413 before its pixels are decoded.
         max_prompt_tokens: longest prompt in the model's tokens (with [CLS] and [SEP]); longer gets 422.
         timeout_s: a request not answered within this many seconds gets 504 and is cancelled.
+        body_timeout_s: a request whose body has not all arrived this many seconds after its headers gets 408
+            and its connection is closed (a client that stalls mid-upload does not hold it open).
         default_threshold: box score threshold when a request gives none.
         mix_sizes: let images of different padded input sizes share a model call. Off, a request's boxes are
             those of ``Detector.predict`` on its image alone (up to float rounding); on, batches are larger with mixed traffic
@@ -67,6 +69,7 @@ class ServeSettings:
     max_pixels: int = 40_000_000
     max_prompt_tokens: int = 256
     timeout_s: float = 30.0
+    body_timeout_s: float = 20.0
     default_threshold: float = 0.3
     mix_sizes: bool = False
 
@@ -78,6 +81,7 @@ class ServeSettings:
             (self.max_pixels >= 1, "--max-pixels must be at least 1"),
             (self.max_prompt_tokens >= 3, "--max-prompt-tokens must be at least 3 ([CLS], a word, [SEP])"),
             (self.timeout_s > 0, "--timeout-s must be > 0"),
+            (self.body_timeout_s > 0, "--body-timeout-s must be > 0"),
             (0.0 <= self.default_threshold <= 1.0, "the default threshold must be in [0, 1]"),
         ]
         for ok, message in checks:
@@ -104,8 +108,9 @@ def _error(status: int, error: str, detail: str) -> JSONResponse:
     return JSONResponse({"error": error, "detail": detail}, status_code=status)
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
-    """The request body, refused with 413 as soon as it is known to be larger than ``limit`` bytes."""
+async def _read_body(request: Request, limit: int, timeout_s: float) -> bytes:
+    """The request body, refused with 413 as soon as it is known to be larger than ``limit`` bytes, and with
+    408 when it has not all arrived within ``timeout_s`` seconds."""
     declared = request.headers.get("content-length")
     too_large = ServeError(
         413,
@@ -118,13 +123,38 @@ async def _read_body(request: Request, limit: int) -> bytes:
                 raise too_large
         except ValueError:
             raise ServeError(400, "malformed_request", f"bad Content-Length header {declared!r}") from None
-    chunks, size = [], 0
-    async for chunk in request.stream():  # a body without Content-Length (chunked) is counted as it comes
-        size += len(chunk)
-        if size > limit:
-            raise too_large
-        chunks.append(chunk)
+    chunks = []
+
+    async def read() -> None:
+        size = 0
+        async for chunk in request.stream():  # a body without Content-Length (chunked) is counted as it comes
+            size += len(chunk)
+            if size > limit:
+                raise too_large
+            chunks.append(chunk)
+
+    try:
+        await asyncio.wait_for(read(), timeout_s)
+    except asyncio.TimeoutError:
+        raise ServeError(
+            408, "body_timeout", f"the request body did not arrive within {timeout_s:g} s (--body-timeout-s)"
+        ) from None
     return b"".join(chunks)
+
+
+def _check_closing_boundary(request: Request, body: bytes) -> None:
+    """A multipart body cut short parses as a form with fields missing; say it is cut instead."""
+    boundary = ""
+    for param in request.headers.get("content-type", "").split(";")[1:]:
+        key, _, value = param.strip().partition("=")
+        if key.strip().lower() == "boundary":
+            boundary = value.strip().strip('"')
+    if boundary and f"--{boundary}--".encode("latin-1") not in body:
+        raise ServeError(
+            400,
+            "malformed_form",
+            "the multipart body ends before its closing boundary (was the upload cut short?)",
+        )
 
 
 async def _parse(request: Request, body: bytes, default_threshold: float) -> DetectRequest:
@@ -132,6 +162,7 @@ async def _parse(request: Request, body: bytes, default_threshold: float) -> Det
     if media == "application/json":
         return from_json(body, default_threshold)
     if media == "multipart/form-data":
+        _check_closing_boundary(request, body)
 
         async def replay():  # the body was already read (to enforce the size limit); parse it from memory
             return {"type": "http.request", "body": body, "more_body": False}
@@ -300,7 +331,7 @@ def create_app(detector, settings: ServeSettings | None = None) -> FastAPI:
         return Response(body, media_type=content_type)
 
     async def answer(request: Request, start: float) -> Response:
-        body = await _read_body(request, settings.max_upload_bytes)
+        body = await _read_body(request, settings.max_upload_bytes, settings.body_timeout_s)
         req = await _parse(request, body, settings.default_threshold)
         prompt = check_prompt(req.prompt, tokenizer, settings.max_prompt_tokens)
         upload = await run_in_threadpool(_prepare, detector, req.image_bytes, settings)

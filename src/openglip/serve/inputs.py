@@ -6,7 +6,8 @@ Every refusal is a :class:`ServeError` with an HTTP status and a JSON body ``{"e
 status  error                      when
 ======  =========================  ==========================================================================
 400     ``malformed_json``         the JSON body does not parse or is not an object
-400     ``malformed_form``         the multipart body does not parse
+400     ``malformed_form``         the multipart body does not parse or ends before its closing boundary
+408     ``body_timeout``           the body did not arrive within ``--body-timeout-s`` (the connection closes)
 413     ``upload_too_large``       the request body is larger than ``--max-upload-mb``
 413     ``image_too_large``        the image has more pixels than ``--max-pixels``
 415     ``not_an_image``           the image bytes are not an image PIL can read
