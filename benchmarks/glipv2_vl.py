@@ -77,8 +77,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(2)
     from openglip.api import Detector
-    from openglip.data.shapes_language import shapes_caption_items, shapes_vqa_items
-    from openglip.engine.evaluate import evaluate_shapes
+    from openglip.shapes.evaluation import evaluate_shapes
+    from openglip.shapes.language import shapes_caption_items, shapes_vqa_items
     from openglip.tasks.caption import evaluate_captions
     from openglip.tasks.vqa import evaluate_vqa
 

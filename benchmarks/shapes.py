@@ -5,7 +5,7 @@ training renderer's images and on another renderer's.
 
 Trains the demo model exactly as ``make train-demo`` does (same configs; or loads ``--weights``), then reports
 training images/s on CPU and, for the shapes val split drawn by the world's own renderer and by the second,
-independent renderer (openglip.data.shapes_alt: other shape geometry, shades, backgrounds, fills, camera,
+independent renderer (openglip.shapes.render_alt: other shape geometry, shades, backgrounds, fills, camera,
 canvas sizes): base AP50, novel (zero-shot) AP50, AP and grounding R@1/R@5. Goals: base AP50 >= 0.8 and novel
 AP50 >= 0.5 on the own renderer; on the other renderer, >= 80% of both. With a GPU present it also times GLIP-T
 training at 800x1333 bf16.
@@ -54,7 +54,7 @@ def quality_rows(weights, images: int) -> list[tuple]:
     """Both renderers' metrics side by side, with the share the other renderer keeps (``weights``: a model
     or a ``.safetensors`` path)."""
     from openglip.api import Detector, load_model
-    from openglip.engine.evaluate import evaluate_shapes
+    from openglip.shapes.evaluation import evaluate_shapes
 
     is_path = isinstance(weights, (str, Path))
     detector = load_model(weights, device="cpu") if is_path else Detector(weights, device="cpu")

@@ -15,9 +15,9 @@ from torch.utils.data import DataLoader, Dataset
 from openglip.checkpoints import read_checkpoint
 from openglip.cli import main
 from openglip.data.build import ReplayMix, read_annotations
-from openglip.data.shapes import write_dataset
 from openglip.engine.sampler import ReplaySampler
 from openglip.errors import UsageError
+from openglip.shapes import write_dataset
 from openglip.tasks.tune import MODES, tune_config
 from openglip.tasks.wise import choose_alpha, interpolate
 

@@ -18,10 +18,10 @@ from openglip.config import TrainConfig, tiny
 from openglip.data.captions import write_captions
 from openglip.data.datasets import GroundingDataset
 from openglip.data.odvg import read_odvg
-from openglip.data.shapes import write_dataset
 from openglip.data.shards import MANIFEST, ShardDataset, ShardSampler, ShardSet, write_shards
 from openglip.data.transforms import to_model_input
 from openglip.errors import DataError, UsageError
+from openglip.shapes import write_dataset
 
 
 @pytest.fixture(scope="module")

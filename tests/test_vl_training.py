@@ -132,8 +132,8 @@ def test_readme_vqa_and_caption_commands(runs, tmp_path, capsys):
 
     import openglip
     from openglip.cli import main
-    from openglip.data.shapes import ShapesWorld
-    from openglip.data.shapes_language import ANSWERS
+    from openglip.shapes import ShapesWorld
+    from openglip.shapes.language import ANSWERS
 
     photo = tmp_path / "shapes.png"
     Image.fromarray(ShapesWorld(split="val").sample(0).image).save(photo)

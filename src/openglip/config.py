@@ -140,8 +140,6 @@ class TrainConfig:
     color_jitter: float = 0.2  # brightness/contrast/saturation; never hue (colour words must stay true)
     num_negatives: int = 85  # negative classes sampled into a detection prompt
     grounding_ratio: float = 0.3  # shapes: fraction of items trained with a caption instead of class names
-    shapes_image_size: int = 128  # shapes: rendered image side
-    shapes_epoch_size: int = 2000  # shapes: items per (virtual) epoch; every epoch renders new images
     freeze: str = "none"  # "none", or a comma list of: backbone, fpn, text, tower, all_but_head
 
     # --- losses (every loss setting lives here) ---------------------------------------------------------------
@@ -284,6 +282,10 @@ RETIRED_FIELDS: dict[str, dict[str, str]] = {
         "atss_topk": "moved to TrainConfig (all loss settings live there)",
         "focal_alpha": "moved to TrainConfig (all loss settings live there)",
         "focal_gamma": "moved to TrainConfig (all loss settings live there)",
+    },
+    "TrainConfig": {
+        "shapes_image_size": "moved to openglip.shapes.ShapesConfig.image_size (override: shapes_image_size=N)",
+        "shapes_epoch_size": "moved to openglip.shapes.ShapesConfig.epoch_size (override: shapes_epoch_size=N)",
     },
 }
 

@@ -53,7 +53,6 @@ def demo_configs(
         ema_decay=0.999,
         train_min_sizes=(112, 128, 144),
         train_max_size=240,
-        shapes_image_size=128,
         time_budget=budget,
         seed=seed,
     )
@@ -77,8 +76,8 @@ def photos(argv: list[str]) -> int:
     parser.add_argument("--threshold", type=float, default=0.35, help="minimum score shown")
     args = parser.parse_args(argv)
 
-    from .data.real_photos import load_check_set, load_photo
     from .prompts import parse_prompt
+    from .shapes.photos import load_check_set, load_photo
     from .teachers import load_teacher
     from .visualize import draw_detections
 
@@ -127,10 +126,10 @@ def shapes(argv: list[str]) -> int:
 
     from .api import Detector
     from .data.build import build_train_dataset
-    from .data.shapes import CATEGORIES, NOVEL
-    from .engine.evaluate import evaluate_shapes, shapes_eval_set
     from .engine.trainer import Trainer
     from .metrics import format_table
+    from .shapes import CATEGORIES, NOVEL
+    from .shapes.evaluation import evaluate_shapes, shapes_eval_set
     from .tasks import GLIPTask
     from .visualize import draw_detections
 

@@ -1,5 +1,6 @@
-"""Build training datasets from a :class:`~openglip.config.TrainConfig` (``data="shapes"``, annotation files in
-COCO, ODVG or MDETR format, or shard folders written by ``openglip data shard``)."""
+"""Build training datasets from a :class:`~openglip.config.TrainConfig` (a registered built-in such as
+``data="shapes"``, annotation files in COCO, ODVG or MDETR format, or shard folders written by ``openglip data
+shard``; names are resolved by :mod:`openglip.data.resolve`)."""
 
 from __future__ import annotations
 
@@ -11,10 +12,11 @@ from pathlib import Path
 from torch.utils.data import Dataset
 
 from ..errors import DataError, UsageError
-from .datasets import GroundingDataset, ShapesDataset
+from .datasets import GroundingDataset
 from .records import ImageRecord, log
+from .resolve import builtin_dataset
 from .shards import MANIFEST, ShardDataset, is_shard_dir
-from .transforms import default_train_transforms, shapes_train_transforms, to_model_input
+from .transforms import default_train_transforms, to_model_input
 
 
 def read_annotations(path: str | Path, image_root: str | None = None) -> tuple[list[ImageRecord], list[str]]:
@@ -97,8 +99,8 @@ def build_train_dataset(model_cfg, cfg) -> Dataset:
 
 def _build_dataset(model_cfg, cfg) -> Dataset:
     """The dataset of ``cfg.data``."""
-    # the shapes world adds crops, blur and JPEG so that a model does not learn its one renderer's look
-    make = shapes_train_transforms if cfg.data == "shapes" else default_train_transforms
+    builtin = builtin_dataset(cfg.data)
+    make = builtin.train_transforms if builtin is not None else default_train_transforms
     transform = make(
         min_sizes=cfg.train_min_sizes,
         max_size=cfg.train_max_size,
@@ -106,17 +108,8 @@ def _build_dataset(model_cfg, cfg) -> Dataset:
         jitter=cfg.color_jitter,
     )
     to_tensor = partial(to_model_input, mean=model_cfg.pixel_mean, std=model_cfg.pixel_std, bgr=model_cfg.bgr)
-    if cfg.data == "shapes":
-        return ShapesDataset(
-            size=cfg.shapes_epoch_size,
-            transform=transform,
-            to_tensor=to_tensor,
-            image_size=cfg.shapes_image_size,
-            grounding_ratio=cfg.grounding_ratio,
-            num_negatives=cfg.num_negatives,
-            seed=cfg.seed,
-            with_masks=model_cfg.mask_head,
-        )
+    if builtin is not None:
+        return builtin.train_dataset("glip", model_cfg, cfg, transform, to_tensor)
     common = {
         "transform": transform,
         "to_tensor": to_tensor,

@@ -16,6 +16,7 @@ import torch
 
 from ..config import ModelConfig, TrainConfig
 from ..data.collate import Collate
+from ..data.resolve import builtin_dataset
 from ..distributed import unwrap
 from ..errors import DataError
 from ..losses.language import caption_loss
@@ -33,7 +34,9 @@ class CaptionTask(GLIPTask):
     """
 
     def __init__(self, model_cfg: ModelConfig, cfg: TrainConfig):
-        grounding = cfg.grounding_weight if cfg.data == "shapes" and not cfg.blind else 0.0
+        builtin = builtin_dataset(cfg.data)
+        grounded = builtin is not None and builtin.grounded_captions
+        grounding = cfg.grounding_weight if grounded and not cfg.blind else 0.0
         super().__init__(
             dataclasses.replace(model_cfg, caption_head=True),
             dataclasses.replace(cfg, inter_image_weight=0.0, mlm_weight=0.0, grounding_weight=grounding),
@@ -45,12 +48,12 @@ class CaptionTask(GLIPTask):
     def build_dataset(self):
         """The training dataset of ``cfg.data``."""
         from ..data.captions import read_caption_files
-        from ..data.vl_datasets import CaptionDataset, ShapesCaptionDataset
+        from ..data.vl_datasets import CaptionDataset
 
         transform, to_tensor = vl_transforms(self.model_cfg, self.cfg)
-        if self.cfg.data == "shapes":
-            return ShapesCaptionDataset(size=self.cfg.shapes_epoch_size, transform=transform, to_tensor=to_tensor,
-                                        image_size=self.cfg.shapes_image_size, seed=self.cfg.seed)  # fmt: skip
+        builtin = builtin_dataset(self.cfg.data)
+        if builtin is not None:
+            return builtin.train_dataset("caption", self.model_cfg, self.cfg, transform, to_tensor)
         records, report = read_caption_files(self.cfg.data, self.cfg.image_root)
         if not records:
             raise DataError(f"{self.cfg.data}: no usable caption records ({report})")
@@ -85,10 +88,9 @@ class CaptionTask(GLIPTask):
         from ..api import Detector
 
         detector = Detector(model, device=next(model.parameters()).device)
-        if self.cfg.val_data == "shapes":
-            from ..data.shapes_language import shapes_caption_items
-
-            items = shapes_caption_items(self.cfg.eval_images, image_size=self.cfg.shapes_image_size)
+        builtin = builtin_dataset(self.cfg.val_data)
+        if builtin is not None:
+            items = builtin.caption_items(self.cfg.eval_images)
             return evaluate_captions(detector, [s.image for s, _ in items], [r for _, r in items],
                                      samples=None if self.cfg.blind else [s for s, _ in items],
                                      blind=self.cfg.blind)  # fmt: skip
@@ -129,8 +131,8 @@ def evaluate_captions(
 def grounded_ap50(detector, samples, captions: list[str]) -> float:
     """Box AP50 (COCO, pycocotools) of grounded captioning on shapes samples: the phrases the extractor finds in
     each generated caption are grounded in its image; a box counts for the category its phrase names."""
-    from ..data.shapes import CATEGORIES, to_coco
     from ..metrics import coco_detection_metrics
+    from ..shapes import CATEGORIES, to_coco
     from ..understand import ground_captions
 
     gt = to_coco(list(samples), [f"{i:06d}.png" for i in range(len(samples))])

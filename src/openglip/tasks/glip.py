@@ -136,17 +136,17 @@ class GLIPTask:
         return losses
 
     def evaluate(self, model: GLIP, step: int) -> dict[str, float]:
-        """Metrics on ``cfg.val_data``: the shapes val split (``"shapes"``) or an annotation file."""
+        """Metrics on ``cfg.val_data``: a built-in's val split (``"shapes"``) or an annotation file."""
         if not self.cfg.val_data:
             return {}
         from ..api import Detector
-        from ..engine.evaluate import evaluate_file, evaluate_shapes
+        from ..data.resolve import builtin_dataset
+        from ..engine.evaluate import evaluate_file
 
         detector = Detector(model, device=next(model.parameters()).device)
-        if self.cfg.val_data == "shapes":
-            return evaluate_shapes(
-                detector, num_images=self.cfg.eval_images, image_size=self.cfg.shapes_image_size
-            )
+        builtin = builtin_dataset(self.cfg.val_data)
+        if builtin is not None:
+            return builtin.evaluate(detector, self.cfg)
         return evaluate_file(detector, self.cfg.val_data, self.cfg.image_root, batch_size=8)[0]
 
     # -- WiSE-FT --------------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ import torch
 from ..checkpoints import save_safetensors
 from ..config import ModelConfig, TrainConfig
 from ..data.records import SkipReport
+from ..data.resolve import builtin_dataset
 from ..distributed import unwrap
 from ..errors import DataError, UsageError
 from ..losses.language import vqa_loss
@@ -79,10 +80,9 @@ class VQATask(GLIPTask):
 
         if cfg.answer_vocab:
             return load_answer_vocab(cfg.answer_vocab)
-        if cfg.data == "shapes":
-            from ..data.shapes_language import ANSWERS
-
-            return list(ANSWERS)
+        builtin = builtin_dataset(cfg.data)
+        if builtin is not None:
+            return builtin.answers()
         records, self.report = read_vqa_files(cfg.data, cfg.image_root)
         self.records = records
         vocab = build_answer_vocab(records, cfg.max_answers)
@@ -100,12 +100,12 @@ class VQATask(GLIPTask):
 
     def build_dataset(self):
         """The training dataset of ``cfg.data``."""
-        from ..data.vl_datasets import ShapesVQADataset, VQADataset
+        from ..data.vl_datasets import VQADataset
 
         transform, to_tensor = vl_transforms(self.model_cfg, self.cfg)
-        if self.cfg.data == "shapes":
-            return ShapesVQADataset(size=self.cfg.shapes_epoch_size, transform=transform, to_tensor=to_tensor,
-                                    image_size=self.cfg.shapes_image_size, seed=self.cfg.seed)  # fmt: skip
+        builtin = builtin_dataset(self.cfg.data)
+        if builtin is not None:
+            return builtin.train_dataset("vqa", self.model_cfg, self.cfg, transform, to_tensor)
         if self.records is None:
             from ..data.vqa import read_vqa_files
 
@@ -139,10 +139,9 @@ class VQATask(GLIPTask):
         from ..api import Detector
 
         detector = Detector(model, device=next(model.parameters()).device)
-        if self.cfg.val_data == "shapes":
-            from ..data.shapes_language import shapes_vqa_items
-
-            items = shapes_vqa_items(self.cfg.eval_images, image_size=self.cfg.shapes_image_size)
+        builtin = builtin_dataset(self.cfg.val_data)
+        if builtin is not None:
+            items = builtin.vqa_items(self.cfg.eval_images)
         else:
             from ..data.vqa import read_vqa_files
 

@@ -40,7 +40,8 @@ import numpy as np
 from PIL import Image
 
 from ..files import write_text_atomic
-from .shapes import BASE, CATEGORIES, ShapesSample, ShapesWorld
+from .render import ShapesWorld
+from .world import BASE, CATEGORIES, ShapesSample
 
 DETECTION_SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "star")  # boxed by the detection data
 GROUNDING_SHAPES: tuple[str, ...] = ("hexagon",)  # boxed only by the grounding data
