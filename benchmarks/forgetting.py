@@ -109,7 +109,11 @@ def tune_run(mode: str, base: Path, train_file: Path, out: Path, steps: int) -> 
     if mode == "prompt":
         overrides.append("lr=0.01")
     if mode == "replay":
-        overrides += ["replay_data=shapes", "replay_ratio=0.25", "num_negatives=20", "shapes_image_size=128"]
+        overrides += [
+            "replay_data=shapes",
+            "replay_ratio=0.25",
+            "num_negatives=20",
+        ]  # shapes at its default 128 px
     cfg = tune_config(mode, overrides, out_dir=str(out))
     return tune(str(base), records, cats, mode=mode, cfg=cfg, overwrite=True, device="cpu")
 

@@ -91,11 +91,11 @@ def _grounding_record(sample: ShapesSample, name: str, caption) -> dict:
 
 def ladder_recipe(data: str, preset: str = "glip_nano") -> dict:
     """The run config (``{"model", "train"}``, as ``openglip train CONFIG.json`` reads it) of every rung: the
-    shapes demo's recipe (:func:`openglip.demo.demo_configs`) without its time budget, on ``data``."""
+    shapes demo's recipe (:func:`openglip.shapes.recipe.demo_configs`) without its time budget, on ``data``."""
     import dataclasses
 
     from ..config import config_to_dict, get_preset
-    from ..demo import demo_configs
+    from .recipe import demo_configs
 
     model_cfg, train_cfg = demo_configs(budget=0.0, out="runs/ladder")
     if preset != model_cfg.name:

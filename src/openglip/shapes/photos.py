@@ -1,6 +1,6 @@
 """A tiny hand-labelled check set of real photos that ship inside installed PyPI packages.
 
-The labels live in ``real_photos.json``, package data next to this module (described in ``tests/data/README.md``); the pixels come from
+The labels live in ``real_photos.json``, package data next to this module; the pixels come from
 scikit-image, scikit-learn and matplotlib, so the set works offline without downloading anything.
 Boxes are ``[x1, y1, x2, y2]`` in pixels of the image exactly as its loader returns it.
 """

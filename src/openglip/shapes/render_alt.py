@@ -30,7 +30,7 @@ from PIL import Image, ImageDraw, ImageFilter
 from .placement import find_place, finish_sample
 from .world import CATEGORIES, SIZES, SPLITS, ShapesSample, check_world_args, draw_category
 
-# several shades per colour name, all of its hue family (checked by tests/test_shapes_render_alt.py)
+# several shades per colour name, all of its hue family (checked by the test suite)
 ALT_SHADES: dict[str, tuple[tuple[int, int, int], ...]] = {
     "red": ((205, 25, 35), (228, 48, 30), (178, 18, 40), (240, 62, 52)),
     "green": ((30, 150, 52), (62, 182, 76), (22, 124, 62), (92, 172, 42)),
