@@ -5,7 +5,7 @@
 The pre-trained model: glip_nano trained on the shapes world as the shapes demo trains it (480 steps, the world's
 own renderer, base categories). The target task, as a user's dataset would be: a subset of the categories, the
 13 base circles and triangles (:data:`TARGET_SHAPES`), drawn in a new style (the second renderer,
-:mod:`openglip.data.shapes_alt`), annotated for those categories only (other shapes in its images are not
+:mod:`openglip.shapes.render_alt`), annotated for those categories only (other shapes in its images are not
 boxed, as in any dataset that labels its own classes). Each mode adapts the pre-trained model to 400 such images
 with the task's fixed prompt (the 13 names), for the same number of steps:
 
@@ -43,7 +43,7 @@ ALPHAS = (0.25, 0.5, 0.75)
 
 
 def categories():
-    from openglip.data.shapes import BASE
+    from openglip.shapes import BASE
 
     target = [n for n in BASE if n.split()[1] in TARGET_SHAPES]
     return target, [n for n in BASE if n not in target]
@@ -54,9 +54,9 @@ def write_subset(out: Path, names: list[str], *, renderer: str, count: int, seed
     those categories only, as a COCO file with ``names`` as its categories in order."""
     from PIL import Image
 
-    from openglip.data.shapes import CATEGORIES, ShapesWorld
-    from openglip.data.shapes_alt import AltShapesWorld
     from openglip.files import write_text_atomic
+    from openglip.shapes import CATEGORIES, ShapesWorld
+    from openglip.shapes.render_alt import AltShapesWorld
 
     path = out / "annotations.coco.json"
     if path.exists():
@@ -85,7 +85,7 @@ def write_subset(out: Path, names: list[str], *, renderer: str, count: int, seed
 
 
 def pretrain(out: Path, steps: int) -> Path:
-    from openglip.demo import demo_configs
+    from openglip.shapes.recipe import demo_configs
     from openglip.tasks import train
 
     path = out / "model.safetensors"
@@ -109,7 +109,11 @@ def tune_run(mode: str, base: Path, train_file: Path, out: Path, steps: int) -> 
     if mode == "prompt":
         overrides.append("lr=0.01")
     if mode == "replay":
-        overrides += ["replay_data=shapes", "replay_ratio=0.25", "num_negatives=20", "shapes_image_size=128"]
+        overrides += [
+            "replay_data=shapes",
+            "replay_ratio=0.25",
+            "num_negatives=20",
+        ]  # shapes at its default 128 px
     cfg, tune_cfg = tune_config(mode, overrides, out_dir=str(out))
     return tune(str(base), records, cats, cfg=cfg, tune_cfg=tune_cfg, overwrite=True, device="cpu")
 

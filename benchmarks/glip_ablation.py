@@ -10,7 +10,7 @@ GLIP (Li et al., CVPR 2022, Table 1 / Sec. 4.1) climbs from GLIP-T (A) to GLIP-T
 * (C) + gold grounding data in pre-training;
 * GLIP-T: a student trained on gold + image-caption pairs pseudo-labelled by teacher (C) (``openglip label``).
 
-The shapes world stands in for the corpora (:mod:`openglip.data.shapes_ladder`, ``openglip data ladder``):
+The shapes world stands in for the corpora (:mod:`openglip.shapes.ladder`, ``openglip data ladder``):
 
 * Objects365 -> ``detection.coco.json``: boxes of circles, squares, triangles and stars (base colours only), class
   prompts with sampled negatives;
@@ -79,9 +79,10 @@ def rung_configs(paths: dict, rung: str, seed: int, steps: int, out: Path):
 def evaluate(weights: Path, images: int) -> dict:
     """Zero-shot metrics on the shapes val split: AP50 on every split of interest and grounding R@1."""
     from openglip.api import load_model
-    from openglip.data.shapes import CATEGORIES, NOVEL
-    from openglip.data.shapes_ladder import CAPTION_SHAPES, GROUNDING_SHAPES
-    from openglip.engine.evaluate import evaluate_detection, evaluate_grounding, shapes_eval_set
+    from openglip.engine.evaluate import evaluate_detection, evaluate_grounding
+    from openglip.shapes import CATEGORIES, NOVEL
+    from openglip.shapes.evaluation import shapes_eval_set
+    from openglip.shapes.ladder import CAPTION_SHAPES, GROUNDING_SHAPES
 
     det = load_model(str(weights), device="cpu")
     gt, imgs, items = shapes_eval_set(images)
@@ -119,9 +120,9 @@ def run_rung(paths: dict, rung: str, seed: int, steps: int, images: int, root: P
 def pseudo_label(paths: dict, teacher: Path, threshold: float, root: Path) -> dict:
     """Teacher (C) grounds the caption corpus' noun phrases; boxes scoring >= ``threshold`` become pseudo labels."""
     from openglip.data.captions import read_captions
-    from openglip.data.shapes_ladder import pseudo_label_quality
     from openglip.engine.label import label_pairs
     from openglip.prompts import get_extractor
+    from openglip.shapes.ladder import pseudo_label_quality
     from openglip.teachers import load_teacher
 
     done = root / "pseudo.json"
@@ -167,7 +168,7 @@ def main() -> None:
     if "student" in rungs and "C" not in rungs:
         parser.error("the student needs teacher C: --rungs must include C")
     torch.set_num_threads(2)
-    from openglip.data.shapes_ladder import write_ladder
+    from openglip.shapes.ladder import write_ladder
 
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     results: dict[str, list[dict]] = {r: [] for r in rungs}

@@ -30,8 +30,8 @@ sys.path.insert(0, str(REPO / "src"))
 
 def train_shapes(out: Path, steps: int, **model_changes):
     from openglip.data.build import build_train_dataset
-    from openglip.demo import demo_configs
     from openglip.engine.trainer import Trainer
+    from openglip.shapes.recipe import demo_configs
     from openglip.tasks import GLIPTask
 
     model_cfg, train_cfg, task_cfg = demo_configs(budget=0.0, out=str(out), steps=steps)
@@ -51,15 +51,15 @@ def train_shapes(out: Path, steps: int, **model_changes):
 
 def shapes_metrics(model, images: int) -> dict:
     from openglip.api import Detector
-    from openglip.engine.evaluate import evaluate_shapes
+    from openglip.shapes.evaluation import evaluate_shapes
 
     return evaluate_shapes(Detector(model, device="cpu"), num_images=images)
 
 
 def novel_task(root: Path, seed: int, num_images: int):
     """Images of the val split holding novel objects, annotated with novel boxes only (a COCO file)."""
-    from openglip.data.shapes import CATEGORIES, NOVEL, ShapesWorld, to_coco
     from openglip.files import write_text_atomic
+    from openglip.shapes import CATEGORIES, NOVEL, ShapesWorld, to_coco
 
     world = ShapesWorld(split="val", image_size=128, seed=seed)
     novel_ids = {CATEGORIES.index(n) for n in NOVEL}

@@ -35,7 +35,7 @@ sys.path.insert(0, str(REPO / "src"))
 
 def configs(out: Path, steps: int, preset: str):
     from openglip.config import get_preset
-    from openglip.demo import demo_configs
+    from openglip.shapes.recipe import demo_configs
 
     model_cfg, train_cfg, task_cfg = demo_configs(budget=0.0, out=str(out), steps=steps)
     if preset != "glip_nano":  # smoke runs of this script
@@ -79,8 +79,8 @@ def main() -> None:
     torch.set_num_threads(2)
     from openglip.api import Detector
     from openglip.config import CaptionConfig, VQAConfig
-    from openglip.data.shapes_language import shapes_caption_items, shapes_vqa_items
-    from openglip.engine.evaluate import evaluate_shapes
+    from openglip.shapes.evaluation import evaluate_shapes
+    from openglip.shapes.language import shapes_caption_items, shapes_vqa_items
     from openglip.tasks.caption import evaluate_captions
     from openglip.tasks.vqa import evaluate_vqa
 

@@ -37,8 +37,8 @@ def make_data(root: Path, images: int, shard_size: int = 64) -> tuple[Path, Path
     """JPEG shapes scenes + a COCO file under ``root``, and their shards; returns (coco file, shard folder)."""
     from PIL import Image
 
-    from openglip.data.shapes import ShapesWorld, to_coco
     from openglip.data.shard_writing import write_shards
+    from openglip.shapes import ShapesWorld, to_coco
 
     world = ShapesWorld(split="train", image_size=(480, 640), seed=0, max_objects=8)
     (root / "images").mkdir(parents=True, exist_ok=True)

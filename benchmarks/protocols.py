@@ -23,7 +23,7 @@ sys.path.insert(0, str(REPO / "src"))
 
 def fixtures(root: Path, seed: int, images: int) -> dict[str, Path]:
     """The shapes world in every layout (written once; reused when present)."""
-    from openglip.data import shapes_formats as sf
+    from openglip.shapes import formats as sf
 
     paths = {
         "odinw": root / "odinw",

@@ -34,8 +34,8 @@ def main() -> None:
 
     from torchvision.ops import box_iou
 
-    from openglip.data.real_photos import categories, load_check_set, load_photo, prompt_for, to_coco
     from openglip.metrics import coco_detection_metrics
+    from openglip.shapes.photos import categories, load_check_set, load_photo, prompt_for, to_coco
     from openglip.teachers import load_teacher
 
     entries = load_check_set()

@@ -105,7 +105,6 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from openglip.data.shapes import BASE, CATEGORIES
     from openglip.regionclip import ConceptPool, load_region_teacher, load_sentence_encoder, load_student
     from openglip.regionclip.config import (
         ConceptConfig,
@@ -128,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         run_teacher,
         run_transfer,
     )
+    from openglip.shapes import BASE, CATEGORIES
 
     root = Path(args.out)
     if args.fresh and root.exists():

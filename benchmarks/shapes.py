@@ -5,7 +5,7 @@ training renderer's images and on another renderer's.
 
 Trains the demo model exactly as ``make train-demo`` does (same configs; or loads ``--weights``), then reports
 training images/s on CPU and, for the shapes val split drawn by the world's own renderer and by the second,
-independent renderer (openglip.data.shapes_alt: other shape geometry, shades, backgrounds, fills, camera,
+independent renderer (openglip.shapes.render_alt: other shape geometry, shades, backgrounds, fills, camera,
 canvas sizes): base AP50, novel (zero-shot) AP50, AP and grounding R@1/R@5. Goals: base AP50 >= 0.8 and novel
 AP50 >= 0.5 on the own renderer; on the other renderer, >= 80% of both. With a GPU present it also times GLIP-T
 training at 800x1333 bf16.
@@ -31,8 +31,8 @@ sys.path.insert(0, str(REPO / "src"))
 def train_demo(budget: float, threads: int, out: str) -> tuple[object, list[tuple]]:
     """Train the demo model; returns (weights, the training-speed row)."""
     from openglip.data.build import build_train_dataset
-    from openglip.demo import demo_configs
     from openglip.engine.trainer import Trainer
+    from openglip.shapes.recipe import demo_configs
     from openglip.tasks import GLIPTask
 
     torch.set_num_threads(threads)
@@ -57,7 +57,7 @@ def quality_rows(weights, images: int) -> list[tuple]:
     """Both renderers' metrics side by side, with the share the other renderer keeps (``weights``: a model
     or a ``.safetensors`` path)."""
     from openglip.api import Detector, load_model
-    from openglip.engine.evaluate import evaluate_shapes
+    from openglip.shapes.evaluation import evaluate_shapes
 
     is_path = isinstance(weights, (str, Path))
     detector = load_model(weights, device="cpu") if is_path else Detector(weights, device="cpu")
@@ -133,7 +133,7 @@ def main() -> None:
     parser.add_argument("--skip-cpu", action="store_true")
     parser.add_argument("--out", default=None, help="keep the trained run here (default: a temporary folder)")
     args = parser.parse_args()
-    from openglip.demo import DEFAULT_BUDGET
+    from openglip.shapes.recipe import DEFAULT_BUDGET
 
     rows = []
     if not args.skip_cpu:

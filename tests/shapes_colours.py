@@ -7,7 +7,7 @@ import colorsys
 
 import numpy as np
 
-from openglip.data.shapes_look import dilate
+from openglip.shapes.look import dilate
 
 # the hue (degrees) of each chromatic name; a colour takes the nearest one
 _HUES = {"red": 0, "orange": 30, "yellow": 53, "green": 130, "blue": 226, "purple": 280}

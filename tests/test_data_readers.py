@@ -14,8 +14,8 @@ from openglip.data.coco import coco_category_info, read_coco, write_coco
 from openglip.data.mdetr import read_mdetr, write_mdetr
 from openglip.data.odvg import read_odvg, write_odvg
 from openglip.data.records import ImageRecord
-from openglip.data.shapes import CATEGORIES, NOVEL, write_dataset
 from openglip.errors import DataError
+from openglip.shapes import CATEGORIES, NOVEL, write_dataset
 
 
 def _image(folder, name, size=(60, 80)):

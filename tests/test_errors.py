@@ -71,9 +71,9 @@ def test_internal_error_is_reported_as_a_bug_with_exit_1(image, monkeypatch, cap
 
 def test_library_errors_for_user_input_are_openglip_errors(tiny_detector, image):
     """User input reaching the library gives UsageError/DataError (exit 2 in the CLI), not a bare ValueError."""
-    from openglip.data.shapes import ShapesWorld
     from openglip.metrics import coco_detection_metrics
     from openglip.prompts import Prompt, get_extractor
+    from openglip.shapes import ShapesWorld
 
     with pytest.raises(UsageError, match="2 prompts for 1 images"):
         tiny_detector.predict([str(image)], prompts=["cat", "dog"])

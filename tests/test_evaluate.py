@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from openglip import Detections
-from openglip.engine.evaluate import GroundingItem, evaluate_detection, evaluate_grounding, shapes_eval_set
+from openglip.engine.evaluate import GroundingItem, evaluate_detection, evaluate_grounding
+from openglip.shapes.evaluation import shapes_eval_set
 
 
 class OracleDetector:

@@ -10,11 +10,11 @@ import torch
 
 from openglip.config import GLIPTaskConfig, TrainConfig, tiny
 from openglip.data.collate import Collate, phrase_key
-from openglip.data.datasets import ShapesDataset
 from openglip.data.transforms import to_model_input
 from openglip.losses.contrastive import inter_image_loss, region_word_loss, soft_cross_entropy
 from openglip.models.contrastive import InterImageContrastive
 from openglip.models.detector import build_model
+from openglip.shapes.datasets import ShapesDataset
 from openglip.tasks import GLIPTask
 
 

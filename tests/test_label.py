@@ -24,7 +24,7 @@ ENV = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
 @pytest.fixture()
 def caption_set(tmp_path):
     """Six shapes images on disk with their listing captions, as an image-caption JSONL."""
-    from openglip.data.shapes import ShapesWorld
+    from openglip.shapes import ShapesWorld
 
     world = ShapesWorld(split="val", seed=11, image_size=96)
     (tmp_path / "imgs").mkdir()
@@ -127,7 +127,7 @@ def test_self_training_loop_on_tiny_data(caption_set, tiny_checkpoint, tmp_path)
     """Teacher labels a caption set; a glip_nano student trains on gold shapes + the pseudo labels; both are
     evaluated."""
     from openglip.cli import main
-    from openglip.data.shapes import write_dataset
+    from openglip.shapes import write_dataset
 
     root, captions, _ = caption_set
     gold = write_dataset(tmp_path / "gold", num_images=6, split="train", image_size=96)

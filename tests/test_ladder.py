@@ -22,8 +22,9 @@ from openglip.checkpoints import (
 )
 from openglip.cli import main
 from openglip.config import glip_t, tiny
-from openglip.data.shapes import CATEGORIES, NOVEL, write_dataset
-from openglip.data.shapes_ladder import (
+from openglip.models.detector import build_model, build_tower
+from openglip.shapes import CATEGORIES, NOVEL, write_dataset
+from openglip.shapes.ladder import (
     CAPTION_SHAPES,
     DETECTION_CATEGORIES,
     GROUNDING_SHAPES,
@@ -32,7 +33,6 @@ from openglip.data.shapes_ladder import (
     pseudo_label_quality,
     write_ladder,
 )
-from openglip.models.detector import build_model, build_tower
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 

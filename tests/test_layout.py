@@ -43,6 +43,11 @@ RULES = [
     ("engine/trainer.py", "openglip.models", "the trainer is generic: the task builds the model"),
     ("engine/trainer.py", "openglip.tasks", "the trainer is generic: it is given a task"),
     ("engine/trainer.py", "openglip.losses", "the trainer is generic: the task computes the losses"),
+    ("data", "openglip.shapes", "data name no dataset: built-in worlds register with openglip.data.resolve"),
+    ("engine", "openglip.shapes", "the engine evaluates any data; the shapes eval set is openglip.shapes'"),
+    ("data", "openglip.demo", "the library does not import its demos"),
+    ("engine", "openglip.demo", "the library does not import its demos"),
+    ("shapes", "openglip.demo", "the demos use the shapes world, not the other way round"),
 ]
 
 
@@ -64,3 +69,31 @@ def test_layering(where, forbidden, why):
 def test_the_import_reader_sees_relative_imports():
     assert "openglip.losses.masks" in _imports(PACKAGE / "tasks" / "glip.py")
     assert "openglip.config" in _imports(PACKAGE / "models" / "detector.py")
+
+
+def test_only_the_shapes_package_compares_against_its_name():
+    """A dataset name is resolved by openglip.data.resolve (built-ins register there): no module outside
+    openglip/shapes/ may branch on ``== "shapes"`` or ``in ("shapes", ...)``."""
+    offenders = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if path.relative_to(PACKAGE).parts[0] == "shapes":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Compare):
+                names = [n for n in ast.walk(node) if isinstance(n, ast.Constant) and n.value == "shapes"]
+                if names:
+                    offenders.append(f"{path.relative_to(PACKAGE)}:{node.lineno}")
+    assert not offenders, offenders
+
+
+def test_the_library_reads_nothing_from_tests():
+    """Package data ship inside src/openglip (read with importlib.resources); an installed wheel has no tests/."""
+    offenders = [
+        str(path.relative_to(PACKAGE))
+        for path in sorted(PACKAGE.rglob("*.py"))
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.Constant)
+        and isinstance(node.value, str)
+        and node.value in ("tests", "tests/")
+    ]
+    assert not offenders, offenders

@@ -13,10 +13,11 @@ import openglip
 from openglip import Detections
 from openglip.config import TrainConfig, tiny
 from openglip.data.masks import decode_masks, decode_segmentation
-from openglip.engine.evaluate import evaluate_detection, evaluate_referring_segmentation, shapes_eval_set
+from openglip.engine.evaluate import evaluate_detection, evaluate_referring_segmentation
 from openglip.losses.masks import mask_targets
 from openglip.models import build_model
 from openglip.models.masks import paste_masks
+from openglip.shapes.evaluation import shapes_eval_set
 from openglip.structures import mask_to_rle
 
 
@@ -99,9 +100,9 @@ def test_mask_ap_is_one_for_perfect_masks_and_referring_miou_too():
 def test_mask_loss_falls_when_overfitting(tmp_path):
     from functools import partial
 
-    from openglip.data.datasets import ShapesDataset
     from openglip.data.transforms import to_model_input
     from openglip.engine.trainer import Trainer
+    from openglip.shapes.datasets import ShapesDataset
     from openglip.tasks import GLIPTask
 
     cfg = dataclasses.replace(tiny(), mask_head=True, mask_channels=32)

@@ -203,7 +203,7 @@ def _tiny_train(argv: list[str]) -> list[str]:
 
 
 def _shapes_files(out: str, images: int = 4) -> None:
-    from openglip.data.shapes import write_dataset
+    from openglip.shapes import write_dataset
 
     write_dataset(out, num_images=images, split="val", image_size=64)
 

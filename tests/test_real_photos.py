@@ -1,16 +1,17 @@
-"""The hand-labelled real-photo check set (tests/data/real_photos.json): it loads offline, its labels are
+"""The hand-labelled real-photo check set (openglip/shapes/real_photos.json): it loads offline, its labels are
 well-formed, its COCO export is valid for pycocotools, and a few labels pass a pixel-level sanity check."""
 
 from __future__ import annotations
 
 import importlib.util
+from importlib import resources
 
 import numpy as np
 import pytest
 
-from openglip.data import real_photos
-from openglip.data.real_photos import (
-    DEFAULT_PATH,
+from openglip.shapes import photos as real_photos
+from openglip.shapes.photos import (
+    CHECK_SET,
     categories,
     load_check_set,
     load_photo,
@@ -36,7 +37,8 @@ def _boxes(entry: dict, phrase: str | None = None) -> list[list[int]]:
 
 
 def test_default_path_and_size():
-    assert DEFAULT_PATH.is_file()
+    """The check set ships as package data (read through importlib.resources, never from tests/)."""
+    assert resources.files("openglip.shapes").joinpath(CHECK_SET).is_file()
     assert len(ENTRIES) >= 12
     assert sum(len(e["objects"]) for e in ENTRIES) >= 20
     ids = [e["id"] for e in ENTRIES]

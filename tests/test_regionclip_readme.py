@@ -13,7 +13,7 @@ import pytest
 
 from openglip.cli import main
 from openglip.data.captions import write_captions
-from openglip.data.shapes import NOVEL, write_dataset
+from openglip.shapes import NOVEL, write_dataset
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 TRAIN = ["image_size=64", "max_steps=1", "batch_size=2", "warmup_steps=0", "checkpoint_every=0"]

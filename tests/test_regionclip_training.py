@@ -16,12 +16,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from openglip.data.shapes import BASE, NOVEL, ShapesWorld
 from openglip.regionclip import ConceptPool, load_detector, load_student
 from openglip.regionclip.config import PretrainConfig, RPNConfig, TeacherConfig, TransferConfig
 from openglip.regionclip.evaluate import evaluate_predictor, evaluate_zero_shot, evaluation_data
 from openglip.regionclip.tasks import TransferTask
 from openglip.regionclip.train import default_train_config, run_pretrain, run_rpn, run_teacher, run_transfer
+from openglip.shapes import BASE, NOVEL, ShapesWorld
 from openglip.structures import Detections
 
 from .test_regionclip_units import HashText

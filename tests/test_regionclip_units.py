@@ -123,8 +123,8 @@ def _colour_teacher(context: float = 0.5) -> ContrastiveTeacher:
 
 
 def test_teacher_assigns_each_region_the_concept_of_its_own_object():
-    from openglip.data.shapes import COLOUR_RGB
     from openglip.regionclip.features import image_to_tensor
+    from openglip.shapes import COLOUR_RGB
 
     names = ["red", "green", "blue", "yellow"]
     concepts = F.normalize(torch.tensor([COLOUR_RGB[n] for n in names], dtype=torch.float32) - 127.0, dim=-1)
@@ -171,13 +171,13 @@ def test_top_regions_removes_duplicates_across_levels():
 
 
 def test_shapes_records_feed_the_same_datasets_as_files_and_keep_only_the_requested_classes():
-    from openglip.data.shapes import BASE, CATEGORIES
     from openglip.regionclip.data import (
         BoxDataset,
         CaptionDataset,
         shapes_caption_data,
         shapes_detection_data,
     )
+    from openglip.shapes import BASE, CATEGORIES
 
     records = shapes_caption_data(4, image_size=64, seed=3, caption="random")
     cap = CaptionDataset(records, image_size=64, random_regions=5, seed=3)
@@ -210,8 +210,8 @@ def test_openglip_cli_has_the_regionclip_stages(capsys):
 
 
 def test_evaluation_reports_splits_and_perfect_predictions_score_one():
-    from openglip.data.shapes import CATEGORIES
     from openglip.regionclip.evaluate import evaluate_predictor, evaluation_data
+    from openglip.shapes import CATEGORIES
     from openglip.structures import Detections
 
     data = evaluation_data(num_images=6, image_size=64)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from openglip.data.shapes import (
+from openglip.shapes import (
     BASE,
     CATEGORIES,
     COLOUR_RGB,
@@ -22,7 +22,7 @@ from openglip.data.shapes import (
     to_odvg,
     write_dataset,
 )
-from openglip.data.shapes_look import camera, dilate
+from openglip.shapes.look import camera, dilate
 
 from .shapes_colours import colour_name, core_colour
 

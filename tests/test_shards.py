@@ -18,11 +18,11 @@ from openglip.config import GLIPTaskConfig, TrainConfig, tiny
 from openglip.data.captions import write_captions
 from openglip.data.datasets import GroundingDataset
 from openglip.data.odvg import read_odvg
-from openglip.data.shapes import write_dataset
 from openglip.data.shard_writing import write_shards
 from openglip.data.shards import MANIFEST, ShardDataset, ShardSampler, ShardSet
 from openglip.data.transforms import to_model_input
 from openglip.errors import DataError, UsageError
+from openglip.shapes import write_dataset
 
 
 @pytest.fixture(scope="module")

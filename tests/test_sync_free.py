@@ -118,8 +118,8 @@ def test_loss_and_candidates_make_no_host_sync():
 def test_non_finite_loss_stops_the_run_before_any_checkpoint_after_it(tmp_path, monkeypatch):
     from functools import partial
 
-    from openglip.data.datasets import ShapesDataset
     from openglip.data.transforms import to_model_input
+    from openglip.shapes.datasets import ShapesDataset
 
     cfg = tiny()
     data = ShapesDataset(size=8, transform=None, fresh_each_epoch=False, num_negatives=5,

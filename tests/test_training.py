@@ -18,13 +18,14 @@ import torch
 
 from openglip.config import TrainConfig, tiny
 from openglip.data.collate import Collate
-from openglip.data.datasets import ShapesDataset, detection_prompt
+from openglip.data.datasets import detection_prompt
 from openglip.data.transforms import to_model_input
 from openglip.engine.optim import lr_factor
 from openglip.engine.sampler import ResumableSampler
 from openglip.engine.trainer import Trainer
 from openglip.losses import GroundingLoss, atss_assign
 from openglip.prompts import num_tokens
+from openglip.shapes.datasets import ShapesDataset
 from openglip.tasks import GLIPTask
 
 ENV = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
@@ -200,7 +201,7 @@ DDP_SCRIPT = """
 import sys, torch, torch.distributed as dist
 from functools import partial
 from openglip.config import GLIPTaskConfig, TrainConfig, tiny
-from openglip.data.datasets import ShapesDataset
+from openglip.shapes.datasets import ShapesDataset
 from openglip.data.transforms import to_model_input
 from openglip.engine.trainer import Trainer
 from openglip.tasks import GLIPTask

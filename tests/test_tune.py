@@ -14,9 +14,9 @@ from openglip.checkpoints import read_checkpoint
 from openglip.cli import main
 from openglip.config import TrainConfig, TuneConfig
 from openglip.data.build import read_annotations
-from openglip.data.shapes import write_dataset
 from openglip.engine.trainer import Trainer
 from openglip.prompt_tuning import load_tuned_prompt
+from openglip.shapes import write_dataset
 from openglip.tasks.tune import LINEAR_PROBE, few_shot, tune_task
 
 

@@ -10,15 +10,6 @@ import pytest
 from PIL import Image
 
 from openglip.data.captions import CaptionRecord, read_caption_files, read_coco_captions, write_coco_captions
-from openglip.data.shapes import NOVEL, ShapesWorld
-from openglip.data.shapes_language import (
-    ANSWERS,
-    QUESTION_TYPES,
-    sample_question,
-    shapes_caption,
-    shapes_questions,
-    shapes_references,
-)
 from openglip.data.vqa import (
     VQARecord,
     build_answer_vocab,
@@ -30,6 +21,15 @@ from openglip.data.vqa import (
     write_vqav2,
 )
 from openglip.errors import DataError, UsageError
+from openglip.shapes import NOVEL, ShapesWorld
+from openglip.shapes.language import (
+    ANSWERS,
+    QUESTION_TYPES,
+    sample_question,
+    shapes_caption,
+    shapes_questions,
+    shapes_references,
+)
 
 
 @pytest.fixture()

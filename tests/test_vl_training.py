@@ -94,11 +94,14 @@ import sys, torch
 from openglip.config import TrainConfig, tiny
 from openglip.tasks import TASKS
 from openglip.engine.trainer import Trainer
+from openglip.data.resolve import configured_builtins
 out, task = sys.argv[1], sys.argv[2]
 tc = TrainConfig(out_dir=out, task=task, max_steps=2, batch_size=2, lr=1e-3, warmup_steps=1, checkpoint_every=0,
-                 log_every=1, shapes_epoch_size=8, train_min_sizes=(96,), train_max_size=128)
+                 log_every=1, train_min_sizes=(96,), train_max_size=128)
 t = TASKS[task](tiny(), tc)
-trainer = Trainer(t, tc, t.build_dataset(), device="cpu")
+with configured_builtins(["shapes_epoch_size=8"]):
+    dataset = t.build_dataset()
+trainer = Trainer(t, tc, dataset, device="cpu")
 trainer.fit()
 torch.save({k: v.clone() for k, v in trainer.model.state_dict().items()}, f"{out}/rank{trainer.dist.rank}.pt")
 """
@@ -134,8 +137,8 @@ def test_readme_vqa_and_caption_commands(runs, tmp_path, capsys):
 
     import openglip
     from openglip.cli import main
-    from openglip.data.shapes import ShapesWorld
-    from openglip.data.shapes_language import ANSWERS
+    from openglip.shapes import ShapesWorld
+    from openglip.shapes.language import ANSWERS
 
     photo = tmp_path / "shapes.png"
     Image.fromarray(ShapesWorld(split="val").sample(0).image).save(photo)

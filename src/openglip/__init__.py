@@ -7,6 +7,7 @@ Quick start::
     dets = det.predict("photo.jpg", "person. red car. traffic light.")
 """
 
+from . import shapes as _shapes  # noqa: F401  (registers the built-in dataset "shapes")
 from .api import Detector, load_model
 from .config import ModelConfig, apply_overrides, get_preset
 from .images import ImageError

@@ -143,8 +143,6 @@ class TrainConfig:
     train_max_size: int = 1333
     flip_prob: float = 0.5  # horizontal flip (swaps "left"/"right" in captions)
     color_jitter: float = 0.2  # brightness/contrast/saturation; never hue (colour words must stay true)
-    shapes_image_size: int = 128  # shapes: rendered image side
-    shapes_epoch_size: int = 2000  # shapes: items per (virtual) epoch; every epoch renders new images
     freeze: str = "none"  # "none", or a comma list of: backbone, fpn, text, tower, all_but_head
     init_weights: str | None = None  # start from these weights (fine-tuning)
     time_budget: float = 0.0  # stop after this many seconds (0: no limit)
@@ -317,6 +315,10 @@ RETIRED_FIELDS: dict[str, dict[str, str]] = {
         "atss_topk": "moved to the task config (GLIPTaskConfig, CaptionConfig)",
         "focal_alpha": "moved to the task config (GLIPTaskConfig, CaptionConfig)",
         "focal_gamma": "moved to the task config (GLIPTaskConfig, CaptionConfig)",
+    },
+    "TrainConfig": {
+        "shapes_image_size": "moved to openglip.shapes.ShapesConfig.image_size (override: shapes_image_size=N)",
+        "shapes_epoch_size": "moved to openglip.shapes.ShapesConfig.epoch_size (override: shapes_epoch_size=N)",
     },
 }
 

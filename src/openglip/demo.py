@@ -19,45 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-DEFAULT_STEPS = 480  # 8-12 minutes on 2 CPU cores
-DEFAULT_BUDGET = 0.0  # no time limit: the figures are those of every step (--budget S cuts the run, loudly)
-
-
-def demo_configs(
-    budget: float = DEFAULT_BUDGET,
-    out: str = "outputs/shapes_demo",
-    seed: int = 0,
-    steps: int = DEFAULT_STEPS,
-):
-    """``(ModelConfig, TrainConfig, GLIPTaskConfig)``: glip_nano (ImageNet EfficientNet-Lite0 + MiniLM, both from
-    PyPI) fine-tuned on 128-px shapes images."""
-    import dataclasses
-
-    from .config import GLIPTaskConfig, TrainConfig, glip_nano
-
-    # trained on 112-144 px renderings, evaluated a little larger (160 px): small hexagons need the pixels
-    model_cfg = dataclasses.replace(glip_nano(), min_size=160, max_size=320)
-    train_cfg = TrainConfig(
-        data="shapes",
-        out_dir=out,
-        max_steps=steps,
-        batch_size=8,
-        lr=5e-4,
-        warmup_steps=50,
-        schedule="step",  # a short run learns best at full rate, then cools down for the last 15%
-        milestones=(0.85,),
-        freeze="text",  # MiniLM stays as pretrained; the tower's text layers adapt
-        checkpoint_every=100,
-        log_every=20,
-        ema_decay=0.999,
-        train_min_sizes=(112, 128, 144),
-        train_max_size=240,
-        shapes_image_size=128,
-        time_budget=budget,
-        seed=seed,
-    )
-    return model_cfg, train_cfg, GLIPTaskConfig(normalized_token_targets=False, num_negatives=20)
-
+from .shapes.recipe import DEFAULT_BUDGET, DEFAULT_STEPS, demo_configs
 
 PHOTO_PROMPTS = {  # check-set photo -> what we ask for (a distractor included)
     "chelsea.png": "cat. dog.",
@@ -76,8 +38,8 @@ def photos(argv: list[str]) -> int:
     parser.add_argument("--threshold", type=float, default=0.35, help="minimum score shown")
     args = parser.parse_args(argv)
 
-    from .data.real_photos import load_check_set, load_photo
     from .prompts import parse_prompt
+    from .shapes.photos import load_check_set, load_photo
     from .teachers import load_teacher
     from .visualize import draw_detections
 
@@ -129,10 +91,10 @@ def shapes(argv: list[str]) -> int:
 
     from .api import Detector
     from .data.build import build_train_dataset
-    from .data.shapes import CATEGORIES, NOVEL
-    from .engine.evaluate import evaluate_shapes, shapes_eval_set
     from .engine.trainer import Trainer
     from .metrics import format_table
+    from .shapes import CATEGORIES, NOVEL
+    from .shapes.evaluation import evaluate_shapes, shapes_eval_set
     from .tasks import GLIPTask
     from .visualize import draw_detections
 

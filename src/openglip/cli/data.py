@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ..errors import UsageError
+from ..shapes.renderers import RENDERERS
 
 
 def _add_data(sub):
@@ -43,7 +44,7 @@ def _add_data(sub):
     s.add_argument(
         "--renderer",
         default="shapes",
-        choices=["shapes", "alt"],
+        choices=list(RENDERERS),
         help="shapes: the world's own renderer; alt: a second, independent one (other look, varied canvases)",
     )
     s.set_defaults(func=cmd_data_shapes)
@@ -70,7 +71,7 @@ def _add_data(sub):
         description="Write GLIP's pre-training corpora in the shapes world: detection.coco.json (Objects365: "
         "circles, squares, triangles, stars), grounding.odvg.jsonl (GoldG: captions with boxes, hexagons too), "
         "captions.jsonl (Cap4M: captions without boxes, crosses too) and ladder.json, the training recipe. The 8 "
-        "novel combinations are in no corpus. See openglip.data.shapes_ladder.",
+        "novel combinations are in no corpus. See openglip.shapes.ladder.",
         epilog="example: openglip data ladder --out data/ladder && openglip train data/ladder/ladder.json --out runs/B",
     )
     lad.add_argument("--out", required=True)
@@ -86,8 +87,8 @@ def _add_data(sub):
 
 
 def cmd_data_shapes(args) -> int:
-    from ..data.shapes import write_dataset
     from ..files import check_output_dir
+    from ..shapes import write_dataset
 
     check_output_dir(args.out, "--out")
     if args.images is not None and args.images < 1:
@@ -112,7 +113,7 @@ def cmd_data_shapes(args) -> int:
 
 
 def _write_format(args) -> int:
-    from ..data import shapes_formats
+    from ..shapes import formats as shapes_formats
 
     kwargs = {"image_size": args.size, "seed": args.seed}
     if args.format == "odinw":
@@ -136,7 +137,7 @@ def _write_format(args) -> int:
 
 def cmd_data_ladder(args) -> int:
     from ..config import get_preset
-    from ..data.shapes_ladder import write_ladder
+    from ..shapes.ladder import write_ladder
 
     counts = (args.detection_images, args.grounding_images, args.caption_images)
     if min(counts) < 1:

@@ -6,6 +6,7 @@ import json
 import sys
 
 from ..errors import UsageError
+from ..shapes.renderers import RENDERERS
 
 
 def _add_evaluate(sub):
@@ -27,7 +28,7 @@ def _add_evaluate(sub):
     p.add_argument(
         "--renderer",
         default="shapes",
-        choices=["shapes", "alt"],
+        choices=list(RENDERERS),
         help="shapes: images from the training renderer; alt: the same world drawn by a second renderer",
     )
     p.add_argument("--batch-size", type=int, default=8)
@@ -39,8 +40,9 @@ def _add_evaluate(sub):
 
 def cmd_evaluate(args) -> int:
     from ..api import load_model
+    from ..data.resolve import builtin_dataset
     from ..device import resolve_device
-    from ..engine.evaluate import evaluate_file, evaluate_shapes, json_metrics
+    from ..engine.evaluate import evaluate_file, json_metrics
     from ..files import check_output_file, write_text_atomic
     from ..metrics import format_table
 
@@ -60,8 +62,9 @@ def cmd_evaluate(args) -> int:
     if tuned is not None:
         detector.add_tuned_prompt(tuned)
     predictions: list = []
-    if args.data == "shapes":
-        metrics = evaluate_shapes(
+    builtin = builtin_dataset(args.data)
+    if builtin is not None:
+        metrics = builtin.evaluate_detector(
             detector,
             num_images=args.images,
             image_size=args.image_size,

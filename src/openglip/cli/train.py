@@ -13,7 +13,8 @@ def register(sub) -> None:
         "train",
         help="train or fine-tune a model",
         description="Train a preset (or a config JSON) on the shapes world or on COCO / ODVG / MDETR files. "
-        "Extra key=value arguments override any ModelConfig or TrainConfig field, or one of the task's config (task=...). Under torchrun every process "
+        "Extra key=value arguments override any ModelConfig or TrainConfig field, one of the task's config "
+        "(task=...), or a built-in dataset's setting (shapes_image_size=96, shapes_epoch_size=500). Under torchrun every process "
         "trains a shard; with --resume a restarted run continues from its newest checkpoint.",
         epilog="example: openglip train glip_nano --data shapes --out runs/shapes max_steps=500 freeze=text min_size=128",
     )
@@ -21,7 +22,9 @@ def register(sub) -> None:
         "config", help="preset name (glip_nano, glip_t, ...) or a config JSON (e.g. a run's config.json)"
     )
     p.add_argument(
-        "overrides", nargs="*", help="key=value overrides of ModelConfig/TrainConfig/task config fields"
+        "overrides",
+        nargs="*",
+        help="key=value overrides of ModelConfig/TrainConfig/task config fields (or shapes_<field>)",
     )
     p.add_argument(
         "--data", help='"shapes" or comma-separated annotation files (COCO .json, ODVG .jsonl, MDETR .json)'
@@ -42,13 +45,20 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    from ..data.resolve import configured_builtins
+
+    with configured_builtins(args.overrides) as overrides:
+        return _run(args, overrides)
+
+
+def _run(args, overrides: list[str]) -> int:
     from ..config import load_run_config
     from ..device import resolve_device
     from ..files import check_output_dir
     from ..metrics import format_table
     from ..tasks import train
 
-    model_cfg, train_cfg, task_cfg = load_run_config(args.config, args.overrides)
+    model_cfg, train_cfg, task_cfg = load_run_config(args.config, overrides)
     flags = {
         "data": args.data,
         "val_data": args.val_data,

@@ -1,5 +1,6 @@
-"""Build training datasets from a :class:`~openglip.config.TrainConfig` (``data="shapes"``, annotation files in
-COCO, ODVG or MDETR format, or shard folders written by ``openglip data shard``)."""
+"""Build training datasets from a :class:`~openglip.config.TrainConfig` (a registered built-in such as
+``data="shapes"``, annotation files in COCO, ODVG or MDETR format, or shard folders written by ``openglip data
+shard``; names are resolved by :mod:`openglip.data.resolve`)."""
 
 from __future__ import annotations
 
@@ -12,10 +13,11 @@ from torch.utils.data import Dataset
 
 from ..config import GLIPTaskConfig
 from ..errors import DataError, UsageError
-from .datasets import GroundingDataset, ShapesDataset
+from .datasets import GroundingDataset
 from .records import ImageRecord, log
+from .resolve import builtin_dataset
 from .shards import MANIFEST, ShardDataset, is_shard_dir
-from .transforms import default_train_transforms, shapes_train_transforms, to_model_input
+from .transforms import default_train_transforms, to_model_input
 
 
 def read_annotations(path: str | Path, image_root: str | None = None) -> tuple[list[ImageRecord], list[str]]:
@@ -101,8 +103,8 @@ def build_train_dataset(model_cfg, cfg, task_cfg=None) -> Dataset:
 
 def _build_dataset(model_cfg, cfg, task_cfg) -> Dataset:
     """The dataset of ``cfg.data``."""
-    # the shapes world adds crops, blur and JPEG so that a model does not learn its one renderer's look
-    make = shapes_train_transforms if cfg.data == "shapes" else default_train_transforms
+    builtin = builtin_dataset(cfg.data)
+    make = builtin.train_transforms if builtin is not None else default_train_transforms
     transform = make(
         min_sizes=cfg.train_min_sizes,
         max_size=cfg.train_max_size,
@@ -110,17 +112,8 @@ def _build_dataset(model_cfg, cfg, task_cfg) -> Dataset:
         jitter=cfg.color_jitter,
     )
     to_tensor = partial(to_model_input, mean=model_cfg.pixel_mean, std=model_cfg.pixel_std, bgr=model_cfg.bgr)
-    if cfg.data == "shapes":
-        return ShapesDataset(
-            size=cfg.shapes_epoch_size,
-            transform=transform,
-            to_tensor=to_tensor,
-            image_size=cfg.shapes_image_size,
-            grounding_ratio=task_cfg.grounding_ratio,
-            num_negatives=task_cfg.num_negatives,
-            seed=cfg.seed,
-            with_masks=model_cfg.mask_head,
-        )
+    if builtin is not None:
+        return builtin.train_dataset("glip", model_cfg, cfg, transform, to_tensor, task_cfg=task_cfg)
     common = {
         "transform": transform,
         "to_tensor": to_tensor,

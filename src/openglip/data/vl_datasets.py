@@ -12,7 +12,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import Dataset
 
 from ..images import load_image
@@ -48,37 +47,6 @@ class VQADataset(_RecordDataset):
         return self.to_tensor(image), target
 
 
-class ShapesVQADataset(Dataset):
-    """The shapes world's questions: each item renders a fresh sample and asks one question about it (see
-    :mod:`openglip.data.shapes_language`)."""
-
-    def __init__(self, *, size: int, transform, to_tensor, split: str = "train", image_size: int = 128,
-                 seed: int = 0, fresh_each_epoch: bool = True):  # fmt: skip
-        from .shapes import ShapesWorld
-
-        self.world = ShapesWorld(split=split, image_size=image_size, seed=seed)
-        self.split, self.size, self.seed = split, size, seed
-        self.transform, self.to_tensor, self.fresh = transform, to_tensor, fresh_each_epoch
-
-    def __len__(self) -> int:
-        return self.size
-
-    def __getitem__(self, key):
-        from .shapes_language import sample_question
-
-        epoch, index = key if isinstance(key, tuple) else (0, key)
-        world_index = epoch * self.size + index if self.fresh else index
-        rng = item_rng(self.seed + 2, epoch, index)
-        sample = self.world.sample(world_index)
-        question, answer, kind = sample_question(sample, rng, allow_novel=self.split != "train")
-        target = {"question": question, "answers": [answer], "question_type": kind, "image_id": world_index,
-                  "boxes": np.zeros((0, 4), np.float32), "caption": question, "spans": []}  # fmt: skip
-        image = Image.fromarray(sample.image)
-        if self.transform is not None:
-            image, target = self.transform(image, target, rng)
-        return self.to_tensor(image), target
-
-
 class CaptionDataset(_RecordDataset):
     """Caption records (:class:`CaptionRecord`) as ``(image tensor, {"caption", "boxes" (0, 4), "spans": []})``
     items; each item uses one of the image's reference captions, drawn at random."""
@@ -97,37 +65,6 @@ class CaptionDataset(_RecordDataset):
         }
         if self.transform is not None:
             image, target = self.transform(image, target, rng)
-        return self.to_tensor(image), target
-
-
-class ShapesCaptionDataset(Dataset):
-    """The shapes world's whole-image captions with the boxes of their phrases (grounded captions: the caption
-    task can also train the grounding head on them)."""
-
-    def __init__(self, *, size: int, transform, to_tensor, split: str = "train", image_size: int = 128,
-                 seed: int = 0, fresh_each_epoch: bool = True):  # fmt: skip
-        from .shapes import ShapesWorld
-
-        self.world = ShapesWorld(split=split, image_size=image_size, seed=seed)
-        self.size, self.seed = size, seed
-        self.transform, self.to_tensor, self.fresh = transform, to_tensor, fresh_each_epoch
-
-    def __len__(self) -> int:
-        return self.size
-
-    def __getitem__(self, key):
-        from .shapes_language import shapes_caption
-
-        epoch, index = key if isinstance(key, tuple) else (0, key)
-        world_index = epoch * self.size + index if self.fresh else index
-        sample = self.world.sample(world_index)
-        caption, regions = shapes_caption(sample)
-        idx = [r["box_index"] for r in regions]
-        target = {"caption": caption, "boxes": sample.boxes[idx].copy(), "labels": sample.labels[idx].copy(),
-                  "spans": [[tuple(s) for s in r["tokens_positive"]] for r in regions], "image_id": world_index}  # fmt: skip
-        image = Image.fromarray(sample.image)
-        if self.transform is not None:
-            image, target = self.transform(image, target, item_rng(self.seed + 3, epoch, index))
         return self.to_tensor(image), target
 
 

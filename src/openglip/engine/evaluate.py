@@ -152,53 +152,12 @@ def evaluate_grounding(
     return grounding_recall(gts, preds)
 
 
-SHAPES_RENDERERS = ("shapes", "alt")  # the world's own renderer and openglip.data.shapes_alt's
-
-
-def shapes_eval_set(
-    num_images: int = 200,
-    *,
-    image_size: int = 128,
-    seed: int = 1234,
-    split: str = "val",
-    renderer: str = "shapes",
-):
-    """The shapes world's evaluation images: (COCO gt dict, images, grounding items of the referring captions).
-
-    ``renderer="alt"`` draws the same world with :class:`~openglip.data.shapes_alt.AltShapesWorld` (another
-    look, canvases of varied size), to measure what a model learned beyond its training renderer's style.
-    """
-    from ..data.shapes import ShapesWorld, to_coco
-    from ..data.shapes_alt import AltShapesWorld
-
-    if renderer not in SHAPES_RENDERERS:
-        raise UsageError(f"unknown shapes renderer {renderer!r}; use one of {', '.join(SHAPES_RENDERERS)}")
-    world_cls = AltShapesWorld if renderer == "alt" else ShapesWorld
-    world = world_cls(split=split, image_size=image_size, seed=seed)
-    samples = [world.sample(i) for i in range(num_images)]
-    gt = to_coco(samples, [f"{i:06d}.png" for i in range(num_images)])
-    images = [s.image for s in samples]
-    items = []
-    for s in samples:
-        cap = s.captions[0]
-        items.append(
-            GroundingItem(
-                s.image,
-                cap.caption,
-                [tuple(tuple(t) for t in r["tokens_positive"]) for r in cap.regions],
-                [s.boxes[r["box_index"]][None] for r in cap.regions],
-                s.masks[cap.regions[0]["box_index"]],
-            )
-        )
-    return gt, images, items
-
-
 def json_metrics(metrics: dict) -> dict:
     """Metrics as strict JSON values: an undefined metric (NaN: no ground truth for it) becomes None (null)."""
     return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in metrics.items()}
 
 
-def _check_tuned_prompt(tuned, names: Sequence[str], where: str) -> None:
+def check_tuned_prompt(tuned, names: Sequence[str], where: str) -> None:
     """A tuned prompt applies only to its own caption: refuse one made for other categories (it would be
     silently unused)."""
     if tuned is None:
@@ -209,30 +168,6 @@ def _check_tuned_prompt(tuned, names: Sequence[str], where: str) -> None:
             f"--prompt-file was tuned for the phrases {list(tuned.prompt.phrases)[:5]}..., but {where} has the "
             f"categories {list(names)[:5]}... (in this order); tune a prompt on this data's categories"
         )
-
-
-def evaluate_shapes(
-    detector: Predictor,
-    *,
-    num_images: int = 200,
-    image_size: int = 128,
-    seed: int = 1234,
-    tuned_prompt=None,
-    renderer: str = "shapes",
-) -> dict:
-    """Box AP on all / base / novel categories and grounding recall on the shapes world's val split, drawn by
-    ``renderer`` (``"shapes"``: the training renderer; ``"alt"``: a second, independent one).
-
-    ``tuned_prompt``, when given, must be the one the detector uses for the categories' prompt (checked)."""
-    gt, images, items = shapes_eval_set(num_images, image_size=image_size, seed=seed, renderer=renderer)
-    _check_tuned_prompt(
-        tuned_prompt, [c["name"] for c in sorted(gt["categories"], key=lambda c: c["id"])], "shapes"
-    )
-    metrics, _ = evaluate_detection(detector, gt, images)
-    metrics.update(evaluate_grounding(detector, items))
-    if getattr(getattr(detector, "model", None), "mask_head", None) is not None:
-        metrics.update(evaluate_referring_segmentation(detector, items))
-    return metrics
 
 
 def evaluate_file(
@@ -258,7 +193,7 @@ def evaluate_file(
         if records[0].is_grounding:
             raise UsageError(f"--prompt-file applies to detection data, but {path} holds grounding captions")
         names = [c["name"] for c in sorted(cats, key=lambda c: c["id"])] if cats else list(categories)
-        _check_tuned_prompt(tuned_prompt, names, path)
+        check_tuned_prompt(tuned_prompt, names, path)
     return evaluate_records(detector, records, categories, cats, batch_size=batch_size)
 
 

@@ -173,7 +173,7 @@ def shapes_caption_data(
 ) -> Sequence[CaptionRecord]:
     """The built-in caption corpus: shapes images of split "all" (novel combinations included) with a listing
     (``"a red hexagon and a small blue star."``), a referring, or a random one of the two captions."""
-    from ..data.shapes import ShapesWorld
+    from ..shapes import ShapesWorld
 
     if caption not in CAPTION_KINDS:
         raise UsageError(f"caption must be one of {CAPTION_KINDS}, not {caption!r}")
@@ -195,7 +195,7 @@ def shapes_detection_data(
 ) -> DetectionData:
     """The built-in detection data: shapes images with the 48 categories and their base/novel split (the "train"
     split holds base objects only; "val" 40% novel ones)."""
-    from ..data.shapes import ShapesWorld, to_coco
+    from ..shapes import ShapesWorld, to_coco
 
     world = ShapesWorld(split=split, image_size=image_size, max_objects=max_objects, seed=seed)
 

@@ -100,7 +100,7 @@ def run_concepts(
     if cfg.data:
         captions = [r.caption for r in read_caption_data(cfg.data, cfg.image_root or None)]
     else:
-        from ..data.shapes import ShapesWorld
+        from ..shapes import ShapesWorld
 
         world = ShapesWorld(
             split="all", image_size=cfg.image_size, max_objects=cfg.max_objects, seed=cfg.data_seed

@@ -16,6 +16,7 @@ import torch
 
 from ..config import CaptionConfig, ModelConfig, TrainConfig, config_to_dict
 from ..data.collate import Collate
+from ..data.resolve import builtin_dataset
 from ..distributed import unwrap
 from ..errors import DataError
 from ..losses import GroundingLoss
@@ -39,7 +40,9 @@ class CaptionTask(GLIPTask):
 
     def __init__(self, model_cfg: ModelConfig, train_cfg: TrainConfig, cfg: CaptionConfig | None = None):
         cfg = cfg if cfg is not None else CaptionConfig()
-        grounding = cfg.grounding_weight if train_cfg.data == "shapes" and not cfg.blind else 0.0
+        builtin = builtin_dataset(train_cfg.data)
+        grounded = builtin is not None and builtin.grounded_captions
+        grounding = cfg.grounding_weight if grounded and not cfg.blind else 0.0
         self.model_cfg = dataclasses.replace(model_cfg, caption_head=True)
         self.train_cfg, self.cfg, self.grounding_weight = train_cfg, cfg, grounding
         self.criterion = GroundingLoss(topk=cfg.atss_topk, alpha=cfg.focal_alpha, gamma=cfg.focal_gamma,
@@ -51,13 +54,13 @@ class CaptionTask(GLIPTask):
     def build_dataset(self):
         """The training dataset of ``cfg.data``."""
         from ..data.captions import read_caption_files
-        from ..data.vl_datasets import CaptionDataset, ShapesCaptionDataset
+        from ..data.vl_datasets import CaptionDataset
 
         run = self.train_cfg
         transform, to_tensor = vl_transforms(self.model_cfg, run)
-        if run.data == "shapes":
-            return ShapesCaptionDataset(size=run.shapes_epoch_size, transform=transform, to_tensor=to_tensor,
-                                        image_size=run.shapes_image_size, seed=run.seed)  # fmt: skip
+        builtin = builtin_dataset(run.data)
+        if builtin is not None:
+            return builtin.train_dataset("caption", self.model_cfg, run, transform, to_tensor)
         records, report = read_caption_files(run.data, run.image_root)
         if not records:
             raise DataError(f"{run.data}: no usable caption records ({report})")
@@ -93,10 +96,9 @@ class CaptionTask(GLIPTask):
         from ..api import Detector
 
         detector = Detector(model, device=next(model.parameters()).device)
-        if run.val_data == "shapes":
-            from ..data.shapes_language import shapes_caption_items
-
-            items = shapes_caption_items(run.eval_images, image_size=run.shapes_image_size)
+        builtin = builtin_dataset(run.val_data)
+        if builtin is not None:
+            items = builtin.caption_items(run.eval_images)
             return evaluate_captions(detector, [s.image for s, _ in items], [r for _, r in items],
                                      samples=None if self.cfg.blind else [s for s, _ in items],
                                      blind=self.cfg.blind)  # fmt: skip
@@ -140,8 +142,8 @@ def evaluate_captions(
 def grounded_ap50(detector, samples, captions: list[str]) -> float:
     """Box AP50 (COCO, pycocotools) of grounded captioning on shapes samples: the phrases the extractor finds in
     each generated caption are grounded in its image; a box counts for the category its phrase names."""
-    from ..data.shapes import CATEGORIES, to_coco
     from ..metrics import coco_detection_metrics
+    from ..shapes import CATEGORIES, to_coco
     from ..understand import ground_captions
 
     gt = to_coco(list(samples), [f"{i:06d}.png" for i in range(len(samples))])

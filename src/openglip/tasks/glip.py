@@ -142,16 +142,18 @@ class GLIPTask(TaskBase):
         return losses
 
     def evaluate(self, model: GLIP, step: int) -> dict[str, float]:
-        """Metrics on ``val_data``: the shapes val split (``"shapes"``) or an annotation file."""
+        """Metrics on ``val_data``: a built-in's val split (``"shapes"``) or an annotation file."""
         run = self.train_cfg
         if not run.val_data:
             return {}
         from ..api import Detector
-        from ..engine.evaluate import evaluate_file, evaluate_shapes
+        from ..data.resolve import builtin_dataset
+        from ..engine.evaluate import evaluate_file
 
         detector = Detector(model, device=next(model.parameters()).device)
-        if run.val_data == "shapes":
-            return evaluate_shapes(detector, num_images=run.eval_images, image_size=run.shapes_image_size)
+        builtin = builtin_dataset(run.val_data)
+        if builtin is not None:
+            return builtin.evaluate(detector, run)
         return evaluate_file(detector, run.val_data, run.image_root, batch_size=8)[0]
 
     # -- WiSE-FT --------------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ import torch
 from ..checkpoints import save_safetensors
 from ..config import ModelConfig, TrainConfig, VQAConfig, config_to_dict
 from ..data.records import SkipReport
+from ..data.resolve import builtin_dataset
 from ..distributed import unwrap
 from ..errors import DataError, UsageError
 from ..losses.language import vqa_loss
@@ -84,10 +85,9 @@ class VQATask(GLIPTask):
 
         if self.cfg.answer_vocab:
             return load_answer_vocab(self.cfg.answer_vocab)
-        if cfg.data == "shapes":
-            from ..data.shapes_language import ANSWERS
-
-            return list(ANSWERS)
+        builtin = builtin_dataset(cfg.data)
+        if builtin is not None:
+            return builtin.answers()
         records, self.report = read_vqa_files(cfg.data, cfg.image_root)
         self.records = records
         vocab = build_answer_vocab(records, self.cfg.max_answers)
@@ -105,13 +105,13 @@ class VQATask(GLIPTask):
 
     def build_dataset(self):
         """The training dataset of ``cfg.data``."""
-        from ..data.vl_datasets import ShapesVQADataset, VQADataset
+        from ..data.vl_datasets import VQADataset
 
         run = self.train_cfg
         transform, to_tensor = vl_transforms(self.model_cfg, run)
-        if run.data == "shapes":
-            return ShapesVQADataset(size=run.shapes_epoch_size, transform=transform, to_tensor=to_tensor,
-                                    image_size=run.shapes_image_size, seed=run.seed)  # fmt: skip
+        builtin = builtin_dataset(run.data)
+        if builtin is not None:
+            return builtin.train_dataset("vqa", self.model_cfg, run, transform, to_tensor)
         if self.records is None:
             from ..data.vqa import read_vqa_files
 
@@ -146,10 +146,9 @@ class VQATask(GLIPTask):
         from ..api import Detector
 
         detector = Detector(model, device=next(model.parameters()).device)
-        if run.val_data == "shapes":
-            from ..data.shapes_language import shapes_vqa_items
-
-            items = shapes_vqa_items(run.eval_images, image_size=run.shapes_image_size)
+        builtin = builtin_dataset(run.val_data)
+        if builtin is not None:
+            items = builtin.vqa_items(run.eval_images)
         else:
             from ..data.vqa import read_vqa_files
 

@@ -1,4 +1,4 @@
-"""Tests of the second shapes-world renderer (openglip.data.shapes_alt) against the world's rules."""
+"""Tests of the second shapes-world renderer (openglip.shapes.render_alt) against the world's rules."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from openglip.data.shapes import CATEGORIES, NOVEL, RELATIONS, SIZES, ShapesWorld, to_coco
-from openglip.data.shapes_alt import ALT_SHADES, AltShapesWorld
+from openglip.shapes import CATEGORIES, NOVEL, RELATIONS, SIZES, ShapesWorld, to_coco
+from openglip.shapes.render_alt import ALT_SHADES, AltShapesWorld
 
 from .shapes_colours import colour_name, core_colour
 

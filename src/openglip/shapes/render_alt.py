@@ -1,6 +1,6 @@
 """A second, independent renderer of the shapes world: the same vocabulary, splits and annotations, another look.
 
-:class:`AltShapesWorld` draws the world of :mod:`openglip.data.shapes` (8 colours x 6 shapes, the same 8 novel
+:class:`AltShapesWorld` draws the world of :mod:`openglip.shapes.world` (8 colours x 6 shapes, the same 8 novel
 combinations held out of ``"train"``, small / large, the same caption grammar) with code of its own: its own
 shape geometry (a pointier star, thinner cross arms, pointy-top hexagons, rounded squares, slightly stretched
 shapes), its own palette of several shades per colour name, fill styles (solid, two-tone gradient, a darker
@@ -10,8 +10,8 @@ sensor noise, JPEG compression) and canvases of varied size and aspect ratio wit
 
 It exists to test that a model trained on one renderer learned colours and shapes rather than that renderer's
 style (``benchmarks/shapes.py`` reports both), and as "a new rendering style" for forgetting studies. Nothing
-here shares pixels code with ``shapes.py``; only the vocabulary, the split rule and the caption builder (which
-are the world's definition, not its look) are imported.
+here shares pixels code with :mod:`.render`; only the world's definition (vocabulary, split rule, caption
+builder: :mod:`.world`) and the placement rule and annotation step (:mod:`.placement`) are shared.
 
 Colour words stay true: every shade keeps the hue of its name (see :data:`ALT_SHADES`); backgrounds are muted
 (HSV saturation <= 0.28, value 0.33..0.72), so they read as no colour name and stay apart from white and black.
@@ -27,9 +27,10 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from .shapes import CATEGORIES, SIZES, ShapesSample, check_world_args, draw_category, make_captions
+from .placement import find_place, finish_sample
+from .world import CATEGORIES, SIZES, SPLITS, ShapesSample, check_world_args, draw_category
 
-# several shades per colour name, all of its hue family (checked by tests/test_shapes_alt.py)
+# several shades per colour name, all of its hue family (checked by the test suite)
 ALT_SHADES: dict[str, tuple[tuple[int, int, int], ...]] = {
     "red": ((205, 25, 35), (228, 48, 30), (178, 18, 40), (240, 62, 52)),
     "green": ((30, 150, 52), (62, 182, 76), (22, 124, 62), (92, 172, 42)),
@@ -46,7 +47,7 @@ _EXTENT = {"small": (0.10, 0.16), "large": (0.22, 0.33)}  # object extent / min(
 _SS = 3  # supersampling of the object rasteriser
 _GAP = 2  # px kept free around an object that may not be overlapped
 _VISIBLE = 0.55  # an occluded object keeps at least this share of its pixels
-_SALT = 0xA17  # keeps this renderer's random stream apart from shapes.py's for the same seed
+_SALT = 0xA17  # keeps this renderer's random stream apart from render.py's for the same seed
 
 
 def _geometry(shape: str, rng: np.random.Generator) -> np.ndarray:
@@ -198,7 +199,7 @@ def _paint(
 
 
 class AltShapesWorld:
-    """The shapes world drawn by another renderer; the same interface as :class:`~openglip.data.shapes.ShapesWorld`.
+    """The shapes world drawn by another renderer; the same interface as :class:`~openglip.shapes.render.ShapesWorld`.
 
     ``sample(index)`` depends only on ``(seed, split, index)``. Unlike ``ShapesWorld``, each canvas has its
     own size and aspect ratio around ``image_size`` unless ``vary_canvas=False``.
@@ -242,11 +243,11 @@ class AltShapesWorld:
             index: non-negative sample index.
 
         Returns:
-            A :class:`~openglip.data.shapes.ShapesSample` (boxes tight around the visible masks).
+            A :class:`~openglip.shapes.world.ShapesSample` (boxes tight around the visible masks).
         """
         if index < 0:
             raise ValueError("index must be non-negative")
-        split_id = ("train", "val", "test", "all").index(self.split)
+        split_id = SPLITS[self.split]
         rng = np.random.default_rng([_SALT, self.seed, split_id, int(index)])
         h, w = self._canvas(rng)
         img = _backdrop(rng, h, w)
@@ -280,23 +281,9 @@ class AltShapesWorld:
             mask, foot = cover >= 0.5, fill >= 0.5
             guard = np.asarray(Image.fromarray(foot).filter(ImageFilter.MaxFilter(2 * _GAP + 1)), dtype=bool)
             may_cover = style != "hollow" and rng.random() < 0.35
-            placed = None
-            for _ in range(25):
-                y0, x0 = int(rng.integers(0, h - p + 1)), int(rng.integers(0, w - p + 1))
-                under = owner[y0 : y0 + p, x0 : x0 + p][guard]
-                if solid[y0 : y0 + p, x0 : x0 + p][guard].any():
-                    continue
-                hit = np.unique(under[under >= 0])
-                if hit.size == 0:
-                    placed = (y0, x0)
-                    break
-                if not may_cover or any(objs[k]["colour"] == colour or objs[k]["hollow"] for k in hit):
-                    continue
-                lost = np.bincount(under[(under >= 0) & mask[guard]], minlength=len(objs))
-                left = np.bincount(owner[owner >= 0], minlength=len(objs)) - lost
-                if all(left[k] >= _VISIBLE * objs[k]["area"] for k in hit):
-                    placed = (y0, x0)
-                    break
+            placed = find_place(
+                rng, owner, solid, guard, mask, objs, colour, may_cover=may_cover, keep=_VISIBLE, tries=25
+            )
             if placed is None:
                 continue
             y0, x0 = placed
@@ -308,19 +295,7 @@ class AltShapesWorld:
             img[win] = img[win] * (1 - alpha) + _paint(rng, colour, fill, rim, style) * alpha
             objs.append({"label": label, "size": size, "colour": colour, "hollow": style == "hollow"})
             objs[-1]["area"] = int(mask.sum())
-        image = self._camera(rng, img)
-
-        masks = owner[None] == np.arange(len(objs), dtype=np.int32)[:, None, None]
-        keep = [k for k, o in enumerate(objs) if masks[k].any() and masks[k].sum() >= 0.5 * o["area"]]
-        masks, objs = masks[keep], [objs[k] for k in keep]
-        boxes = np.zeros((len(objs), 4), dtype=np.float32)
-        for k, m in enumerate(masks):
-            rows, cols = np.nonzero(m.any(axis=1))[0], np.nonzero(m.any(axis=0))[0]
-            boxes[k] = (cols.min(), rows.min(), cols.max() + 1, rows.max() + 1)
-        labels = np.array([o["label"] for o in objs], dtype=np.int64)
-        sizes = [o["size"] for o in objs]
-        captions = make_captions(rng, boxes, labels, sizes, min(h, w) / 128.0)
-        return ShapesSample(image, boxes, labels, masks, sizes, captions)
+        return finish_sample(rng, self._camera(rng, img), owner, objs)
 
     __getitem__ = sample
 

@@ -40,7 +40,8 @@ import numpy as np
 from PIL import Image
 
 from ..files import write_text_atomic
-from .shapes import BASE, CATEGORIES, ShapesSample, ShapesWorld
+from .render import ShapesWorld
+from .world import BASE, CATEGORIES, ShapesSample
 
 DETECTION_SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "star")  # boxed by the detection data
 GROUNDING_SHAPES: tuple[str, ...] = ("hexagon",)  # boxed only by the grounding data
@@ -89,12 +90,13 @@ def _grounding_record(sample: ShapesSample, name: str, caption) -> dict:
 
 
 def ladder_recipe(data: str, preset: str = "glip_nano") -> dict:
-    """The run config (``{"model", "train", "task"}``, as ``openglip train CONFIG.json`` reads it) of every rung: the
-    shapes demo's recipe (:func:`openglip.demo.demo_configs`) without its time budget, on ``data``."""
+    """The run config (``{"model", "train", "task"}``, as ``openglip train CONFIG.json`` reads it) of every
+    rung: the shapes demo's recipe (:func:`openglip.shapes.recipe.demo_configs`) without its time budget, on
+    ``data``."""
     import dataclasses
 
     from ..config import config_to_dict, get_preset
-    from ..demo import demo_configs
+    from .recipe import demo_configs
 
     model_cfg, train_cfg, task_cfg = demo_configs(budget=0.0, out="runs/ladder")
     if preset != model_cfg.name:

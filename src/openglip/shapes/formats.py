@@ -6,22 +6,187 @@
   ``not_exhaustive_category_ids``, category ``frequency``: the 8 novel combinations are "rare");
 * :func:`write_flickr`: MDETR's ``final_flickr_separateGT_test.json`` from the listing captions;
 * :func:`write_refcoco`: MDETR's ``final_refcoco_val.json`` from the referring captions;
-* :func:`write_ovcoco`: a COCO file without split fields plus a base/novel split file.
+* :func:`write_ovcoco`: a COCO file without split fields plus a base/novel split file;
+* :func:`write_dataset` (``openglip data shapes``): PNG images, a COCO json and ODVG detection / grounding files
+  (:func:`to_coco`, :func:`to_odvg`).
 
-Only the shapes world's public API is used (:class:`ShapesWorld`, :func:`to_coco`, the category lists).
+Only the shapes world's public API is used (the renderers, the samples, the category lists).
 """
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from ..errors import UsageError
 from ..files import write_text_atomic
-from .shapes import BASE, CATEGORIES, NOVEL, ShapesSample, ShapesWorld, to_coco
+from ..structures import mask_to_rle
+from .render import ShapesWorld
+from .renderers import get_renderer
+from .world import BASE, CATEGORIES, NOVEL, ShapesSample
+
+
+def _coco_entries(
+    sample: ShapesSample, image_id: int, file_name: str, first_ann_id: int
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    h, w = sample.image.shape[:2]
+    image = {"id": image_id, "file_name": file_name, "height": h, "width": w}
+    image["caption"] = sample.captions[0].caption if sample.captions else ""
+    anns = []
+    for k, (box, label, mask) in enumerate(zip(sample.boxes.tolist(), sample.labels.tolist(), sample.masks)):
+        x1, y1, x2, y2 = box
+        ann = {"id": first_ann_id + k, "image_id": image_id, "category_id": int(label) + 1, "iscrowd": 0}
+        ann.update(bbox=[x1, y1, x2 - x1, y2 - y1], area=int(mask.sum()), segmentation=mask_to_rle(mask))
+        anns.append(ann)
+    return image, anns
+
+
+def _coco_categories() -> list[dict[str, Any]]:
+    split = ["novel" if n in NOVEL else "base" for n in CATEGORIES]
+    return [
+        {"id": i + 1, "name": n, "supercategory": n.split()[1], "split": split[i]}
+        for i, n in enumerate(CATEGORIES)
+    ]
+
+
+def to_coco(samples: list[ShapesSample], file_names: list[str]) -> dict[str, Any]:
+    """COCO detection dictionary (boxes, RLE masks, the 48 categories with ``"split"``).
+
+    Args:
+        samples: the samples.
+        file_names: one image file name per sample.
+
+    Returns:
+        ``{"images", "annotations", "categories"}``; image ids start at 1 and carry the referring caption,
+        ``category_id`` is the label + 1.
+    """
+    if len(samples) != len(file_names):
+        raise ValueError("need one file name per sample")
+    images, anns = [], []
+    for k, (sample, name) in enumerate(zip(samples, file_names)):
+        image, entries = _coco_entries(sample, k + 1, name, len(anns) + 1)
+        images.append(image)
+        anns.extend(entries)
+    return {"images": images, "annotations": anns, "categories": _coco_categories()}
+
+
+def _odvg_records(sample: ShapesSample, file_name: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    h, w = sample.image.shape[:2]
+    head = {"filename": file_name, "height": h, "width": w}
+    boxes = sample.boxes.tolist()
+    instances = [
+        {"bbox": box, "label": int(label), "category": CATEGORIES[int(label)]}
+        for box, label in zip(boxes, sample.labels.tolist())
+    ]
+    detection = {**head, "detection": {"instances": instances}}
+    grounding = []
+    for cap in sample.captions:
+        regions = [
+            {
+                "bbox": boxes[r["box_index"]],
+                "phrase": r["phrase"],
+                "tokens_positive": [list(t) for t in r["tokens_positive"]],
+            }
+            for r in cap.regions
+        ]
+        grounding.append({**head, "grounding": {"caption": cap.caption, "regions": regions}})
+    return detection, grounding
+
+
+def to_odvg(
+    samples: list[ShapesSample], file_names: list[str]
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """ODVG records: one detection record per image and one grounding record per caption.
+
+    Args:
+        samples: the samples.
+        file_names: one image file name per sample.
+
+    Returns:
+        ``(detection_records, grounding_records)``; boxes are ``[x1, y1, x2, y2]``, ``label`` is the category index.
+    """
+    if len(samples) != len(file_names):
+        raise ValueError("need one file name per sample")
+    detection, grounding = [], []
+    for sample, name in zip(samples, file_names):
+        det, grd = _odvg_records(sample, name)
+        detection.append(det)
+        grounding.extend(grd)
+    return detection, grounding
+
+
+def write_dataset(
+    out_dir: str | os.PathLike,
+    *,
+    num_images: int,
+    split: str = "train",
+    image_size: int | tuple[int, int] = 128,
+    seed: int = 0,
+    min_objects: int = 1,
+    max_objects: int = 5,
+    renderer: str = "shapes",
+) -> dict[str, Path]:
+    """Render a dataset to disk: PNG images, a COCO json and ODVG detection / grounding jsonl files.
+
+    Args:
+        out_dir: output folder (created if missing).
+        num_images: number of images (samples ``0 .. num_images - 1``).
+        split: see :class:`ShapesWorld`.
+        image_size: side length, or ``(height, width)``.
+        seed: random seed.
+        min_objects: fewest objects per image.
+        max_objects: most objects per image.
+        renderer: a key of :data:`~openglip.shapes.renderers.RENDERERS`: ``"shapes"`` (:class:`ShapesWorld`) or
+            ``"alt"`` (the second renderer, :class:`~openglip.shapes.render_alt.AltShapesWorld`, whose canvases
+            vary in size).
+
+    Returns:
+        Paths under keys ``"images"`` (folder), ``"coco"``, ``"detection"``, ``"label_map"`` (the detection
+        file's 48 categories, also those no image shows) and ``"grounding"``; file names in the records are
+        relative to ``out_dir`` (``"images/000000.png"``).
+    """
+    from tqdm import tqdm
+
+    from ..data.odvg import write_label_map
+
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"{out} is a file; give a directory for the dataset")
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    world = get_renderer(renderer)(
+        split=split, image_size=image_size, min_objects=min_objects, max_objects=max_objects, seed=seed
+    )
+    images, anns, det_lines, grd_lines = [], [], [], []
+    for index in tqdm(range(num_images), desc=f"{renderer}/{split}", disable=num_images <= 200):
+        sample = world.sample(index)
+        name = f"images/{index:06d}.png"
+        Image.fromarray(sample.image).save(out / name, compress_level=1)
+        image, entries = _coco_entries(sample, index + 1, name, len(anns) + 1)
+        images.append(image)
+        anns.extend(entries)
+        det, grd = _odvg_records(sample, name)
+        det_lines.append(json.dumps(det))
+        grd_lines.extend(json.dumps(g) for g in grd)
+    names = {
+        "coco": "annotations.coco.json",
+        "detection": "detection.odvg.jsonl",
+        "grounding": "grounding.odvg.jsonl",
+    }
+    paths = {"images": out / "images", **{k: out / v for k, v in names.items()}}
+    paths["label_map"] = write_label_map(paths["detection"], CATEGORIES)
+    info = {"description": "OpenGLIP shapes world", "split": split, "seed": seed, "renderer": renderer}
+    coco = {"info": info, "images": images, "annotations": anns, "categories": _coco_categories()}
+    write_text_atomic(paths["coco"], json.dumps(coco))
+    write_text_atomic(paths["detection"], "".join(line + "\n" for line in det_lines))
+    write_text_atomic(paths["grounding"], "".join(line + "\n" for line in grd_lines))
+    return paths
+
 
 # name -> (categories, background tint): different vocabularies and looks, as ODinW's datasets differ
 ODINW_DATASETS: dict[str, tuple[tuple[str, ...], tuple[float, float, float]]] = {

@@ -1,6 +1,6 @@
 """A tiny hand-labelled check set of real photos that ship inside installed PyPI packages.
 
-The labels live in ``tests/data/real_photos.json`` (see ``tests/data/README.md``); the pixels come from
+The labels live in ``real_photos.json``, package data next to this module; the pixels come from
 scikit-image, scikit-learn and matplotlib, so the set works offline without downloading anything.
 Boxes are ``[x1, y1, x2, y2]`` in pixels of the image exactly as its loader returns it.
 """
@@ -11,13 +11,14 @@ import importlib
 import json
 import os
 import re
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
-DEFAULT_PATH = Path(__file__).resolve().parents[3] / "tests" / "data" / "real_photos.json"
+CHECK_SET = "real_photos.json"  # package data of openglip.shapes
 
 # import name -> the name to ``pip install``
 _PACKAGES = {"skimage": "scikit-image", "sklearn": "scikit-learn", "matplotlib": "matplotlib"}
@@ -25,9 +26,13 @@ _LOADER = re.compile(r"^(?P<func>[A-Za-z_][\w.]*)(?::(?P<arg>[^\[\]]+))?(?:\[(?P
 
 
 def load_check_set(path: str | os.PathLike | None = None) -> list[dict[str, Any]]:
-    """The entries of the check set (default: ``tests/data/real_photos.json`` in the repository)."""
-    path = Path(path) if path is not None else DEFAULT_PATH
-    doc = json.loads(Path(path).read_text(encoding="utf-8"))
+    """The entries of the check set (default: the ``real_photos.json`` shipped with the package)."""
+    if path is None:
+        path = CHECK_SET
+        text = resources.files(__package__).joinpath(CHECK_SET).read_text(encoding="utf-8")
+    else:
+        text = Path(path).read_text(encoding="utf-8")
+    doc = json.loads(text)
     if doc.get("version") != 1:
         raise ValueError(f"{path}: unsupported check-set version {doc.get('version')!r}")
     return list(doc["images"])

@@ -1,5 +1,5 @@
 """The shapes world speaks: questions with answers and whole-image captions, made from a
-:class:`~openglip.data.shapes.ShapesSample`'s public annotations (names, boxes, labels, sizes) only.
+:class:`~openglip.shapes.world.ShapesSample`'s public annotations (names, boxes, labels, sizes) only.
 
 Question kinds (the ``question_type`` accuracy is reported by):
 
@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from .shapes import CATEGORIES, COLOURS, NOVEL, RELATIONS, SHAPES, ShapesSample
+from .world import CATEGORIES, COLOURS, NOVEL, RELATIONS, SHAPES, ShapesSample, relation_holds
 
 QUESTION_TYPES: tuple[str, ...] = ("colour", "shape", "count", "exist", "relation")
 MAX_COUNT = 5
@@ -39,11 +39,6 @@ def _parts(sample: ShapesSample) -> tuple[list[str], list[str], np.ndarray]:
     shapes = [CATEGORIES[int(i)].split()[1] for i in sample.labels]
     centres = (sample.boxes[:, :2] + sample.boxes[:, 2:]) / 2 if len(sample.boxes) else np.zeros((0, 2))
     return colours, shapes, centres
-
-
-def _holds(rel: str, ref: np.ndarray, anchor: np.ndarray, margin: float) -> bool:
-    dx, dy = ref[0] - anchor[0], ref[1] - anchor[1]
-    return {"left of": -dx, "right of": dx, "above": -dy, "below": dy}[rel] > margin
 
 
 def shapes_questions(
@@ -84,7 +79,7 @@ def shapes_questions(
                 continue
             cands = [i for i in range(n) if shapes[i] == s]
             for rel in RELATIONS:
-                ok = [i for i in cands if _holds(rel, centres[i], centres[j], margin)]
+                ok = [i for i in cands if relation_holds(rel, centres[i], centres[j], margin)]
                 if len(ok) == 1:
                     out.append((f"what colour is the {s} {rel} the {shapes[j]}?", colours[ok[0]], "relation"))
     return out
@@ -146,7 +141,7 @@ def shapes_vqa_items(
     num: int, *, image_size: int = 128, seed: int = 1234, split: str = "val"
 ) -> list[tuple[np.ndarray, str, list[str], str]]:
     """A fixed evaluation set: ``[(image, question, [answer], question_type), ...]``, one question per sample."""
-    from .shapes import ShapesWorld
+    from .render import ShapesWorld
 
     world = ShapesWorld(split=split, image_size=image_size, seed=seed)
     items = []
@@ -161,7 +156,7 @@ def shapes_caption_items(
     num: int, *, image_size: int = 128, seed: int = 1234, split: str = "val"
 ) -> list[tuple[ShapesSample, list[str]]]:
     """A fixed evaluation set: ``[(sample, reference captions), ...]``."""
-    from .shapes import ShapesWorld
+    from .render import ShapesWorld
 
     world = ShapesWorld(split=split, image_size=image_size, seed=seed)
     return [(s, shapes_references(s)) for s in (world.sample(i) for i in range(num))]
