@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from _table import print_table
+from _common import find_reference, load_official_fill, print_table
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
@@ -41,12 +41,9 @@ PROMPT = "cat. dog. person."
 
 def build(preset: str) -> Detector:
     model = build_model(get_preset(preset)).eval()
-    ref = REPO.parent / "shared" / "reference" / "glip_t"
-    if preset == "glip_t" and ref.is_dir():
-        from openglip.checkpoints import load_into
-        from openglip.conformance import official_fill, read_shape_table
-
-        load_into(model, official_fill(read_shape_table(ref / "state_dict_shapes.tsv")))
+    ref = find_reference()
+    if preset == "glip_t" and ref is not None:
+        load_official_fill(model, ref)
     return Detector(model, device="cpu")
 
 

@@ -24,7 +24,8 @@ from pathlib import Path
 
 import torch
 
-from _table import print_table
+from _common import agreement, find_reference, load_official_fill, matched_official, print_table, train_batch
+from loader import loader_rows
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
@@ -33,39 +34,20 @@ from openglip.api import Detector, default_buckets  # noqa: E402
 from openglip.prompts import parse_prompt  # noqa: E402
 
 
-def agreement(a, b, iou_min: float) -> tuple[int, float]:
-    """How many of ``a``'s detections ``b`` has too (same label, IoU >= iou_min), and the largest score gap."""
-    from torchvision.ops import box_iou
-
-    if len(a.scores) == 0 or len(b.scores) == 0:
-        return 0, float("nan")
-    iou = box_iou(a.boxes.float().cpu(), b.boxes.float().cpu())
-    same = (a.labels.cpu()[:, None] == b.labels.cpu()[None]) & (iou >= iou_min)
-    best = torch.where(same, iou, -1.0).argmax(1)
-    found = same.any(1)
-    gap = (a.scores.float().cpu()[found] - b.scores.float().cpu()[best[found]]).abs()
-    return int(found.sum()), float(gap.max()) if len(gap) else float("nan")
-
-
 def reference():
-    from openglip.checkpoints import load_into
     from openglip.config import glip_t
-    from openglip.conformance import official_fill, read_shape_table
     from openglip.models.detector import build_model
-    from speed import find_reference
 
     root = find_reference()
     if root is None:
         raise SystemExit(
             "no shared/reference/glip_t: set OPENGLIP_REFERENCE (benchmarks/gpu_prepare.sh copies it)"
         )
-    model = build_model(glip_t()).eval()
-    load_into(model, official_fill(read_shape_table(root / "state_dict_shapes.tsv")))
+    model = load_official_fill(build_model(glip_t()).eval(), root)
     return model, torch.load(root / "reference.pt", weights_only=True)
 
 
 def gpu_rows() -> list[tuple]:
-    from speed import matched_official
 
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
@@ -146,7 +128,6 @@ def smoke_rows() -> list[tuple]:
     task = GLIPTask(tiny(), cfg)
     train_model = task.build_model().train()
     optimizer = build_optimizer(task.param_groups(train_model, cfg), torch.device("cpu"))
-    from speed import train_batch
 
     batch = train_batch(2, (128, 160), torch.device("cpu"))
     losses = task.losses(train_model, batch)
@@ -154,7 +135,6 @@ def smoke_rows() -> list[tuple]:
     optimizer.step()
     rows.append(("tiny: one training step", "finite" if all(torch.isfinite(v) for v in losses.values()) else "NaN",
                  ", ".join(f"{k}={float(v):.3f}" for k, v in losses.items())))  # fmt: skip
-    from loader import loader_rows
 
     rows += [(*r, "") for r in loader_rows([2], images=16, batches=3)]
     return rows

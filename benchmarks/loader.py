@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from _table import print_table
+from _common import print_table, train_step_rows
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
@@ -129,8 +129,6 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     rows = loader_rows(args.workers, args.images, args.batches)
     if args.train_step:
-        from speed import train_step_rows
-
         rows += [r[:2] for r in train_step_rows(repeats=2)]
     print_table(("case", "throughput"), rows, title=f"data loader, batch 4, {args.images} images of 640x480")
 

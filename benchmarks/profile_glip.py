@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from _table import print_table
+from _common import find_reference, load_official_fill, print_table
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
@@ -42,23 +42,13 @@ SYNC_OPS = ("aten::_local_scalar_dense", "aten::is_nonzero", "aten::nonzero", "a
 CAPTION = "cat. dog. person."
 
 
-def find_reference() -> Path | None:
-    for c in (REPO.parent / "shared" / "reference" / "glip_t", REPO / "shared" / "reference" / "glip_t"):
-        if c.is_dir():
-            return c
-    return None
-
-
 def build(preset: str, device: torch.device):
     """Model, input batch and image sizes of one preset."""
     cfg = get_preset(preset)
     model = build_model(cfg).eval()
     ref = find_reference() if preset == "glip_t" else None
     if ref is not None:
-        from openglip.checkpoints import load_into
-        from openglip.conformance import official_fill, read_shape_table
-
-        load_into(model, official_fill(read_shape_table(ref / "state_dict_shapes.tsv")))
+        load_official_fill(model, ref)
         inputs = torch.load(ref / "reference.pt", weights_only=True)["inputs"]
         image, sizes = inputs["image"], inputs["image_sizes"]
     else:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from _table import print_table
+from _common import print_table
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))

@@ -46,7 +46,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from _table import print_table  # noqa: E402
+from _common import print_table  # noqa: E402
 
 PRETRAIN = {  # student variants of the standard-split ablation
     "b": dict(region_source="rpn"),

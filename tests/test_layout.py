@@ -12,14 +12,26 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "openglip"
 
 
-def _imports(path: Path) -> set[str]:
-    """Absolute module names (``openglip.x.y``) imported anywhere in a file, relative imports resolved."""
-    module = ".".join(("openglip", *path.relative_to(PACKAGE).with_suffix("").parts))
+def _module_name(path: Path, root: Path) -> str:
+    """``root/a/b.py`` -> ``root.a.b`` (``root`` is a package folder, named by its folder name)."""
+    return ".".join((root.name, *path.relative_to(root).with_suffix("").parts)).removesuffix(".__init__")
+
+
+def _import_statements(path: Path, module: str) -> list[tuple[list[str], bool]]:
+    """One ``(names, inside_a_function)`` per import statement in ``path``, relative imports resolved against
+    ``module``: ``import a.b`` gives ``["a.b"]``, ``from a import b, c`` gives ``["a", "a.b", "a.c"]``."""
     package = module if path.name == "__init__.py" else module.rsplit(".", 1)[0]
-    found = set()
-    for node in ast.walk(ast.parse(path.read_text())):
+    tree = ast.parse(path.read_text())
+    in_function = {
+        id(n)
+        for f in ast.walk(tree)
+        if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef))
+        for n in ast.walk(f)
+    }
+    found = []
+    for node in ast.walk(tree):
         if isinstance(node, ast.Import):
-            found.update(a.name for a in node.names)
+            found += [([a.name], id(node) in in_function) for a in node.names]
         elif isinstance(node, ast.ImportFrom):
             base = package.split(".")
             if node.level:
@@ -27,8 +39,13 @@ def _imports(path: Path) -> set[str]:
                 name = ".".join([*base, node.module] if node.module else base)
             else:
                 name = node.module or ""
-            found.add(name)
-            found.update(f"{name}.{a.name}" for a in node.names)
+            found.append(([name, *(f"{name}.{a.name}" for a in node.names)], id(node) in in_function))
+    return found
+
+
+def _imports(path: Path) -> set[str]:
+    """Absolute module names (``openglip.x.y``) imported anywhere in a file, relative imports resolved."""
+    found = {name for names, _ in _import_statements(path, _module_name(path, PACKAGE)) for name in names}
     return {n.removesuffix(".__init__") for n in found if n.startswith("openglip")}
 
 
@@ -97,3 +114,82 @@ def test_the_library_reads_nothing_from_tests():
         and node.value in ("tests", "tests/")
     ]
     assert not offenders, offenders
+
+
+# ------------------------------------------------------------------------------------------------------------
+# import cycles
+# ------------------------------------------------------------------------------------------------------------
+
+
+def import_graph(root: Path, top_level: bool = False) -> dict[str, set[str]]:
+    """Module -> the modules of ``root`` it imports, at module level or inside a function (a function-level
+    import only postpones a cycle to the first call). ``top_level``: ``root`` is a folder of scripts that
+    import each other by bare name (``benchmarks/``) rather than a package."""
+    files = sorted(root.rglob("*.py"))
+    modules = {(p.stem if top_level else _module_name(p, root)): p for p in files}
+
+    def owner(name: str) -> str | None:  # the deepest module of root that ``name`` lies in
+        while name not in modules and "." in name:
+            name = name.rsplit(".", 1)[0]
+        return name if name in modules else None
+
+    graph = {}
+    for module, path in modules.items():
+        targets = set()
+        for names, _ in _import_statements(path, module):
+            found = [owner(n) for n in names]
+            # ``from pkg import submodule`` needs the submodule, not what pkg/__init__.py defines
+            targets.update(t for t in found[1:] or found if t)
+            if found[0] and len(found) > 1 and found[0] in found[1:]:  # a name pkg/__init__.py defines
+                targets.add(found[0])
+        graph[module] = targets - {module}
+    return graph
+
+
+def import_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components with more than one module (Tarjan's algorithm), each sorted."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    cycles = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while not component or component[-1] != v:
+                component.append(stack.pop())
+            if len(component) > 1:
+                cycles.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return sorted(cycles)
+
+
+def test_the_cycle_check_finds_a_cycle_hidden_in_a_function(tmp_path):
+    pkg = tmp_path / "pkg"
+    (pkg / "sub").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "sub" / "__init__.py").write_text("")
+    (pkg / "a.py").write_text("def f():\n    from .sub.b import g\n    return g\n")
+    (pkg / "sub" / "b.py").write_text("from ..a import f\n\ndef g():\n    return f\n")
+    (pkg / "c.py").write_text("from . import a\n")
+    assert import_cycles(import_graph(pkg)) == [["pkg.a", "pkg.sub.b"]]
+    (tmp_path / "x.py").write_text("import y\n")
+    (tmp_path / "y.py").write_text("def f():\n    from x import z\n")
+    assert import_cycles(import_graph(tmp_path, top_level=True)) == [["x", "y"]]
+
+
+@pytest.mark.parametrize("root", ["src/openglip", "benchmarks"])
+def test_no_import_cycles(root):
+    folder = PACKAGE.parents[1] / root
+    assert import_cycles(import_graph(folder, top_level=root == "benchmarks")) == []
