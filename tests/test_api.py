@@ -193,3 +193,7 @@ def test_load_model_opens_a_regionclip_detector_file_and_predicts(tmp_path):
     assert np.array_equal(same.xyxy, dets.xyxy) and np.array_equal(same.scores, dets.scores)
     with pytest.raises(openglip.checkpoints.CheckpointError, match=r"RegionCLIP detector.*with no preset"):
         openglip.load_model("tiny", weights=path)
+    from openglip.cli import main
+
+    assert main(["export", "--weights", str(path), "--out", str(tmp_path / "rc.onnx")]) == 2
+    assert not (tmp_path / "rc.onnx").exists()
