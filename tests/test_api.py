@@ -152,3 +152,49 @@ def test_repeated_phrase_gives_each_box_once(tiny_detector, chelsea):
     assert len(twice) > 0 and set(twice.phrases) <= {"cat", "dog"}
     boxes = {(*np.round(b, 2).tolist(), p) for b, p in zip(twice.xyxy, twice.phrases)}
     assert len(boxes) == len(twice)  # no box listed twice for one phrase
+
+
+def test_load_model_opens_a_regionclip_detector_file_and_predicts(tmp_path):
+    """A RegionCLIP detector saved in the one checkpoint format opens with load_model alone (no preset) and
+    predicts the same boxes as the model it was saved from; its text space is the default MiniLM encoder."""
+    import dataclasses
+
+    from PIL import ImageDraw
+
+    from openglip.regionclip import OpenVocabDetector
+    from openglip.regionclip.config import TEMPLATES, TEXT_ENCODER, RPNConfig, TransferConfig
+    from openglip.regionclip.weights import build_detector, save_weights
+
+    torch.manual_seed(0)
+    tiny = dict(backbone="tiny_cnn", pretrained=False, fpn_channels=16)
+    rpn_cfg = RPNConfig(**tiny, post_nms_top_n=20)
+    cfg = TransferConfig(**tiny, roi_size=3, head_dim=32, embed_dim=384, min_size=64, max_size=64)
+    built = build_detector(cfg, rpn_config=rpn_cfg, templates=TEMPLATES, encoder=TEXT_ENCODER)
+    config = {
+        "transfer": dataclasses.asdict(cfg),
+        "rpn": dataclasses.asdict(rpn_cfg),
+        "classes": [],
+        "templates": list(TEMPLATES),
+        "encoder": TEXT_ENCODER,
+    }
+    path = tmp_path / "rc_detector.safetensors"
+    save_weights(built, path, kind="detector", config=config)
+    image = Image.new("RGB", (64, 64), (128, 128, 128))
+    draw = ImageDraw.Draw(image)
+    draw.ellipse((6, 6, 30, 30), fill=(220, 30, 30))
+    draw.rectangle((36, 34, 58, 58), fill=(30, 30, 220))
+
+    detector = openglip.load_model(path, device="cpu")
+    assert isinstance(detector, OpenVocabDetector) and isinstance(detector, openglip.structures.Predictor)
+    dets = detector.predict(image, "red circle. blue square.")
+    assert isinstance(dets, Detections) and len(dets) > 0 and dets.image_size == (64, 64)
+    assert set(dets.phrases) <= {"red circle", "blue square"} and (dets.xyxy >= 0).all()
+    built.names.text = detector.names.text  # one encoder for both: the same class embeddings
+    same = built.eval().predict(image, "red circle. blue square.")
+    assert np.array_equal(same.xyxy, dets.xyxy) and np.array_equal(same.scores, dets.scores)
+    with pytest.raises(openglip.checkpoints.CheckpointError, match=r"RegionCLIP detector.*with no preset"):
+        openglip.load_model("tiny", weights=path)
+    from openglip.cli import main
+
+    assert main(["export", "--weights", str(path), "--out", str(tmp_path / "rc.onnx")]) == 2
+    assert not (tmp_path / "rc.onnx").exists()

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
+
+import pytest
 import torch
 
 import openglip
@@ -150,3 +154,90 @@ def test_glip_t_keys_and_shapes_equal_the_official_table():
     expected.pop(DERIVED)
     ours = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     assert ours == expected
+
+
+def _tiny_rpn():
+    from openglip.regionclip.config import RPNConfig
+    from openglip.regionclip.weights import build_rpn
+
+    cfg = RPNConfig(backbone="tiny_cnn", pretrained=False, fpn_channels=16, post_nms_top_n=20)
+    return build_rpn(cfg), cfg
+
+
+def test_every_model_file_is_the_one_format_with_its_kind(tmp_path):
+    from safetensors import safe_open
+
+    from openglip.regionclip.weights import save_weights
+
+    save_safetensors(build_model(tiny()), tmp_path / "glip.safetensors")
+    rpn, cfg = _tiny_rpn()
+    save_weights(rpn, tmp_path / "rpn.safetensors", kind="rpn", config={"rpn": dataclasses.asdict(cfg)})
+    for name, kind in (("glip", "glip"), ("rpn", "regionclip-rpn")):
+        with safe_open(str(tmp_path / f"{name}.safetensors"), framework="pt") as f:
+            meta = f.metadata()
+        assert (meta["format"], meta["kind"]) == ("openglip", kind)
+        assert json.loads(meta["openglip_config"])
+
+
+def test_files_of_the_old_formats_still_load(tmp_path):
+    """RegionCLIP files written before the one format (format "openglip-regionclip", short kinds, "config") and
+    GLIP files without a kind, built byte for byte as the old writers did."""
+    from safetensors.torch import save_file
+
+    from openglip.config import config_to_json
+    from openglip.regionclip.weights import load_rpn
+
+    rpn, cfg = _tiny_rpn()
+    state = {k: v.contiguous() for k, v in rpn.state_dict().items()}
+    meta = {
+        "format": "openglip-regionclip",
+        "kind": "rpn",
+        "config": json.dumps({"rpn": dataclasses.asdict(cfg)}),
+    }
+    save_file(state, str(tmp_path / "old_rpn.safetensors"), metadata=meta)
+    with pytest.warns(DeprecationWarning, match="openglip-regionclip"):
+        loaded = load_rpn(tmp_path / "old_rpn.safetensors")
+    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in state.items())
+
+    model = build_model(tiny())
+    glip = {k: v.contiguous() for k, v in model.state_dict().items()}
+    save_file(
+        glip,
+        str(tmp_path / "old.safetensors"),
+        metadata={"format": "openglip", "openglip_config": config_to_json(model.config)},
+    )
+    det = openglip.load_model(str(tmp_path / "old.safetensors"), device="cpu")
+    assert det.config == model.config
+    assert all(torch.equal(det.model.state_dict()[k], v) for k, v in glip.items())
+
+
+def test_files_that_are_not_glip_weights_say_what_they_are(tmp_path):
+    """A JSON file, an ONNX model, RegionCLIP parts that predict no boxes, a tuned prompt and a GLIP checkpoint of
+    another preset: each error names what the file is and what to do with it (they used to say "Python objects
+    besides tensors" or "name its preset")."""
+    from openglip.regionclip.weights import save_weights
+
+    coco = tmp_path / "annotations.coco.json"
+    coco.write_text(json.dumps({"images": [], "annotations": [], "categories": []}))
+    onnx = tmp_path / "model.onnx"
+    onnx.write_bytes(b"\x08\x08\x12\x07pytorch\x1a\x032.5")  # how a torch.onnx export begins
+    rpn, cfg = _tiny_rpn()
+    save_weights(rpn, tmp_path / "rpn.safetensors", kind="rpn", config={"rpn": dataclasses.asdict(cfg)})
+    save_weights(torch.nn.Linear(2, 2), tmp_path / "teacher.safetensors", kind="teacher", config={})
+    other = tmp_path / "tiny.safetensors"
+    save_safetensors(build_model(tiny()), other)
+    cases = [
+        (coco, None, ["JSON file (COCO annotations)", "not model weights"]),
+        (onnx, None, ["ONNX model", "openglip_onnx.py"]),
+        (tmp_path / "rpn.safetensors", None, ["RegionCLIP RPN", "--rpn"]),
+        (tmp_path / "teacher.safetensors", None, ["RegionCLIP teacher", "--teacher"]),
+        ("glip_t", coco, ["JSON file"]),
+        ("glip_t", tmp_path / "rpn.safetensors", ["RegionCLIP RPN"]),
+        ("glip_t", other, ["GLIP checkpoint of preset 'tiny'", "without a preset"]),
+    ]
+    for source, weights, words in cases:
+        with pytest.raises(CheckpointError) as err:
+            openglip.load_model(str(source), weights=None if weights is None else str(weights))
+        message = str(err.value)
+        assert all(w in message for w in words) and "name its preset" not in message, (source, message)
+        assert str(weights or source) in message and "\n" not in message

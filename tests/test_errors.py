@@ -10,6 +10,7 @@ from PIL import Image
 
 from openglip.cli import main
 from openglip.errors import DataError, UsageError
+from openglip.regionclip.weights import save_weights
 
 
 @pytest.fixture()
@@ -30,7 +31,24 @@ def _bad_inputs(tmp_path, image):
     captions = tmp_path / "c.jsonl"
     captions.write_text(json.dumps({"filename": "img.png", "caption": "a red square"}) + "\n")
     detect = ["detect", str(image), "--prompt", "cat"]
+    coco = tmp_path / "annotations.coco.json"
+    coco.write_text(json.dumps({"images": [], "annotations": [], "categories": []}))
+    onnx = tmp_path / "model.onnx"
+    onnx.write_bytes(b"\x08\x08\x12\x07pytorch\x1a\x032.5")  # how a torch.onnx export begins
+    rpn = tmp_path / "rpn.safetensors"
+    save_weights(torch.nn.Linear(2, 2), rpn, kind="rpn", config={})
+    export = ["export", "--out", str(tmp_path / "out.onnx"), "--weights"]
     return [
+        ([*export, str(coco)], "is a JSON file (COCO annotations), not model weights"),
+        (
+            [*export, str(onnx)],
+            "is an ONNX model, not PyTorch weights; run it with ONNX Runtime through the NumPy",
+        ),
+        (
+            [*export, str(rpn)],
+            "is a RegionCLIP RPN, not GLIP detector weights; it proposes class-agnostic boxes",
+        ),
+        ([*export, str(rpn), "--preset", "tiny"], "is a RegionCLIP RPN"),
         ([*detect, "--preset", "tiny", "--device", "tpu"], "'tpu'"),
         ([*detect, "--weights", str(tmp_path / "Y.bin")], "Y.bin: no such file"),
         ([*detect, "--weights", str(junk_bin)], "cannot read checkpoint"),

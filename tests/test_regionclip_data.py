@@ -117,6 +117,47 @@ def test_training_on_data_without_a_split_says_every_box_is_used(tmp_path, capsy
     assert capsys.readouterr().err == ""
 
 
+def test_detection_data_ground_truth_is_the_coco_dict_of_its_records():
+    """``DetectionData.coco`` (through the core's ``coco_ground_truth``): xywh boxes, areas, ids 1..n, the
+    categories' own ids, array images named by index, the size without opening a file."""
+    from openglip.regionclip.data import BoxRecord, DetectionData
+
+    cats = [{"id": 7, "name": "cat", "split": "base"}, {"id": 9, "name": "okapi", "split": "novel"}]
+    boxes = np.array([[2, 3, 12, 8], [0, 0, 5, 5]], np.float32)
+    records = [
+        BoxRecord(np.zeros((20, 30, 3), np.uint8), boxes, np.array([1, 0]), 1, (20, 30)),
+        BoxRecord(np.zeros((10, 10, 3), np.uint8), np.zeros((0, 4), np.float32), np.zeros(0, np.int64), 2),
+        BoxRecord(np.zeros((10, 10, 3), np.uint8), boxes[:1], np.array([0]), 3, (10, 10)),
+    ]
+    gt, sources = DetectionData(records, cats, "memory").coco(num_images=2)
+    assert gt == {
+        "images": [
+            {"id": 1, "file_name": "000000.png", "height": 20, "width": 30},
+            {"id": 2, "file_name": "000001.png", "height": 10, "width": 10},
+        ],
+        "annotations": [
+            {
+                "id": 1,
+                "image_id": 1,
+                "category_id": 9,
+                "bbox": [2.0, 3.0, 10.0, 5.0],
+                "area": 50.0,
+                "iscrowd": 0,
+            },
+            {
+                "id": 2,
+                "image_id": 1,
+                "category_id": 7,
+                "bbox": [0.0, 0.0, 5.0, 5.0],
+                "area": 25.0,
+                "iscrowd": 0,
+            },
+        ],
+        "categories": cats,
+    }
+    assert len(sources) == 2 and sources[0] is records[0].image
+
+
 @pytest.mark.parametrize(
     ("categories", "split", "message"),
     [

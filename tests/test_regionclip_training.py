@@ -290,7 +290,7 @@ from tests.test_regionclip_units import HashText
 from openglip.engine.trainer import Trainer
 from openglip.regionclip import ConceptPool, load_region_teacher, load_rpn
 from openglip.regionclip.config import PretrainConfig
-from openglip.regionclip.data import CaptionDataset, shapes_caption_data
+from openglip.regionclip.data import RegionCaptionDataset, shapes_caption_data
 from openglip.regionclip.tasks import PretrainTask
 from openglip.regionclip.train import default_train_config
 out, concepts, teacher, rpn = sys.argv[1], sys.argv[3], sys.argv[4], sys.argv[5]
@@ -298,7 +298,7 @@ cfg = PretrainConfig(backbone="tiny_cnn", pretrained=False, fpn_channels=16, roi
                      image_size=64, epoch_size=16, concepts=concepts, teacher=teacher, rpn=rpn, regions_per_image=4)
 task = PretrainTask(cfg, pool=ConceptPool.load(concepts), text=HashText(16), teacher=load_region_teacher(teacher),
                     rpn=load_rpn(rpn))
-data = CaptionDataset(shapes_caption_data(16, image_size=64, seed=21), image_size=64)
+data = RegionCaptionDataset(shapes_caption_data(16, image_size=64, seed=21), image_size=64)
 tc = default_train_config("pretrain", out, max_steps=3, batch_size=2, checkpoint_every=0, log_every=1, warmup_steps=0)
 trainer = Trainer(task, tc, data, device="cpu")
 trainer.fit()

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from openglip.errors import UsageError
-from openglip.regionclip.concepts import ConceptPool, count_phrases, normalize_phrase, template_embeddings
+from openglip.regionclip.concepts import ConceptPool, count_phrases, normalize_concept, template_embeddings
 from openglip.regionclip.data import collate_regions
 from openglip.regionclip.proposals import random_crops, top_regions
 from openglip.regionclip.teacher import ContrastiveTeacher, square_context_boxes
@@ -46,8 +46,8 @@ def _rule(caption: str):
 
 
 def test_phrases_are_normalised_and_counted():
-    assert normalize_phrase("  The  Red   Car.") == "red car"
-    assert normalize_phrase("an apple") == "apple"
+    assert normalize_concept("  The  Red   Car.") == "red car"
+    assert normalize_concept("an apple") == "apple"
     counts = count_phrases(["A red circle and a Blue Star.", "the red circle"], _rule)
     assert counts == {"red circle": 2, "blue star": 1}
 
@@ -173,14 +173,14 @@ def test_top_regions_removes_duplicates_across_levels():
 def test_shapes_records_feed_the_same_datasets_as_files_and_keep_only_the_requested_classes():
     from openglip.regionclip.data import (
         BoxDataset,
-        CaptionDataset,
+        RegionCaptionDataset,
         shapes_caption_data,
         shapes_detection_data,
     )
     from openglip.shapes import BASE, CATEGORIES
 
     records = shapes_caption_data(4, image_size=64, seed=3, caption="random")
-    cap = CaptionDataset(records, image_size=64, random_regions=5, seed=3)
+    cap = RegionCaptionDataset(records, image_size=64, random_regions=5, seed=3)
     x, y = cap[(1, 2)], cap[(1, 2)]
     assert torch.equal(x.image, y.image) and torch.equal(x.boxes, y.boxes) and x.caption == y.caption
     assert x.image_id == 3 and x.boxes.shape == (5, 4) and x.caption and x.image.shape == (3, 64, 64)

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .checkpoints import load_into, resolve_config
+from .checkpoint_format import checkpoint_kind
+from .checkpoints import load_into, names_a_file, resolve_config
 from .config import ModelConfig
 from .device import resolve_device
 from .errors import UsageError
@@ -20,7 +21,7 @@ from .models.detector import GLIP, TextFeatures, build_model
 from .models.postprocess import Candidates, PostProcessor
 from .models.transform import ImageTransform
 from .prompts import Prompt, PromptError, chunk_prompt, parse_prompt, positive_map, token_spans
-from .structures import Detections
+from .structures import Detections, Predictor
 
 PromptLike = str | Sequence[str] | Prompt
 
@@ -425,21 +426,27 @@ def load_model(
     weights: str | os.PathLike | None = None,
     device: str | torch.device | None = None,
     **detector_kwargs,
-) -> Detector:
-    """Build a :class:`Detector`.
+) -> Detector | Predictor:
+    """Build a :class:`Detector`, or open any OpenGLIP model file that predicts boxes.
 
     Args:
         preset_or_path: a preset name (``"glip_t"``, ``"glip_l"``, ``"tiny"``, ...) or a checkpoint file
-            (an OpenGLIP ``.safetensors`` carries its config; an official GLIP ``.pth`` is recognised).
+            (an OpenGLIP ``.safetensors`` carries its config and kind; an official GLIP ``.pth`` is recognised).
+            A RegionCLIP detector file gives its :class:`~openglip.regionclip.OpenVocabDetector` (a
+            :class:`~openglip.structures.Predictor`; ``text=`` may pass an already loaded sentence encoder).
         weights: a checkpoint to load into the preset: official GLIP ``.pth`` (``{"model": ...}`` with
             ``module.`` keys), a plain state dict, or an OpenGLIP ``.safetensors``.
         device: "cpu", "cuda" or None (GPU when available).
 
     Raises:
-        CheckpointError: the checkpoint is unreadable or does not match the preset (the message names the
-            first missing/unexpected keys and shapes).
+        CheckpointError: the checkpoint is unreadable, does not match the preset (the message names the
+            first missing/unexpected keys and shapes), or is a file that predicts no boxes (a RegionCLIP teacher,
+            RPN or student, a tuned prompt, JSON, ONNX: the message says what it is and what to do with it).
     """
-    cfg, state = resolve_config(os.fspath(preset_or_path), None if weights is None else os.fspath(weights))
+    source = os.fspath(preset_or_path)
+    if weights is None and names_a_file(source) and checkpoint_kind(source) == "regionclip-detector":
+        return _load_regionclip_detector(source, device, **detector_kwargs)
+    cfg, state = resolve_config(source, None if weights is None else os.fspath(weights))
     model = build_model(cfg)
     if state is not None:
         load_into(model, state)
@@ -449,3 +456,14 @@ def load_model(
         source = weights if weights is not None else preset_or_path
         model.answer_vocab = read_answer_vocab(source, cfg.vqa_answers) if state is not None else None
     return Detector(model, device=device, **detector_kwargs)
+
+
+def _load_regionclip_detector(path: str, device, text=None, **unused) -> Predictor:
+    """A RegionCLIP detector file as a :class:`~openglip.structures.Predictor` on ``device``."""
+    from .regionclip.weights import load_detector
+
+    if unused:
+        raise UsageError(
+            f"{path} is a RegionCLIP detector: load_model takes device= and text= for it, not {', '.join(unused)}"
+        )
+    return load_detector(path, text=text).to(resolve_device(device))

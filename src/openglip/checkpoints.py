@@ -1,4 +1,5 @@
-"""Checkpoints: OpenGLIP safetensors files (config embedded) and official GLIP ``.pth`` files.
+"""Checkpoints: GLIP weights from OpenGLIP safetensors files (the format: :mod:`.checkpoint_format`) and official
+GLIP ``.pth`` files.
 
 Official GLIP checkpoints (``glip_tiny_model_o365_goldg.pth``, ``glip_large_model.pth``) hold the state dict of
 maskrcnn-benchmark's ``GeneralizedVLRCNN`` under ``"model"`` with DDP's ``module.`` prefix. Every one of their
@@ -18,16 +19,19 @@ from pathlib import Path
 
 import torch
 
+from .checkpoint_format import (
+    GLIP,
+    CheckpointError,
+    foreign_file,
+    is_safetensors,
+    read_openglip_file,
+    write_checkpoint,
+    wrong_kind_message,
+)
 from .config import ModelConfig, config_from_dict, config_to_json, get_preset
-from .errors import OpenGLIPError
-from .files import atomic_write, read_safetensors
 
 DERIVED = "<derived>"  # marker for official buffers that OpenGLIP computes instead of loading
 MODEL_CONFIG_KEY = "model_config"  # where training checkpoints keep the model config (written by the Trainer)
-
-
-class CheckpointError(OpenGLIPError):
-    """A checkpoint that cannot be read or does not match the model."""
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -279,12 +283,16 @@ def _raise_if_mismatch(missing, unexpected, mismatched, bad_derived, state, mode
 
 
 def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], ModelConfig | None]:
-    """Read a checkpoint file: returns (state dict, embedded config or None).
+    """Read a GLIP checkpoint file: returns (state dict, embedded config or None).
 
     Accepts an OpenGLIP ``.safetensors`` file, an official GLIP ``.pth`` (state under ``"model"``, keys with
     ``module.``), an OpenGLIP training checkpoint (``RUN/checkpoints/step_*.pt``: state under ``"model"``, the
     model config under ``"model_config"``, as :class:`~openglip.engine.trainer.Trainer` writes them), or a plain
     state dict.
+
+    Raises:
+        CheckpointError: no such file, or not GLIP weights; the message says what the file is (JSON, ONNX, a
+            RegionCLIP model, a tuned prompt, ...) and what to do with it.
     """
     path = Path(path)
     if not path.exists():
@@ -293,17 +301,15 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], M
         raise CheckpointError(f"checkpoint {path} is a directory; give the weights file inside it")
     if path.stat().st_size == 0:
         raise CheckpointError(f"checkpoint is empty (0 bytes): {path}")
-    if path.suffix == ".safetensors":
-        try:
-            meta, state = read_safetensors(path)
-        except ValueError as err:
-            raise CheckpointError(str(err)) from None
-        cfg = (
-            config_from_dict(json.loads(meta["openglip_config"]), where=str(path))
-            if "openglip_config" in meta
-            else None
-        )
-        return state, cfg
+    if is_safetensors(path):
+        file = read_openglip_file(path)
+        if file.kind not in (None, GLIP):
+            raise CheckpointError(wrong_kind_message(path, file.kind))
+        cfg = config_from_dict(json.loads(file.config), where=str(path)) if file.config else None
+        return file.state, cfg
+    foreign = foreign_file(path)
+    if foreign:
+        raise CheckpointError(f"{path} is {foreign}")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter(
@@ -352,15 +358,17 @@ def load_into(model, state: Mapping[str, torch.Tensor], *, optional: tuple[str, 
 
 
 def save_safetensors(model, path: str | os.PathLike, config: ModelConfig | None = None) -> None:
-    """Write the model weights and its config to one safetensors file (atomically)."""
-    from safetensors.torch import save_file
-
-    cfg = config or model.config
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    meta = {"format": "openglip", "openglip_config": config_to_json(cfg)}
+    """Write a GLIP model's weights and its config to one safetensors file (kind ``glip``, atomically)."""
+    extra = {}
     if getattr(model, "answer_vocab", None):  # GLIPv2's VQA head: its classes travel with it
-        meta["openglip_answers"] = json.dumps(list(model.answer_vocab))
-    atomic_write(path, lambda tmp: save_file(state, tmp, metadata=meta))
+        extra["openglip_answers"] = json.dumps(list(model.answer_vocab))
+    cfg = config or model.config
+    write_checkpoint(path, model.state_dict(), kind=GLIP, config=config_to_json(cfg), extra=extra)
+
+
+def names_a_file(preset_or_path: str) -> bool:
+    """Preset names have no dots or slashes: anything else (``x.bin``, ``runs/a/model``) is a file."""
+    return os.path.sep in preset_or_path or bool(Path(preset_or_path).suffix)
 
 
 def resolve_config(preset_or_path: str, weights: str | None) -> tuple[ModelConfig, dict | None]:
@@ -369,9 +377,7 @@ def resolve_config(preset_or_path: str, weights: str | None) -> tuple[ModelConfi
     ``preset_or_path`` is a preset name or a checkpoint file; ``weights`` an optional checkpoint file.
     """
     state, cfg = None, None
-    # preset names have no dots or slashes: anything else (x.bin, runs/a/model) is a file
-    is_file = os.path.sep in preset_or_path or bool(Path(preset_or_path).suffix)
-    if is_file:
+    if names_a_file(preset_or_path):
         if not Path(preset_or_path).exists():
             raise CheckpointError(f"{preset_or_path}: no such file (give a checkpoint file or a preset name)")
         state, cfg = read_checkpoint(preset_or_path)
@@ -390,8 +396,8 @@ def resolve_config(preset_or_path: str, weights: str | None) -> tuple[ModelConfi
         if embedded is not None:
             if embedded.name != cfg.name:
                 raise CheckpointError(
-                    f"{weights} was saved for preset {embedded.name!r}, not {cfg.name!r}; "
-                    f"load it with load_model({str(weights)!r})"
+                    f"{weights} is a GLIP checkpoint of preset {embedded.name!r}, not {cfg.name!r}; it carries its "
+                    f"config: load it without a preset, load_model({str(weights)!r}) (CLI: drop --preset)"
                 )
             cfg = embedded  # same preset, possibly with overrides recorded at training time
     return cfg, state

@@ -46,7 +46,7 @@ def cmd_export(args) -> int:
 
     from tqdm import tqdm
 
-    from ..api import load_model
+    from ..api import Detector, load_model
     from ..export import export_onnx
     from ..files import check_output_file
 
@@ -75,6 +75,11 @@ def cmd_export(args) -> int:
         detector = load_model(args.weights, device="cpu")
     else:
         detector = load_model(args.preset, weights=args.weights, device="cpu")
+    if not isinstance(detector, Detector):
+        raise UsageError(
+            f"--weights {args.weights} is a RegionCLIP detector: ONNX export takes GLIP detectors; use it from "
+            "Python (openglip.load_model) or with openglip regionclip evaluate --detector"
+        )
     prompt = args.prompt
     if args.prompt_file:
         from ..prompt_tuning import load_tuned_prompt

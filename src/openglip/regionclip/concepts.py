@@ -13,7 +13,6 @@ from __future__ import annotations
 import functools
 import json
 import os
-import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ import torch.nn.functional as F
 
 from ..errors import UsageError
 from ..files import atomic_write, read_safetensors
+from ..prompts import normalize_phrase
 from .config import TEMPLATES, TEXT_ENCODER
 
 _ARTICLES = ("a", "an", "the")
@@ -84,9 +84,10 @@ def _load_sentence_encoder(name: str, device: str) -> SentenceEncoder:
     return MiniLMText(device=device)
 
 
-def normalize_phrase(phrase: str) -> str:
-    """Lower-case, collapse white space and strip leading articles: ``"The  Red Car"`` -> ``"red car"``."""
-    words = re.sub(r"\s+", " ", phrase.strip().lower()).split(" ")
+def normalize_concept(phrase: str) -> str:
+    """The concept a noun phrase names: the phrase as :func:`openglip.prompts.normalize_phrase` compares phrases
+    (case and spacing), less its leading articles and trailing punctuation: ``"The  Red Car."`` -> ``"red car"``."""
+    words = normalize_phrase(phrase).split(" ")
     while words and words[0] in _ARTICLES:
         words = words[1:]
     return " ".join(words).strip(" .,;:!?")
@@ -97,7 +98,7 @@ def count_phrases(captions: Iterable[str], extractor: Callable[[str], list[tuple
     counts: Counter = Counter()
     for caption in captions:
         for start, end in extractor(caption):
-            phrase = normalize_phrase(caption[start:end])
+            phrase = normalize_concept(caption[start:end])
             if phrase:
                 counts[phrase] += 1
     return counts

@@ -1,7 +1,7 @@
 """RegionCLIP's data: image-caption pairs (concept pool, teacher, pretraining) and box-annotated images with a
 base/novel category split (RPN, transfer, evaluation).
 
-One data path: the readers return records (:class:`CaptionRecord`, :class:`BoxRecord`) whose ``image`` is a file
+One data path: the readers return records (:class:`CaptionPair`, :class:`BoxRecord`) whose ``image`` is a file
 path or an array, and the datasets load either. User files go through the core readers
 (:func:`openglip.data.captions.read_caption_pairs`, :func:`openglip.data.coco.read_coco`,
 :mod:`openglip.data.splits`); without a file, the built-in shapes world yields the same records (rendered when
@@ -34,8 +34,9 @@ CAPTION_KINDS = ("listing", "referring", "random")
 
 
 @dataclass
-class CaptionRecord:
-    """An image (path or ``(H, W, 3)`` uint8 array) and one caption of it."""
+class CaptionPair:
+    """An image (path or ``(H, W, 3)`` uint8 array) and one caption of it: RegionCLIP trains on pairs, where the
+    core's :class:`openglip.data.captions.CaptionRecord` is an image file with all its reference captions."""
 
     image: object
     caption: str
@@ -100,21 +101,21 @@ class DetectionData:
     def coco(self, num_images: int | None = None) -> tuple[dict, list]:
         """``(COCO ground-truth dict, images)`` of the first ``num_images`` records (image ids 1..n, the
         categories with their splits), for :func:`openglip.engine.evaluate.evaluate_detection`."""
+        from ..data.coco import coco_ground_truth
+
         n = len(self.records) if num_images is None else min(num_images, len(self.records))
-        images, annotations, sources = [], [], []
+        images, sources = [], []
         for i in range(n):
             rec = self.records[i]
             h, w = rec.size or load_image(rec.image)[1]
             name = str(rec.image) if isinstance(rec.image, (str, os.PathLike)) else f"{i:06d}.png"
-            images.append({"id": i + 1, "file_name": name, "height": h, "width": w})
-            for box, label in zip(rec.boxes.tolist(), rec.labels.tolist()):
-                x1, y1, x2, y2 = box
-                annotations.append(
-                    {"id": len(annotations) + 1, "image_id": i + 1, "category_id": self.categories[label]["id"],
-                     "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1), "iscrowd": 0}
-                )  # fmt: skip
+            cat_ids = [self.categories[label]["id"] for label in rec.labels.tolist()]
+            images.append(
+                {"id": i + 1, "file_name": name, "height": h, "width": w, "boxes": rec.boxes.tolist(),
+                 "category_ids": cat_ids}
+            )  # fmt: skip
             sources.append(rec.image)
-        return {"images": images, "annotations": annotations, "categories": self.categories}, sources
+        return coco_ground_truth(images, self.categories), sources
 
 
 # -- readers --------------------------------------------------------------------------------------------------
@@ -122,7 +123,7 @@ class DetectionData:
 
 def read_caption_data(
     path: str | os.PathLike, image_root: str | os.PathLike | None = None
-) -> list[CaptionRecord]:
+) -> list[CaptionPair]:
     """Image-caption pairs from a caption JSONL or a COCO Captions JSON file (bad records skipped and logged).
 
     Raises:
@@ -131,7 +132,7 @@ def read_caption_data(
     from ..data.captions import read_caption_pairs
 
     pairs, _ = read_caption_pairs(path, image_root or None)
-    return [CaptionRecord(p, c, k + 1) for k, (p, c) in enumerate(pairs)]
+    return [CaptionPair(p, c, k + 1) for k, (p, c) in enumerate(pairs)]
 
 
 def read_detection_data(
@@ -170,7 +171,7 @@ def shapes_caption_data(
     max_objects: int = 5,
     seed: int = 0,
     caption: str = "listing",
-) -> Sequence[CaptionRecord]:
+) -> Sequence[CaptionPair]:
     """The built-in caption corpus: shapes images of split "all" (novel combinations included) with a listing
     (``"a red hexagon and a small blue star."``), a referring, or a random one of the two captions."""
     from ..shapes import ShapesWorld
@@ -181,11 +182,11 @@ def shapes_caption_data(
         split="all", image_size=image_size, min_objects=min_objects, max_objects=max_objects, seed=seed
     )
 
-    def make(i: int) -> CaptionRecord:
+    def make(i: int) -> CaptionPair:
         sample = world.sample(i)
         which = {"referring": 0, "listing": 1}.get(caption, int(item_rng(seed + 1, 0, i).integers(2)))
         text = sample.captions[which].caption if sample.captions else ""  # an image where no object fit
-        return CaptionRecord(sample.image, text, i + 1)
+        return CaptionPair(sample.image, text, i + 1)
 
     return LazyRecords(num_images, make)
 
@@ -283,18 +284,20 @@ def _key(key) -> tuple[int, int]:
     return key if isinstance(key, tuple) else (0, key)
 
 
-class CaptionDataset(Dataset):
-    """Image-caption pairs for the teacher and pretraining.
+class RegionCaptionDataset(Dataset):
+    """Image-caption pairs for the teacher and pretraining, as :class:`RegionItem` s (resized image, caption and,
+    for the crops ablation, random regions); the core's :class:`openglip.data.vl_datasets.CaptionDataset` feeds
+    the GLIP caption task instead.
 
     Args:
-        records: :class:`CaptionRecord` s (from :func:`read_caption_data` or :func:`shapes_caption_data`).
+        records: :class:`CaptionPair` s (from :func:`read_caption_data` or :func:`shapes_caption_data`).
         image_size: longer image side.
         random_regions: when > 0, every item carries this many :func:`random_crops` as its ``boxes``.
         seed: seeds the per-item random regions.
     """
 
     def __init__(
-        self, records: Sequence[CaptionRecord], *, image_size: int, random_regions: int = 0, seed: int = 0
+        self, records: Sequence[CaptionPair], *, image_size: int, random_regions: int = 0, seed: int = 0
     ):
         if len(records) == 0:
             raise DataError("no image-caption pairs to train on")

@@ -12,7 +12,7 @@ from torch import nn
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead, concat_box_prediction_layers
-from torchvision.ops import batched_nms, nms
+from torchvision.ops import nms
 
 from ..errors import UsageError
 from .features import FeatureExtractor
@@ -124,11 +124,3 @@ def random_crops(h: int, w: int, n: int, rng: np.random.Generator, *, min_frac: 
     x1 = rng.uniform(0, 1, size=n) * (w - bw)
     y1 = rng.uniform(0, 1, size=n) * (h - bh)
     return np.stack([x1, y1, x1 + bw, y1 + bh], axis=1).astype(np.float32)
-
-
-def class_nms(
-    boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor, *, iou: float, limit: int
-) -> torch.Tensor:
-    """Indices kept by per-class NMS, best first, at most ``limit``."""
-    keep = batched_nms(boxes, scores, labels, iou)
-    return keep[:limit]

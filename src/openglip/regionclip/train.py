@@ -22,8 +22,8 @@ from .concepts import ConceptPool, SentenceEncoder, load_sentence_encoder
 from .config import TEMPLATES, ConceptConfig, PretrainConfig, RPNConfig, TeacherConfig, TransferConfig
 from .data import (
     BoxDataset,
-    CaptionDataset,
     DetectionData,
+    RegionCaptionDataset,
     read_caption_data,
     read_detection_data,
     shapes_caption_data,
@@ -134,7 +134,7 @@ def run_teacher(
     """Train the stand-in teacher by image-caption InfoNCE (shapes default: 1-2-object images, listing captions)."""
     pool = ConceptPool.load(required_path(cfg.concepts, "concepts"))
     records = caption_records(cfg, num_images=cfg.epoch_size, min_objects=cfg.min_objects)
-    dataset = CaptionDataset(records, image_size=cfg.image_size, seed=cfg.data_seed)
+    dataset = RegionCaptionDataset(records, image_size=cfg.image_size, seed=cfg.data_seed)
     task = TeacherTask(cfg, pool=pool, text=_text(text, pool.encoder, device))
     return _fit(task, train_cfg, dataset, resume=resume, device=device)
 
@@ -158,7 +158,7 @@ def run_pretrain(
     teacher = load_region_teacher(required_path(cfg.teacher, "teacher"))
     rpn = load_rpn(required_path(cfg.rpn, "rpn")) if cfg.region_source == "rpn" else None
     records = caption_records(cfg, num_images=cfg.epoch_size, caption=cfg.caption)
-    dataset = CaptionDataset(
+    dataset = RegionCaptionDataset(
         records, image_size=cfg.image_size, seed=cfg.data_seed,
         random_regions=cfg.regions_per_image if cfg.region_source == "random" else 0,
     )  # fmt: skip

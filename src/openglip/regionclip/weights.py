@@ -1,7 +1,8 @@
 """Building RegionCLIP's models from their configs, and saving / loading their weights.
 
-Every model is saved as one safetensors file whose metadata holds ``format``, ``kind`` (``teacher``, ``rpn``,
-``student`` or ``detector``) and the JSON config needed to rebuild it, so ``load_*`` needs nothing else.
+Every model is saved in OpenGLIP's one checkpoint format (:mod:`openglip.checkpoint_format`): a safetensors file
+whose metadata holds its ``kind`` (``regionclip-teacher``, ``-rpn``, ``-student`` or ``-detector``) and the JSON
+config needed to rebuild it, so ``load_*`` needs nothing else and :func:`openglip.load_model` opens a detector.
 """
 
 from __future__ import annotations
@@ -15,10 +16,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..checkpoints import CheckpointError, load_into
+from ..checkpoint_format import CheckpointError, describe_kind, read_openglip_file, write_checkpoint
+from ..checkpoints import load_into
 from ..config import config_from_dict
 from ..errors import UsageError
-from ..files import atomic_write, read_safetensors
 from .clip import CLIPTeacher, is_clip
 from .concepts import ConceptPool, SentenceEncoder
 from .config import RPNConfig, StudentConfig, TeacherConfig, TransferConfig
@@ -28,40 +29,39 @@ from .model import CLIPStudent, RegionStudent
 from .proposals import ProposalNetwork
 from .teacher import ContrastiveTeacher
 
-FORMAT = "openglip-regionclip"
-KINDS = ("teacher", "rpn", "student", "detector")
+KINDS = (
+    "teacher",
+    "rpn",
+    "student",
+    "detector",
+)  # saved as kind "regionclip-<kind>" in the one OpenGLIP format
 
 
 def save_weights(model: nn.Module, path: str | os.PathLike, *, kind: str, config: dict) -> None:
-    """Write ``model``'s state dict and ``config`` to one safetensors file, atomically."""
-    from safetensors.torch import save_file
-
+    """Write ``model``'s state dict and ``config`` to one OpenGLIP safetensors file (kind ``regionclip-<kind>``),
+    atomically."""
     if kind not in KINDS:
         raise UsageError(f"kind must be one of {KINDS}, not {kind!r}")
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    meta = {"format": FORMAT, "kind": kind, "config": json.dumps(config)}
-    atomic_write(path, lambda tmp: save_file(state, tmp, metadata=meta))
+    write_checkpoint(path, model.state_dict(), kind=f"regionclip-{kind}", config=json.dumps(config))
 
 
 def read_weights(path: str | os.PathLike, kind: str) -> tuple[dict, dict[str, torch.Tensor]]:
-    """``(config, state dict)`` of a file written by :func:`save_weights`.
+    """``(config, state dict)`` of a file written by :func:`save_weights` (or by the older RegionCLIP format,
+    with a :class:`DeprecationWarning`).
 
     Raises:
-        FileNotFoundError: no such file.
-        ValueError: not a RegionCLIP weights file, or one of another kind.
+        UsageError: no such file, not OpenGLIP weights, or a file of another kind (the message says which).
     """
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"{kind} weights {path} not found (train them with: openglip regionclip ...)")
     try:
-        meta, state = read_safetensors(path)
-    except ValueError as err:
+        file = read_openglip_file(path)
+    except CheckpointError as err:
         raise UsageError(str(err)) from None
-    if meta.get("format") != FORMAT:
-        raise UsageError(f"{path}: not OpenGLIP RegionCLIP weights (format {meta.get('format')!r})")
-    if meta.get("kind") != kind:
-        raise UsageError(f"{path} holds a RegionCLIP {meta.get('kind')!r}, expected a {kind!r}")
-    return json.loads(meta["config"]), state
+    if file.kind != f"regionclip-{kind}" or file.config is None:
+        raise UsageError(f"{path} is {describe_kind(file.kind)}, expected a RegionCLIP {kind}")
+    return json.loads(file.config), file.state
 
 
 def load_state(model: nn.Module, state: dict[str, torch.Tensor], where: str) -> None:
@@ -118,11 +118,6 @@ def build_student(
     if centre is not None:
         student.text_centre.copy_(centre)
     return student
-
-
-def student_config(cfg: StudentConfig) -> StudentConfig:
-    """The architecture part of a pretraining / transfer config."""
-    return StudentConfig(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(StudentConfig)})
 
 
 def build_detector(
