@@ -418,22 +418,30 @@ def load_model(
     preset_or_path: str | os.PathLike = "glip_t",
     weights: str | os.PathLike | None = None,
     device: str | torch.device | None = None,
+    *,
+    pretrained: bool = True,
     **detector_kwargs,
 ) -> Detector:
     """Build a :class:`Detector`.
 
     Args:
-        preset_or_path: a preset name (``"glip_t"``, ``"glip_l"``, ``"tiny"``, ...) or a checkpoint file
-            (an OpenGLIP ``.safetensors`` carries its config; an official GLIP ``.pth`` is recognised).
+        preset_or_path: an official model name (``"glip_t"``, ``"glip_l"``, ``"glip_t_c"``, ...: the official
+            weights, fetched from the Hugging Face Hub once, see :mod:`openglip.hub`), a preset name
+            (``"tiny"``, ``"glip_nano"``, ...) or a checkpoint file (an OpenGLIP ``.safetensors`` carries its
+            config; an official GLIP ``.pth`` is recognised). A local file always wins over a name.
         weights: a checkpoint to load into the preset: official GLIP ``.pth`` (``{"model": ...}`` with
-            ``module.`` keys), a plain state dict, or an OpenGLIP ``.safetensors``.
+            ``module.`` keys), a plain state dict, an OpenGLIP ``.safetensors``, or an official model name.
         device: "cpu", "cuda" or None (GPU when available).
+        pretrained: ``False`` builds an official name's preset with random weights (no download).
 
     Raises:
         CheckpointError: the checkpoint is unreadable or does not match the preset (the message names the
             first missing/unexpected keys and shapes).
     """
-    cfg, state = resolve_config(os.fspath(preset_or_path), None if weights is None else os.fspath(weights))
+    from .hub import resolve_model_args  # official model names -> their converted weights (or their preset)
+
+    preset_or_path, weights = resolve_model_args(preset_or_path, weights, pretrained)
+    cfg, state = resolve_config(preset_or_path, weights)
     model = build_model(cfg)
     if state is not None:
         load_into(model, state)
