@@ -205,3 +205,22 @@ def test_export_without_weights_says_what_to_pass(tmp_path, capsys):
     assert main(["export", "--out", str(tmp_path / "m.onnx")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "model name" in err and "glip_t" in err and ".safetensors" in err
+
+
+def test_readme_models_section_runs(fake_hub, tmp_path, monkeypatch, chelsea):
+    """The README's Models section as written, against the fake Hub (``glip_t`` served as a tiny model)."""
+    from .test_readme import blocks, command_lines
+
+    (code,) = [c for lang, c in blocks("Models") if lang == "python"]
+    (shell,) = [c for lang, c in blocks("Models") if lang == "bash"]
+    monkeypatch.chdir(tmp_path)
+    Image.fromarray(chelsea).save("photo.jpg")
+    namespace: dict = {}
+    exec(code, namespace)
+    assert namespace["det"].config.name == "tiny" and hub.converted_path("glip_t").is_file()
+    seen = len(fake_hub.requests)
+    commands = command_lines(shell)
+    assert commands and all("glip_t" in argv for argv in commands)
+    for argv in commands:
+        assert main(argv) == 0, argv
+    assert len(fake_hub.requests) == seen  # the CLI loaded the converted file: no network
