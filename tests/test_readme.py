@@ -52,6 +52,7 @@ RUN_BY = {
     "Benchmarks: the papers' protocols, one command each": [
         "test_benchmark_cli.py::test_readme_benchmark_commands_run"
     ],
+    "Models": ["test_hub.py::test_readme_models_section_runs"],
 }
 
 

@@ -15,6 +15,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from types import SimpleNamespace
 
 import httpx
 import numpy as np
@@ -25,7 +26,7 @@ from PIL import Image
 from openglip.cli import main
 from openglip.serve import ServeSettings, create_app
 
-from .live_server import app_server, cli_server
+from .live_server import app_server, cli_server, free_port
 
 REPO = Path(__file__).resolve().parents[1]
 PROMPT = "cat. dog."
@@ -459,10 +460,29 @@ def test_a_client_that_stalls_mid_body_gets_408_and_its_connection_closed(tiny_d
 # --- the CLI and the README ---------------------------------------------------------------------------------------
 
 
-def test_serve_without_weights_or_preset_is_a_one_line_usage_error(capsys):
-    assert main(["serve"]) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0 and "--weights" in err and "--preset" in err
+def test_serve_without_weights_serves_the_detect_default(monkeypatch, capsys):
+    """``openglip serve`` alone serves what ``openglip detect`` uses without weights: the zero-shot default."""
+    import openglip.serve
+    import openglip.teachers
+
+    loaded = []
+
+    def load_teacher(spec, device=None):
+        loaded.append(spec)
+        return SimpleNamespace(device="cpu")  # stands for the zero-shot teacher (no weights to load here)
+
+    served = {}
+    monkeypatch.setattr(openglip.teachers, "load_teacher", load_teacher)
+    monkeypatch.setattr(
+        openglip.serve, "create_app", lambda predictor, settings: served.setdefault("p", predictor)
+    )
+    monkeypatch.setattr(openglip.serve, "run_server", lambda app, **kw: served.setdefault("app", app))
+    assert main(["serve", "--port", str(free_port())]) == 0
+    assert loaded == ["default"] and served["app"] is served["p"]
+    assert "zero-shot default" in capsys.readouterr().err
+
+
+def test_serve_bad_options_are_one_line_usage_errors(capsys):
     assert main(["serve", "--preset", "tiny", "--max-batch", "0"]) == 2
     assert "--max-batch must be at least 1" in capsys.readouterr().err
     with socket.socket() as taken:

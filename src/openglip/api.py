@@ -425,28 +425,36 @@ def load_model(
     preset_or_path: str | os.PathLike = "glip_t",
     weights: str | os.PathLike | None = None,
     device: str | torch.device | None = None,
+    *,
+    pretrained: bool = True,
     **detector_kwargs,
 ) -> Detector | Predictor:
     """Build a :class:`Detector`, or open any OpenGLIP model file that predicts boxes.
 
     Args:
-        preset_or_path: a preset name (``"glip_t"``, ``"glip_l"``, ``"tiny"``, ...) or a checkpoint file
-            (an OpenGLIP ``.safetensors`` carries its config and kind; an official GLIP ``.pth`` is recognised).
+        preset_or_path: an official model name (``"glip_t"``, ``"glip_l"``, ``"glip_t_c"``, ...: the official
+            weights, fetched from the Hugging Face Hub once, see :mod:`openglip.hub`), a preset name
+            (``"tiny"``, ``"glip_nano"``, ...) or a checkpoint file (an OpenGLIP ``.safetensors`` carries its
+            config and kind; an official GLIP ``.pth`` is recognised). A local file always wins over a name.
             A RegionCLIP detector file gives its :class:`~openglip.regionclip.OpenVocabDetector` (a
             :class:`~openglip.structures.Predictor`; ``text=`` may pass an already loaded sentence encoder).
         weights: a checkpoint to load into the preset: official GLIP ``.pth`` (``{"model": ...}`` with
-            ``module.`` keys), a plain state dict, or an OpenGLIP ``.safetensors``.
+            ``module.`` keys), a plain state dict, an OpenGLIP ``.safetensors``, or an official model name.
         device: "cpu", "cuda" or None (GPU when available).
+        pretrained: ``False`` builds an official name's preset with random weights (no download).
 
     Raises:
         CheckpointError: the checkpoint is unreadable, does not match the preset (the message names the
             first missing/unexpected keys and shapes), or is a file that predicts no boxes (a RegionCLIP teacher,
             RPN or student, a tuned prompt, JSON, ONNX: the message says what it is and what to do with it).
     """
+    from .hub import resolve_model_args  # official model names -> their converted weights (or their preset)
+
     source = os.fspath(preset_or_path)
     if weights is None and names_a_file(source) and checkpoint_kind(source) == "regionclip-detector":
         return _load_regionclip_detector(source, device, **detector_kwargs)
-    cfg, state = resolve_config(source, None if weights is None else os.fspath(weights))
+    preset_or_path, weights = resolve_model_args(preset_or_path, weights, pretrained)
+    cfg, state = resolve_config(preset_or_path, weights)
     model = build_model(cfg)
     if state is not None:
         load_into(model, state)

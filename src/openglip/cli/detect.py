@@ -21,7 +21,10 @@ def _add_detect(sub):
     what.add_argument(
         "--prompt-file", help="a tuned prompt (openglip tune --mode prompt); its phrases are the prompt"
     )
-    p.add_argument("--weights", help="checkpoint: official GLIP .pth or OpenGLIP .safetensors")
+    p.add_argument(
+        "--weights",
+        help="checkpoint (official GLIP .pth, OpenGLIP .safetensors) or an official name: glip_t, glip_l",
+    )
     p.add_argument(
         "--preset",
         default=None,
@@ -39,7 +42,9 @@ def _add_detect(sub):
     p.set_defaults(func=cmd_detect)
 
 
-def _load_predictor(args, tuned):
+def load_predictor(args, tuned=None):
+    """The predictor of --weights / --preset, or the zero-shot default teacher when neither is given (also what
+    ``openglip serve`` serves)."""
     from ..api import load_model
 
     if args.weights and args.preset is None:
@@ -54,7 +59,7 @@ def _load_predictor(args, tuned):
             "are meaningless",
             file=sys.stderr,
         )
-        predictor = load_model(args.preset, device=args.device)
+        predictor = load_model(args.preset, device=args.device, pretrained=False)
     else:
         from ..teachers import load_teacher
 
@@ -96,7 +101,7 @@ def cmd_detect(args) -> int:
     draw_dir = check_output_dir(args.draw, "--draw") if args.draw else None
     draw_names = output_names(paths) if draw_dir is not None else []
 
-    predictor = _load_predictor(args, tuned)
+    predictor = load_predictor(args, tuned)
     results, failures, done = [], [], 0
     for item in detect_paths(
         predictor, paths, prompt, box_threshold=args.threshold, batch_size=args.batch_size

@@ -18,7 +18,10 @@ def register(sub) -> None:
         ),
         epilog='example: openglip export --weights runs/x/model.safetensors --out deploy/model.onnx --prompt "cat. dog."',
     )
-    p.add_argument("--weights", help="checkpoint: OpenGLIP .safetensors or official GLIP .pth")
+    p.add_argument(
+        "--weights",
+        help="checkpoint (OpenGLIP .safetensors, official GLIP .pth) or an official name: glip_t, glip_l",
+    )
     p.add_argument(
         "--preset", help="model preset (default: read from --weights); e.g. glip_t, glip_nano, tiny"
     )
@@ -49,6 +52,7 @@ def cmd_export(args) -> int:
     from ..api import Detector, load_model
     from ..export import export_onnx
     from ..files import check_output_file
+    from ..hub import is_official_name
 
     if args.opset < 17:
         raise UsageError(f"--opset {args.opset} is too old: the export needs opset 17 or newer")
@@ -56,11 +60,12 @@ def cmd_export(args) -> int:
         raise UsageError(f"--out {args.out!r} must name an .onnx file")
     if args.weights is None and args.preset is None:
         raise UsageError(
-            "give --weights (a trained model) or --preset (random weights, for trying the export)"
+            "give --weights: an official model name (glip_t, glip_l, ...) or a weights file (.safetensors, .pth); "
+            "or --preset NAME for random weights"
         )
     if args.prompt and args.prompt_file:
         raise UsageError("give --prompt or --prompt-file, not both")
-    if args.weights and not Path(args.weights).is_file():
+    if args.weights and not Path(args.weights).is_file() and not is_official_name(args.weights):
         raise UsageError(f"--weights {args.weights}: file not found")
     if Path(args.out).is_file() and not args.overwrite:
         raise UsageError(f"--out {args.out} already exists; give --overwrite to replace it, or another path")
@@ -70,7 +75,7 @@ def cmd_export(args) -> int:
             f"openglip: warning: no --weights given; the {args.preset!r} model has random weights",
             file=sys.stderr,
         )
-        detector = load_model(args.preset, device="cpu")
+        detector = load_model(args.preset, device="cpu", pretrained=False)
     elif args.preset is None:
         detector = load_model(args.weights, device="cpu")
     else:

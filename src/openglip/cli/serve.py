@@ -19,7 +19,11 @@ def register(sub) -> None:
         epilog="example: openglip serve --weights runs/shapes/model.safetensors --port 8000  "
         '(then: curl -F image=@photo.jpg -F prompt="cat. cup." http://127.0.0.1:8000/v1/detect)',
     )
-    p.add_argument("--weights", help="checkpoint: OpenGLIP .safetensors or official GLIP .pth")
+    p.add_argument(
+        "--weights",
+        help="checkpoint (OpenGLIP .safetensors, official GLIP .pth) or an official name: glip_t, glip_l "
+        "(default: the zero-shot default model, as openglip detect)",
+    )
     p.add_argument(
         "--preset",
         help="model preset (default: read from --weights); without --weights the model has random weights",
@@ -86,7 +90,7 @@ def _check_address(host: str, port: int) -> None:
 
 
 def cmd_serve(args) -> int:
-    from ..api import load_model
+    from .detect import load_predictor
 
     try:
         from ..serve import ServeSettings, create_app, run_server
@@ -95,10 +99,6 @@ def cmd_serve(args) -> int:
             f"openglip serve needs the 'serve' extra ({err}): pip install 'openglip[serve]'"
         ) from None
 
-    if not args.weights and not args.preset:
-        raise UsageError(
-            "give --weights model.safetensors (a trained model), or --preset NAME to serve random weights for a test"
-        )
     if not 0 < args.port < 65536:
         raise UsageError(f"--port must be between 1 and 65535, not {args.port}")
     _check_address(args.host, args.port)
@@ -114,24 +114,17 @@ def cmd_serve(args) -> int:
         mix_sizes=args.mix_sizes,
     )
     try:
-        if args.weights and args.preset is None:
-            detector = load_model(args.weights, device=args.device)  # the preset comes from the checkpoint
-        elif args.weights:
-            detector = load_model(args.preset, weights=args.weights, device=args.device)
-        else:
-            detector = load_model(args.preset, device=args.device)
-            print(
-                f"openglip: warning: no --weights given; the {args.preset!r} model has random weights and its "
-                "boxes are meaningless",
-                file=sys.stderr,
-            )
+        detector = load_predictor(
+            args
+        )  # no --weights, no --preset: the zero-shot default, as openglip detect
     except ValueError as err:  # an unknown preset, or cuda asked for without a GPU
         if isinstance(err, OpenGLIPError):
             raise
         raise UsageError(str(err)) from None
     app = create_app(detector, settings)
+    name = getattr(getattr(detector, "config", None), "name", type(detector).__name__)
     print(
-        f"openglip: serving {detector.config.name} on {detector.device} at http://{args.host}:{args.port}/ "
+        f"openglip: serving {name} on {detector.device} at http://{args.host}:{args.port}/ "
         f"(max batch {settings.max_batch}, max wait {settings.max_wait_ms:g} ms)",
         file=sys.stderr,
         flush=True,

@@ -67,7 +67,9 @@ class GLIPTask(TaskBase):
         """Strict loading, except that GLIPv2's extra heads (inter-image projections, mask, MLM, VQA and caption
         heads) may be absent from the checkpoint: new heads start fresh, heads the checkpoint has are loaded;
         heads the checkpoint has but this model lacks (the MLM head of pre-training, say) are left out."""
-        state, _ = read_checkpoint(path)
+        from ..hub import resolve_weights  # init_weights may name an official model
+
+        state, _ = read_checkpoint(resolve_weights(path))
         ours = model.state_dict()
         state = {k: v for k, v in state.items() if k in ours or not k.startswith(OPTIONAL_HEADS)}
         load_into(model, state, optional=OPTIONAL_HEADS)

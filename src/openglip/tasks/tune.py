@@ -266,7 +266,9 @@ def tune(
     from ..data.datasets import GroundingDataset
     from ..data.transforms import default_train_transforms, to_model_input
     from ..engine.trainer import Trainer
+    from ..hub import resolve_weights  # --weights may name an official model
 
+    weights = resolve_weights(weights)
     _, model_cfg = read_checkpoint(weights)
     if model_cfg is None:
         raise UsageError(f"{weights} carries no config; convert it first with openglip convert")
