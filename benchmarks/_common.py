@@ -131,7 +131,7 @@ def train_step_rows(
     """GLIP-T training-step images/s, with the trainer's own loss, optimiser and EMA."""
     from openglip.config import TrainConfig
     from openglip.engine.optim import build_optimizer
-    from openglip.engine.trainer import ModelEMA
+    from openglip.engine.state import ModelEMA
     from openglip.tasks import GLIPTask
 
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")

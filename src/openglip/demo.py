@@ -72,6 +72,45 @@ def photos(argv: list[str]) -> int:
     return 0
 
 
+def _report(metrics: dict, steps: int, args, *, title: str, train_time: float) -> None:
+    """Print the demo's table (marked when ``--budget`` cut the run) and write ``eval.json``."""
+    from .metrics import format_table
+
+    shown = {
+        "base AP50": metrics["base/AP50"],
+        "novel AP50 (zero-shot)": metrics["novel/AP50"],
+        "AP50": metrics["AP50"],
+        "AP": metrics["AP"],
+        "grounding R@1": metrics["R@1"],
+        "grounding R@5": metrics["R@5"],
+    }
+    if steps < args.steps:  # the --budget stopped it: these are not the demo's figures
+        title += f" (cut at {steps} of {args.steps} steps: not the demo's figures)"
+        print(
+            f"WARNING: --budget {args.budget:g} s stopped training at step {steps} of {args.steps}; the "
+            "figures below are NOT the demo's (rerun without --budget)",
+            file=sys.stderr,
+        )
+    print(format_table(shown, title=title))
+    record = {"metrics": metrics, "train_seconds": train_time, "steps": steps, "planned_steps": args.steps}
+    (Path(args.out) / "eval.json").write_text(json.dumps(record))
+
+
+def _draw_val_examples(detector, drawn: Path) -> Path:
+    """Eight val images with the detector's boxes, drawn at 4x so that the labels of 128-px images are readable."""
+    from .shapes import CATEGORIES
+    from .shapes.evaluation import shapes_eval_set
+    from .visualize import draw_detections
+
+    _, images, _ = shapes_eval_set(8)
+    for i, image in enumerate(images):
+        dets = detector.predict(image, list(CATEGORIES), box_threshold=0.4)
+        big = np.kron(image, np.ones((4, 4, 1), dtype=image.dtype))
+        dets.xyxy = dets.xyxy * 4
+        draw_detections(big, dets, drawn / f"val_{i}.png")
+    return drawn
+
+
 def shapes(argv: list[str]) -> int:
     """Fine-tune glip_nano on the shapes world (novel combinations held out) and evaluate it."""
     parser = argparse.ArgumentParser(prog="python -m openglip.demo shapes", description=shapes.__doc__)
@@ -92,11 +131,9 @@ def shapes(argv: list[str]) -> int:
     from .api import Detector
     from .data.build import build_train_dataset
     from .engine.trainer import Trainer
-    from .metrics import format_table
-    from .shapes import CATEGORIES, NOVEL
-    from .shapes.evaluation import evaluate_shapes, shapes_eval_set
+    from .shapes import NOVEL
+    from .shapes.evaluation import evaluate_shapes
     from .tasks import GLIPTask
-    from .visualize import draw_detections
 
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(max(1, torch.get_num_threads()))
@@ -116,44 +153,11 @@ def shapes(argv: list[str]) -> int:
     detector = Detector(trainer.final_weights().cpu(), device="cpu")
     print(f"evaluating on {args.images} val images ...")
     metrics = evaluate_shapes(detector, num_images=args.images)
-    shown = {
-        "base AP50": metrics["base/AP50"],
-        "novel AP50 (zero-shot)": metrics["novel/AP50"],
-        "AP50": metrics["AP50"],
-        "AP": metrics["AP"],
-        "grounding R@1": metrics["R@1"],
-        "grounding R@5": metrics["R@5"],
-    }
-    title = f"{model_cfg.name}: {trainer.step} steps, {train_time:.0f} s of training"
-    if trainer.step < args.steps:  # the --budget stopped it: these are not the demo's figures
-        title += f" (cut at {trainer.step} of {args.steps} steps: not the demo's figures)"
-        print(
-            f"WARNING: --budget {args.budget:g} s stopped training at step {trainer.step} of {args.steps}; the "
-            "figures below are NOT the demo's (rerun without --budget)",
-            file=sys.stderr,
-        )
-    print(format_table(shown, title=title))
-    out = Path(args.out)
-    (out / "eval.json").write_text(
-        json.dumps(
-            {
-                "metrics": metrics,
-                "train_seconds": train_time,
-                "steps": trainer.step,
-                "planned_steps": args.steps,
-            }
-        )
-    )
-    _, images, _ = shapes_eval_set(8)
-    drawn = out / "predictions"
-    for i, image in enumerate(images):
-        dets = detector.predict(image, list(CATEGORIES), box_threshold=0.4)
-        # draw at 4x so that the labels of 128-px images are readable
-        big = np.kron(image, np.ones((4, 4, 1), dtype=image.dtype))
-        dets.xyxy = dets.xyxy * 4
-        draw_detections(big, dets, drawn / f"val_{i}.png")
+    _report(metrics, trainer.step, args, title=f"{model_cfg.name}: {trainer.step} steps, {train_time:.0f} s of training",
+            train_time=train_time)  # fmt: skip
+    drawn = _draw_val_examples(detector, Path(args.out) / "predictions")
     print(f"novel (never trained) categories: {', '.join(NOVEL)}")
-    print(f"weights: {out / 'model.safetensors'}   drawn predictions: {drawn}/")
+    print(f"weights: {Path(args.out) / 'model.safetensors'}   drawn predictions: {drawn}/")
     return 0
 
 

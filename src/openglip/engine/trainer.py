@@ -17,13 +17,11 @@ import contextlib
 import dataclasses
 import json
 import logging
-import random
 import shutil
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
@@ -35,64 +33,9 @@ from ..errors import UsageError
 from ..files import atomic_write, write_text_atomic
 from .optim import build_optimizer, lr_factor
 from .sampler import ReplaySampler, ResumableSampler
+from .state import ModelEMA, rng_state, seed_everything, set_rng_state
 
 log = logging.getLogger("openglip.train")
-
-
-class ModelEMA:
-    """Exponential moving average of a model's parameters and buffers.
-
-    The decay ramps up as ``min(decay, (1 + t) / (10 + t))`` over the first updates: without it a short run's
-    average would still be mostly the random initialisation (0.999**500 = 0.61).
-    """
-
-    def __init__(self, model: torch.nn.Module, decay: float):
-        self.decay = decay
-        self.updates = 0
-        self.shadow = {k: v.detach().clone() for k, v in model.state_dict().items()}
-
-    @torch.no_grad()
-    def update(self, model: torch.nn.Module) -> None:
-        self.updates += 1
-        d = min(self.decay, (1 + self.updates) / (10 + self.updates))
-        floats, shadows = [], []
-        for k, v in model.state_dict().items():
-            if v.dtype.is_floating_point:
-                floats.append(v.detach())
-                shadows.append(self.shadow[k])
-            else:
-                self.shadow[k].copy_(v)
-        torch._foreach_lerp_(shadows, floats, 1 - d)  # one fused update instead of two kernels per tensor
-
-    def state_dict(self) -> dict:
-        return {"updates": self.updates, "shadow": self.shadow}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.updates = int(state["updates"])
-        for k, v in state["shadow"].items():
-            self.shadow[k].copy_(v)
-
-
-def _rng_state() -> dict:
-    """Every RNG's state in types ``torch.load(weights_only=True)`` accepts (tensors, ints, floats, tuples)."""
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()
-    state = {
-        "torch": torch.get_rng_state(),
-        "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)),
-        "python": random.getstate(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    kind, keys, pos, has_gauss, gauss = state["numpy"]
-    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
-    random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 RUN_FILES = ("checkpoints", "metrics.jsonl", "config.json", "model.safetensors", "tb", "finetuned.safetensors",
@@ -143,9 +86,7 @@ class Trainer:
         if self.device.type == "cpu":
             # denormal floats appear in training and make CPU kernels ~50x slower; flushing them costs nothing
             torch.set_flush_denormal(True)
-        torch.manual_seed(cfg.seed)
-        np.random.seed(cfg.seed)
-        random.seed(cfg.seed)
+        seed_everything(cfg.seed)
         self.model = (model or task.build_model()).to(self.device)
         if cfg.init_weights:
             task.load_weights(self.model, cfg.init_weights)
@@ -236,7 +177,7 @@ class Trainer:
             self.ema.load_state_dict(ckpt["ema"])
         self.step, self.items = int(ckpt["step"]), int(ckpt["items"])
         rng = ckpt["rng"][self.dist.rank] if self.dist.rank < len(ckpt["rng"]) else ckpt["rng"][0]
-        _set_rng_state(rng)
+        set_rng_state(rng)
         if self.dist.is_main:
             self._truncate_metrics(self.step)
             log.info("resumed from %s at step %d", path, self.step)
@@ -273,7 +214,7 @@ class Trainer:
 
     def save_checkpoint(self) -> Path:
         """Write a checkpoint atomically (rank 0 writes; every rank contributes its RNG state)."""
-        rngs = [_rng_state()]
+        rngs = [rng_state()]
         if self.dist.enabled:
             gathered = [None] * self.dist.world_size
             torch.distributed.all_gather_object(gathered, rngs[0])
@@ -364,21 +305,7 @@ class Trainer:
     def fit(self) -> dict:
         """Train to ``max_steps`` (or the time budget); returns the last logged metrics."""
         cfg = self.cfg
-        self.tb = None
-        if self.dist.is_main:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-            configs = {"model": self.task.config_dict(), "train": dataclasses.asdict(cfg),
-                       "task": self.task.task_config_dict()}  # fmt: skip
-            write_text_atomic(self.out_dir / "config.json", json.dumps(configs, indent=1))
-            if cfg.tensorboard:
-                try:
-                    from torch.utils.tensorboard import SummaryWriter
-
-                    self.tb = SummaryWriter(str(self.out_dir / "tb"))
-                except ImportError:
-                    log.warning(
-                        "tensorboard is not installed: pip install tensorboard (continuing without it)"
-                    )
+        self._start_run()
         self._bad_step = None
         self._train_mode()
         from tqdm import tqdm
@@ -394,44 +321,19 @@ class Trainer:
             if cfg.time_budget and time.time() - start_time > cfg.time_budget:
                 log.info("time budget of %.0f s reached at step %d", cfg.time_budget, self.step)
                 break
-            sums: dict[str, torch.Tensor] = {}  # on the device: read once per log step, not per micro-batch
-            for micro in range(cfg.grad_accum):
-                batch = next(loader).to(self.device)  # batches of any task provide .to(device)
-                sync = micro == cfg.grad_accum - 1 or not self.dist.enabled
-                ctx = contextlib.nullcontext() if sync else self.ddp_model.no_sync()
-                with ctx:
-                    losses = self._forward_loss(batch)
-                    total = sum(losses.values())
-                    self.scaler.scale(total / cfg.grad_accum).backward()
-                for k, v in losses.items():
-                    sums[k] = sums.get(k, 0.0) + v.detach().float() / cfg.grad_accum
-                self.items += len(batch)
-                window_items += len(batch)
-            self._watch_finite(sums)
-            self.scaler.unscale_(self.optimizer)
-            if cfg.clip_grad > 0:
-                torch.nn.utils.clip_grad_norm_(
-                    [p for p in self.model.parameters() if p.requires_grad], cfg.clip_grad
-                )
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scheduler.step()
-            if self.ema is not None:
-                self.ema.update(self.model)
-            self.step += 1
+            sums, items = self._optimizer_step(loader)
+            window_items += items
             bar.update(1)
             if self.step % cfg.log_every == 0 or self.step == cfg.max_steps:
                 self._check_finite()
                 values = dict(zip(sums, torch.stack(list(sums.values())).tolist()))  # the one host sync
                 loss = sum(values.values())
                 bar.set_postfix(loss=f"{loss:.3f}")
-                sums = values
                 elapsed = time.time() - window_t
                 last = {
                     "step": self.step,
                     "loss": loss,
-                    **sums,
+                    **values,
                     "lr": self.optimizer.param_groups[0]["lr"],
                     "images_per_s": window_items * self.dist.world_size / max(elapsed, 1e-9),
                     "time": time.time() - start_time,
@@ -444,6 +346,60 @@ class Trainer:
             if cfg.eval_every and self.step % cfg.eval_every == 0:
                 self._evaluate()
         bar.close()
+        return self._finish(last)
+
+    def _start_run(self) -> None:
+        """The run folder's ``config.json`` and, when asked for, the TensorBoard writer (main process only)."""
+        self.tb = None
+        if not self.dist.is_main:
+            return
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        configs = {"model": self.task.config_dict(), "train": dataclasses.asdict(self.cfg),
+                   "task": self.task.task_config_dict()}  # fmt: skip
+        write_text_atomic(self.out_dir / "config.json", json.dumps(configs, indent=1))
+        if self.cfg.tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(str(self.out_dir / "tb"))
+            except ImportError:
+                log.warning("tensorboard is not installed: pip install tensorboard (continuing without it)")
+
+    def _optimizer_step(self, loader) -> tuple[dict[str, torch.Tensor], int]:
+        """One optimiser step over ``grad_accum`` micro-batches; returns the losses summed on the device (read
+        once per log step, not per micro-batch) and the number of items trained on."""
+        cfg = self.cfg
+        sums: dict[str, torch.Tensor] = {}
+        items = 0
+        for micro in range(cfg.grad_accum):
+            batch = next(loader).to(self.device)  # batches of any task provide .to(device)
+            sync = micro == cfg.grad_accum - 1 or not self.dist.enabled
+            ctx = contextlib.nullcontext() if sync else self.ddp_model.no_sync()
+            with ctx:
+                losses = self._forward_loss(batch)
+                total = sum(losses.values())
+                self.scaler.scale(total / cfg.grad_accum).backward()
+            for k, v in losses.items():
+                sums[k] = sums.get(k, 0.0) + v.detach().float() / cfg.grad_accum
+            self.items += len(batch)
+            items += len(batch)
+        self._watch_finite(sums)
+        self.scaler.unscale_(self.optimizer)
+        if cfg.clip_grad > 0:
+            torch.nn.utils.clip_grad_norm_(
+                [p for p in self.model.parameters() if p.requires_grad], cfg.clip_grad
+            )
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        if self.ema is not None:
+            self.ema.update(self.model)
+        self.step += 1
+        return sums, items
+
+    def _finish(self, last: dict) -> dict:
+        """The final checkpoint, the task's result written as ``model.safetensors``, the final evaluation."""
         self._check_finite()
         self.save_checkpoint()
         final = None

@@ -21,6 +21,7 @@ import json
 import os
 import shutil
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -275,6 +276,50 @@ def export_onnx(
     """
     from ..prompts import parse_prompt
 
+    _check_export_options(opset, exporter)
+    say = progress or (lambda message: None)
+    if getattr(detector.model, "mask_head", None) is not None:
+        say("note: the mask head is not exported (boxes only)")
+    out = Path(out)
+    parsed = parse_prompt(prompt) if prompt is not None else None
+    mode = "fixed" if parsed is not None else "open"
+    detector = _on_cpu_in_fp32(detector)
+
+    files = [out]
+    tokenizer_file = None
+    if mode == "open":
+        tokenizer_file = tokenizer_path(out).name
+    divisibility = detector.config.size_divisibility
+    fallback_reason = None
+    used = None
+    metadata = partial(_metadata, detector, mode=mode, nms=nms, prompt=parsed, tokenizer_file=tokenizer_file)
+    with export_friendly(), torch.no_grad():
+        graph, args, check, inputs, outputs, axes = _build_graph(detector, parsed, nms)
+        if exporter in ("auto", "dynamo"):
+            say("exporting with the dynamo exporter (torch.onnx.export(dynamo=True))")
+            meta = metadata(exporter="dynamo")
+            fallback_reason = _try_dynamo(
+                (graph, args, inputs, outputs, axes, opset, divisibility, meta, out), check, verify, exporter
+            )
+            if fallback_reason is None:
+                used = "dynamo"
+            else:
+                say(f"the dynamo exporter failed ({fallback_reason}); using the TorchScript exporter")
+        if used is None:
+            say("exporting with the TorchScript exporter (torch.onnx.export(dynamo=False))")
+            meta = metadata(exporter="torchscript")
+            _export_torchscript(graph, args, inputs, outputs, axes, opset, meta, out)
+            problem = _verify(graph, out, check, inputs, outputs) if verify else None
+            if problem is not None:
+                out.unlink()
+                raise RuntimeError(f"the TorchScript exporter wrote a wrong graph: {problem}")
+            used = "torchscript"
+    files += _write_companions(detector, out, tokenizer_file)
+    return ExportResult(out, mode, used, inputs, outputs, files, fallback_reason)
+
+
+def _check_export_options(opset: int, exporter: str) -> None:
+    """Bad options and missing packages, before any work."""
     if opset < MIN_OPSET:
         raise UsageError(f"--opset {opset} is too old: the export needs opset {MIN_OPSET} or newer")
     if exporter not in EXPORTERS:
@@ -285,74 +330,48 @@ def export_onnx(
         raise UsageError(
             f"ONNX export needs the package(s) {', '.join(missing)}: pip install 'openglip[export]'"
         )
-    say = progress or (lambda message: None)
-    if getattr(detector.model, "mask_head", None) is not None:
-        say("note: the mask head is not exported (boxes only)")
-    out = Path(out)
-    parsed = parse_prompt(prompt) if prompt is not None else None
-    mode = "fixed" if parsed is not None else "open"
+
+
+def _on_cpu_in_fp32(detector):
+    """The detector to trace: the graph is traced on the CPU in fp32 (the text features baked in are computed
+    the same way), with the same tuned prompts."""
     if detector.device.type != "cpu" or detector.precision != "fp32":
-        # the graph is traced on the CPU in fp32 (the text features baked in are computed the same way)
         from ..api import Detector
 
         tuned = {caption: delta.cpu() for caption, delta in detector._tuned.items()}
         detector = Detector(detector.model, device="cpu", precision="fp32")
         detector._tuned = tuned
     detector.model.eval()
+    return detector
 
-    files = [out]
-    tokenizer_file = None
-    if mode == "open":
-        tokenizer_file = tokenizer_path(out).name
-    divisibility = detector.config.size_divisibility
-    fallback_reason = None
-    used = None
-    with export_friendly(), torch.no_grad():
-        graph, args, check, inputs, outputs, axes = _build_graph(detector, parsed, nms)
-        if exporter in ("auto", "dynamo"):
-            say("exporting with the dynamo exporter (torch.onnx.export(dynamo=True))")
-            meta = _metadata(
-                detector, mode=mode, nms=nms, exporter="dynamo", prompt=parsed, tokenizer_file=tokenizer_file
-            )
-            try:
-                _export_dynamo(graph, args, inputs, outputs, axes, opset, divisibility, meta, out)
-                problem = _verify(graph, out, check, inputs, outputs) if verify else None
-                if problem is not None:
-                    raise RuntimeError(f"the exported graph is wrong at another input size: {problem}")
-                used = "dynamo"
-            except Exception as err:  # the exporter's failures have no common type
-                fallback_reason = (
-                    f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err) else ''}"
-                )
-                if exporter == "dynamo":
-                    raise UsageError(
-                        f"the dynamo exporter failed ({fallback_reason}); try --exporter torchscript"
-                    ) from err
-                say(f"the dynamo exporter failed ({fallback_reason}); using the TorchScript exporter")
-        if used is None:
-            say("exporting with the TorchScript exporter (torch.onnx.export(dynamo=False))")
-            meta = _metadata(
-                detector,
-                mode=mode,
-                nms=nms,
-                exporter="torchscript",
-                prompt=parsed,
-                tokenizer_file=tokenizer_file,
-            )
-            _export_torchscript(graph, args, inputs, outputs, axes, opset, meta, out)
-            problem = _verify(graph, out, check, inputs, outputs) if verify else None
-            if problem is not None:
-                out.unlink()
-                raise RuntimeError(f"the TorchScript exporter wrote a wrong graph: {problem}")
-            used = "torchscript"
+
+def _try_dynamo(export_args: tuple, check, verify: bool, exporter: str) -> str | None:
+    """Export with the dynamo exporter (and verify the graph); None when it worked, else why it failed (raised as
+    a UsageError when ``exporter`` is "dynamo" alone)."""
+    graph, _, inputs, outputs, _, _, _, _, out = export_args
+    try:
+        _export_dynamo(*export_args)
+        problem = _verify(graph, out, check, inputs, outputs) if verify else None
+        if problem is not None:
+            raise RuntimeError(f"the exported graph is wrong at another input size: {problem}")
+        return None
+    except Exception as err:  # the exporter's failures have no common type
+        reason = f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err) else ''}"
+        if exporter == "dynamo":
+            raise UsageError(f"the dynamo exporter failed ({reason}); try --exporter torchscript") from err
+        return reason
+
+
+def _write_companions(detector, out: Path, tokenizer_file: str | None) -> list[Path]:
+    """The files that travel with the graph: the tokenizer (open vocabulary) and the NumPy runner."""
+    files = []
     if tokenizer_file is not None:
         tok_path = out.with_name(tokenizer_file)
         atomic_write(tok_path, lambda tmp: detector.model.tokenizer.backend_tokenizer.save(tmp))
         files.append(tok_path)
     runner = out.with_name(RUNNER.name)
     atomic_write(runner, lambda tmp: shutil.copyfile(RUNNER, tmp))
-    files.append(runner)
-    return ExportResult(out, mode, used, inputs, outputs, files, fallback_reason)
+    return [*files, runner]
 
 
 __all__ = ["ExportResult", "export_onnx", "onnx_nms", "tokenizer_path"]

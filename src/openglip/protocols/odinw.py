@@ -203,6 +203,30 @@ def _few_shot_file(ds: OdinwDataset, shots: int, seed: int, run_dir: Path) -> tu
     return path, folder, len(ids)
 
 
+def _check_plan(plan: OdinwPlan) -> None:
+    unknown = [m for m in plan.modes if m not in ADAPTERS]
+    if unknown:
+        raise UsageError(f"unknown adaptation mode(s) {unknown}; choose from {', '.join(ADAPTERS)}")
+    if any(k < 1 for k in plan.shots):
+        raise UsageError("--shots must be positive numbers (zero-shot is always run)")
+
+
+def _adapt_and_evaluate(
+    weights, ds, test: _TestSet, setting: tuple[str, int, int], run_dir: Path, plan
+) -> dict:
+    """One few-shot unit: sample the shots, adapt the model with ``mode``, evaluate it on the test split."""
+    mode, shots, seed = setting
+    train_file, image_root, n_images = _few_shot_file(ds, shots, seed, run_dir)
+    ctx = AdaptContext(
+        str(weights), train_file, image_root, test.prompt, run_dir, plan.overrides, seed, plan.device
+    )
+    detector = ADAPTERS[mode](ctx)
+    metrics = test.evaluate(detector, plan.batch_size, desc=f"{ds.name} {_unit_name(mode, shots, seed)}")
+    if not plan.keep_runs:
+        shutil.rmtree(run_dir, ignore_errors=True)
+    return {"mode": mode, "shots": shots, "seed": seed, "train_images": n_images, **metrics}
+
+
 def run_odinw(
     weights: str | Path,
     root: str | Path,
@@ -228,11 +252,7 @@ def run_odinw(
     from .. import load_model
 
     plan = plan or OdinwPlan()
-    unknown = [m for m in plan.modes if m not in ADAPTERS]
-    if unknown:
-        raise UsageError(f"unknown adaptation mode(s) {unknown}; choose from {', '.join(ADAPTERS)}")
-    if any(k < 1 for k in plan.shots):
-        raise UsageError("--shots must be positive numbers (zero-shot is always run)")
+    _check_plan(plan)
     found = find_odinw_datasets(root, datasets)
     out = Path(out_dir)
     # zero-shot everywhere first, then one seed at a time over every setting: a run stopped early still gives
@@ -259,16 +279,9 @@ def run_odinw(
             metrics = test.evaluate(zero_shot_model, plan.batch_size, desc=f"{ds.name} zero-shot")
             result = {"mode": "zero-shot", "shots": 0, "seed": 0, **metrics}
         else:
-            run_dir = out / "runs" / _safe(ds.name) / unit
-            train_file, image_root, n_images = _few_shot_file(ds, shots, seed, run_dir)
-            ctx = AdaptContext(
-                str(weights), train_file, image_root, test.prompt, run_dir, plan.overrides, seed, plan.device
+            result = _adapt_and_evaluate(
+                weights, ds, test, (mode, shots, seed), out / "runs" / _safe(ds.name) / unit, plan
             )
-            detector = ADAPTERS[mode](ctx)
-            metrics = test.evaluate(detector, plan.batch_size, desc=f"{ds.name} {unit}")
-            result = {"mode": mode, "shots": shots, "seed": seed, "train_images": n_images, **metrics}
-            if not plan.keep_runs:
-                shutil.rmtree(run_dir, ignore_errors=True)
         result["test_images"] = len(test.images)
         result["split"] = test.split
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -251,6 +251,72 @@ def _draw_png(upload: _Upload, dets) -> bytes:
     return buffer.getvalue()
 
 
+def _add_error_handlers(app: FastAPI) -> None:
+    """Every error as the JSON ``{"error", "detail"}``: HTTP errors, validation errors and bugs (logged)."""
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException):
+        name = HTTPStatus(exc.status_code).phrase.lower().replace(" ", "_").replace("-", "_")
+        return _error(exc.status_code, name, str(exc.detail))
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError):
+        return _error(422, "invalid_request", str(exc.errors()))
+
+    @app.exception_handler(Exception)
+    async def _bug(request: Request, exc: Exception):
+        log.exception("unexpected error on %s", request.url.path)
+        return _error(500, "internal_error", f"{type(exc).__name__}: {exc}")
+
+
+def _health(detector, worker: BatchWorker, settings: ServeSettings) -> dict:
+    """``GET /v1/health``: the model, its queue and the server's limits."""
+    config = getattr(detector, "config", None)
+    return {
+        "status": "ok" if worker.running else "starting",
+        "model": getattr(config, "name", type(detector).__name__),
+        "device": str(getattr(detector, "device", "cpu")),
+        "queue_depth": worker.queue_depth,
+        "max_batch": settings.max_batch,
+        "max_wait_ms": settings.max_wait_ms,
+        "limits": {
+            "max_upload_mb": settings.max_upload_mb,
+            "max_pixels": settings.max_pixels,
+            "max_prompt_tokens": settings.max_prompt_tokens,
+            "timeout_s": settings.timeout_s,
+        },
+        "default_threshold": settings.default_threshold,
+    }
+
+
+async def _answer(
+    request: Request, start: float, detector, worker: BatchWorker, settings: ServeSettings, tokenizer
+) -> Response:
+    """One ``POST /v1/detect``: read and check the request, queue it for the batching worker, answer."""
+    body = await _read_body(request, settings.max_upload_bytes, settings.body_timeout_s)
+    req = await _parse(request, body, settings.default_threshold)
+    prompt = check_prompt(req.prompt, tokenizer, settings.max_prompt_tokens)
+    upload = await run_in_threadpool(_prepare, detector, req.image_bytes, settings)
+    future = worker.submit(Job(upload.image, prompt, req.threshold, group=upload.group))
+    try:
+        finished = await asyncio.wait_for(asyncio.wrap_future(future), settings.timeout_s)
+    except asyncio.TimeoutError:
+        future.cancel()  # still queued: the worker drops it; already running: its answer is discarded
+        raise ServeError(
+            504,
+            "timeout",
+            f"no answer within {settings.timeout_s:g} s (--timeout-s); the request was cancelled",
+        ) from None
+    except ImageError as err:
+        raise ServeError(415, "not_an_image", str(err)) from None
+    except OpenGLIPError as err:  # bad input only the model could see; anything else is a bug (500)
+        raise ServeError(422, "invalid_field", str(err)) from None
+    if req.draw:
+        png = await run_in_threadpool(_draw_png, upload, finished.detections)
+        return Response(png, media_type="image/png", headers={"X-Detections": str(len(finished.detections))})
+    return JSONResponse(_result_json(finished, prompt, req.threshold, time.perf_counter() - start))
+
+
 def create_app(detector, settings: ServeSettings | None = None) -> FastAPI:
     """A FastAPI app serving ``detector`` (see the module docstring for the endpoints).
 
@@ -286,19 +352,7 @@ def create_app(detector, settings: ServeSettings | None = None) -> FastAPI:
     app.state.worker = worker
     app.state.metrics = metrics
 
-    @app.exception_handler(StarletteHTTPException)
-    async def _http_error(request: Request, exc: StarletteHTTPException):
-        name = HTTPStatus(exc.status_code).phrase.lower().replace(" ", "_").replace("-", "_")
-        return _error(exc.status_code, name, str(exc.detail))
-
-    @app.exception_handler(RequestValidationError)
-    async def _validation_error(request: Request, exc: RequestValidationError):
-        return _error(422, "invalid_request", str(exc.errors()))
-
-    @app.exception_handler(Exception)
-    async def _bug(request: Request, exc: Exception):
-        log.exception("unexpected error on %s", request.url.path)
-        return _error(500, "internal_error", f"{type(exc).__name__}: {exc}")
+    _add_error_handlers(app)
 
     @app.get("/", include_in_schema=False)
     async def page():
@@ -308,60 +362,19 @@ def create_app(detector, settings: ServeSettings | None = None) -> FastAPI:
 
     @app.get("/v1/health")
     async def health():
-        config = getattr(detector, "config", None)
-        return {
-            "status": "ok" if worker.running else "starting",
-            "model": getattr(config, "name", type(detector).__name__),
-            "device": str(getattr(detector, "device", "cpu")),
-            "queue_depth": worker.queue_depth,
-            "max_batch": settings.max_batch,
-            "max_wait_ms": settings.max_wait_ms,
-            "limits": {
-                "max_upload_mb": settings.max_upload_mb,
-                "max_pixels": settings.max_pixels,
-                "max_prompt_tokens": settings.max_prompt_tokens,
-                "timeout_s": settings.timeout_s,
-            },
-            "default_threshold": settings.default_threshold,
-        }
+        return _health(detector, worker, settings)
 
     @app.get("/metrics")
     async def prometheus():
         body, content_type = metrics.render()
         return Response(body, media_type=content_type)
 
-    async def answer(request: Request, start: float) -> Response:
-        body = await _read_body(request, settings.max_upload_bytes, settings.body_timeout_s)
-        req = await _parse(request, body, settings.default_threshold)
-        prompt = check_prompt(req.prompt, tokenizer, settings.max_prompt_tokens)
-        upload = await run_in_threadpool(_prepare, detector, req.image_bytes, settings)
-        future = worker.submit(Job(upload.image, prompt, req.threshold, group=upload.group))
-        try:
-            finished = await asyncio.wait_for(asyncio.wrap_future(future), settings.timeout_s)
-        except asyncio.TimeoutError:
-            future.cancel()  # still queued: the worker drops it; already running: its answer is discarded
-            raise ServeError(
-                504,
-                "timeout",
-                f"no answer within {settings.timeout_s:g} s (--timeout-s); the request was cancelled",
-            ) from None
-        except ImageError as err:
-            raise ServeError(415, "not_an_image", str(err)) from None
-        except OpenGLIPError as err:  # bad input only the model could see; anything else is a bug (500)
-            raise ServeError(422, "invalid_field", str(err)) from None
-        if req.draw:
-            png = await run_in_threadpool(_draw_png, upload, finished.detections)
-            return Response(
-                png, media_type="image/png", headers={"X-Detections": str(len(finished.detections))}
-            )
-        return JSONResponse(_result_json(finished, prompt, req.threshold, time.perf_counter() - start))
-
     @app.post(DETECT)
     async def detect(request: Request):
         start = time.perf_counter()
         error = None
         try:
-            response = await answer(request, start)
+            response = await _answer(request, start, detector, worker, settings, tokenizer)
         except ServeError as err:
             response, error = _error(err.status, err.error, err.detail), err.error
         except Exception as err:  # a bug: answered as JSON, logged, and the server keeps serving

@@ -39,6 +39,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ..data.coco import coco_ground_truth
 from ..files import write_text_atomic
 from .render import ShapesWorld
 from .world import BASE, CATEGORIES, ShapesSample
@@ -111,6 +112,19 @@ def ladder_recipe(data: str, preset: str = "glip_nano") -> dict:
     }
 
 
+def _detection_coco(samples, names: list[str], seed: int) -> dict:
+    """The detection corpus (Objects365 stand-in) as COCO: its categories only, numbered 1..n."""
+    cat_id = {n: i + 1 for i, n in enumerate(DETECTION_CATEGORIES)}
+    images = [
+        {"id": k + 1, "file_name": name, "height": s.image.shape[0], "width": s.image.shape[1],
+         "boxes": s.boxes.tolist(), "category_ids": [cat_id[CATEGORIES[label]] for label in s.labels.tolist()]}
+        for k, (s, name) in enumerate(zip(samples, names))
+    ]  # fmt: skip
+    categories = [{"id": i, "name": n, "supercategory": n.split()[1]} for n, i in cat_id.items()]
+    info = {"description": "OpenGLIP shapes ladder: detection corpus (Objects365 stand-in)", "seed": seed}
+    return coco_ground_truth(images, categories, info=info)
+
+
 def write_ladder(
     out_dir: str | os.PathLike,
     *,
@@ -153,19 +167,6 @@ def write_ladder(
         for sample, name in zip(samples, names[kind]):
             Image.fromarray(sample.image).save(out / name, compress_level=1)
 
-    cat_id = {n: i + 1 for i, n in enumerate(DETECTION_CATEGORIES)}
-    images, anns = [], []
-    for k, (sample, name) in enumerate(zip(corpora["detection"], names["detection"])):
-        h, w = sample.image.shape[:2]
-        images.append({"id": k + 1, "file_name": name, "height": h, "width": w})
-        for box, label in zip(sample.boxes.tolist(), sample.labels.tolist()):
-            x1, y1, x2, y2 = box
-            anns.append(
-                {"id": len(anns) + 1, "image_id": k + 1, "category_id": cat_id[CATEGORIES[label]],
-                 "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1), "iscrowd": 0}
-            )  # fmt: skip
-    categories = [{"id": i, "name": n, "supercategory": n.split()[1]} for n, i in cat_id.items()]
-    info = {"description": "OpenGLIP shapes ladder: detection corpus (Objects365 stand-in)", "seed": seed}
     paths = {
         "images": out / "images",
         "detection": out / "detection.coco.json",
@@ -174,8 +175,9 @@ def write_ladder(
         "captions_truth": out / "captions.truth.odvg.jsonl",
         "recipe": out / "ladder.json",
     }
-    coco = {"info": info, "images": images, "annotations": anns, "categories": categories}
-    write_text_atomic(paths["detection"], json.dumps(coco))
+    write_text_atomic(
+        paths["detection"], json.dumps(_detection_coco(corpora["detection"], names["detection"], seed))
+    )
     lines = [
         json.dumps(_grounding_record(s, name, cap))
         for s, name in zip(corpora["grounding"], names["grounding"])
