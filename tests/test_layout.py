@@ -142,7 +142,13 @@ def import_graph(root: Path, top_level: bool = False) -> dict[str, set[str]]:
             targets.update(t for t in found[1:] or found if t)
             if found[0] and len(found) > 1 and found[0] in found[1:]:  # a name pkg/__init__.py defines
                 targets.add(found[0])
-        graph[module] = targets - {module}
+        # importing pkg.sub.mod first runs pkg/__init__.py and pkg/sub/__init__.py (not the root's, which runs
+        # before anything else, nor those of the importer's own packages, which are already running)
+        own = {module.rsplit(".", k)[0] for k in range(1, module.count(".") + 1)}
+        for t in list(targets):
+            parts = t.split(".")
+            targets.update(".".join(parts[:k]) for k in range(2 if not top_level else 1, len(parts)))
+        graph[module] = {t for t in targets if t in modules} - own - {module}
     return graph
 
 
@@ -193,3 +199,42 @@ def test_the_cycle_check_finds_a_cycle_hidden_in_a_function(tmp_path):
 def test_no_import_cycles(root):
     folder = PACKAGE.parents[1] / root
     assert import_cycles(import_graph(folder, top_level=root == "benchmarks")) == []
+
+
+# Where an import may wait until a function runs, and why. Everything else is imported at module level, so that
+# a module's dependencies are visible at its top and an import cycle cannot hide inside a function.
+LAZY_IMPORTS = {
+    # the package's own modules
+    "openglip.cli": "the CLI answers --help and usage errors before torch and the library are imported",
+    # optional extras and dependencies installed apart
+    "pycocotools": "[eval] extra (COCO AP)",
+    "faster_coco_eval": "[eval] extra (LVIS fixed AP, the second COCO implementation)",
+    "lvis": "the LVIS API, installed without its dependencies (its pins are for its visualiser)",
+    "open_clip": "[clip] extra (RegionCLIP's CLIP teacher and student)",
+    "onnx": "[export] extra",
+    "onnxscript": "[export] extra",
+    "onnxruntime": "[export] extra (the exported graph's check and runner)",
+    "uvicorn": "[serve] extra",
+    "supervision": "[viz] extra (Detections.to_supervision)",
+    "torch.utils.tensorboard": "the tensorboard package, only with TrainConfig.tensorboard",
+    # heavy imports used on one path only
+    "transformers": "about a second to import; only where a tokenizer or BERT is built",
+    "tokenizers": "the torch-free ONNX runner needs it for open-vocabulary graphs only",
+    "huggingface_hub": "only when an official model is named (download)",
+    "webdataset": "only when shards are read or written",
+    "pycocoevalcap": "only when captions are scored",
+    "fcntl": "POSIX only: without it the label run takes no lock",
+}
+
+
+def test_function_level_imports_only_where_listed():
+    offenders = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        module = _module_name(path, PACKAGE)
+        if module.startswith("openglip.cli"):
+            continue
+        for names, local in _import_statements(path, module):
+            lazy = any(names[0] == k or names[0].startswith(k + ".") for k in LAZY_IMPORTS)
+            if local and not lazy:
+                offenders.append(f"{module}: {names[0]}")
+    assert not offenders, f"import these at module level, or list them in LAZY_IMPORTS with why: {offenders}"

@@ -16,12 +16,17 @@ from .checkpoints import load_into, names_a_file, resolve_config
 from .config import ModelConfig
 from .device import resolve_device
 from .errors import UsageError
+from .hub import resolve_model_args
 from .images import load_image
 from .models.detector import GLIP, TextFeatures, build_model
+from .models.masks import paste_masks
 from .models.postprocess import Candidates, PostProcessor
 from .models.transform import ImageTransform
+from .models.vl_heads import read_answer_vocab
 from .prompts import Prompt, PromptError, chunk_prompt, parse_prompt, positive_map, token_spans
+from .regionclip.weights import load_detector
 from .structures import Detections, Predictor
+from .understand import answer_questions, generate_captions, ground_captions
 
 PromptLike = str | Sequence[str] | Prompt
 
@@ -207,7 +212,6 @@ class Detector:
     # -- inference ----------------------------------------------------------------------------------------
     def _masks(self, visual, index: int, input_boxes, boxes, padded_shape, original_size) -> np.ndarray:
         """Instance masks of one image's boxes: (K, H, W) bool in original pixels."""
-        from .models.masks import paste_masks
 
         with torch.no_grad(), self._autocast():
             logits = self.model.mask_head([f[index : index + 1] for f in visual], [input_boxes], padded_shape)
@@ -378,7 +382,6 @@ class Detector:
             UsageError: no VQA head, an empty question or one longer than the text limit.
             ImageError: an unreadable image.
         """
-        from .understand import answer_questions
 
         single = not isinstance(images, (list, tuple))
         items = [images] if single else list(images)
@@ -404,7 +407,6 @@ class Detector:
         Returns:
             a caption string (or :class:`GroundedCaption`), or a list of them for a list of images.
         """
-        from .understand import generate_captions, ground_captions
 
         single = not isinstance(images, (list, tuple))
         items = [images] if single else list(images)
@@ -448,7 +450,6 @@ def load_model(
             first missing/unexpected keys and shapes), or is a file that predicts no boxes (a RegionCLIP teacher,
             RPN or student, a tuned prompt, JSON, ONNX: the message says what it is and what to do with it).
     """
-    from .hub import resolve_model_args  # official model names -> their converted weights (or their preset)
 
     source = os.fspath(preset_or_path)
     if weights is None and names_a_file(source) and checkpoint_kind(source) == "regionclip-detector":
@@ -459,8 +460,6 @@ def load_model(
     if state is not None:
         load_into(model, state)
     if cfg.vqa_answers > 0:  # the answer vocabulary travels in the weights file's metadata
-        from .models.vl_heads import read_answer_vocab
-
         source = weights if weights is not None else preset_or_path
         model.answer_vocab = read_answer_vocab(source, cfg.vqa_answers) if state is not None else None
     return Detector(model, device=device, **detector_kwargs)
@@ -468,7 +467,6 @@ def load_model(
 
 def _load_regionclip_detector(path: str, device, text=None, **unused) -> Predictor:
     """A RegionCLIP detector file as a :class:`~openglip.structures.Predictor` on ``device``."""
-    from .regionclip.weights import load_detector
 
     if unused:
         raise UsageError(

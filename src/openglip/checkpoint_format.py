@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from .errors import OpenGLIPError
 from .files import atomic_write, read_safetensors
@@ -97,7 +99,6 @@ def write_checkpoint(
 ) -> None:
     """Write ``state`` with its ``kind`` and JSON ``config`` (plus ``extra`` metadata) to one safetensors file,
     atomically: the one writer of every OpenGLIP model file."""
-    from safetensors.torch import save_file
 
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {sorted(KINDS)}, not {kind!r}")
@@ -139,7 +140,6 @@ def read_openglip_file(path: str | os.PathLike) -> CheckpointFile:
 
 def checkpoint_kind(path: str | os.PathLike) -> str | None:
     """The kind of an OpenGLIP safetensors file from its metadata alone (None for any other file)."""
-    from safetensors import safe_open
 
     if not is_safetensors(Path(path)):
         return None

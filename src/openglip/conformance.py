@@ -14,6 +14,9 @@ from pathlib import Path
 
 import torch
 
+from .models.anchors import level_anchors
+from .models.swin import _relative_position_index
+
 
 def key_seed(key: str) -> int:
     return int.from_bytes(hashlib.sha256(key.encode("utf-8")).digest()[:8], "little") & ((1 << 63) - 1)
@@ -36,8 +39,6 @@ def official_fill(rows: list[dict], model=None) -> dict[str, torch.Tensor]:
     ids and anchor cells (the latter two are checked, not loaded, by OpenGLIP). ``model`` is used to take the
     relative position indices from (they are identical by construction); without it they are recomputed.
     """
-    from .models.anchors import level_anchors
-    from .models.swin import _relative_position_index
 
     state: dict[str, torch.Tensor] = {}
     for row in rows:

@@ -19,7 +19,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .api import Detector
+from .data.build import build_train_dataset
+from .engine.trainer import Trainer
+from .metrics import format_table
+from .prompts import parse_prompt
+from .shapes import CATEGORIES, NOVEL
+from .shapes.evaluation import evaluate_shapes, shapes_eval_set
+from .shapes.photos import load_check_set, load_photo
 from .shapes.recipe import DEFAULT_BUDGET, DEFAULT_STEPS, demo_configs
+from .tasks import GLIPTask
+from .teachers import load_teacher
+from .visualize import draw_detections
 
 PHOTO_PROMPTS = {  # check-set photo -> what we ask for (a distractor included)
     "chelsea.png": "cat. dog.",
@@ -37,11 +48,6 @@ def photos(argv: list[str]) -> int:
     parser.add_argument("--out", default="outputs/photos_demo", help="folder for the drawn images")
     parser.add_argument("--threshold", type=float, default=0.35, help="minimum score shown")
     args = parser.parse_args(argv)
-
-    from .prompts import parse_prompt
-    from .shapes.photos import load_check_set, load_photo
-    from .teachers import load_teacher
-    from .visualize import draw_detections
 
     print("loading the zero-shot teacher (EfficientNet-Lite0 ImageNet classifier + MiniLM-L6 text encoder,")
     print("YOLOv3-tiny proposals; all from PyPI packages, no box training on your data) ...")
@@ -74,7 +80,6 @@ def photos(argv: list[str]) -> int:
 
 def _report(metrics: dict, steps: int, args, *, title: str, train_time: float) -> None:
     """Print the demo's table (marked when ``--budget`` cut the run) and write ``eval.json``."""
-    from .metrics import format_table
 
     shown = {
         "base AP50": metrics["base/AP50"],
@@ -98,9 +103,6 @@ def _report(metrics: dict, steps: int, args, *, title: str, train_time: float) -
 
 def _draw_val_examples(detector, drawn: Path) -> Path:
     """Eight val images with the detector's boxes, drawn at 4x so that the labels of 128-px images are readable."""
-    from .shapes import CATEGORIES
-    from .shapes.evaluation import shapes_eval_set
-    from .visualize import draw_detections
 
     _, images, _ = shapes_eval_set(8)
     for i, image in enumerate(images):
@@ -127,13 +129,6 @@ def shapes(argv: list[str]) -> int:
     parser.add_argument("--images", type=int, default=200, help="val images for evaluation")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-
-    from .api import Detector
-    from .data.build import build_train_dataset
-    from .engine.trainer import Trainer
-    from .shapes import NOVEL
-    from .shapes.evaluation import evaluate_shapes
-    from .tasks import GLIPTask
 
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(max(1, torch.get_num_threads()))

@@ -8,6 +8,8 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from safetensors import safe_open
+
 from .errors import UsageError
 
 
@@ -42,7 +44,6 @@ def read_safetensors(path: str | os.PathLike) -> tuple[dict[str, str], dict]:
     Raises:
         UsageError: the file cannot be read as safetensors (the message names it).
     """
-    from safetensors import safe_open
 
     try:
         with safe_open(str(path), framework="pt") as f:

@@ -25,8 +25,11 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from tqdm import tqdm
+
 from .checkpoints import CheckpointError, load_into, read_checkpoint, save_safetensors
 from .config import ModelConfig, apply_overrides, get_preset
+from .models.detector import build_model
 
 REPO_ID = "GLIPModel/GLIP"
 log = logging.getLogger("openglip.hub")
@@ -208,8 +211,6 @@ def _first_line(err: Exception) -> str:
 
 
 def _sha256(path: Path) -> str:
-    from tqdm import tqdm
-
     digest = hashlib.sha256()
     size = path.stat().st_size
     with open(path, "rb") as f, tqdm(
@@ -252,8 +253,6 @@ def _check(entry: OfficialModel, path: Path, *, by_hand: bool) -> None:
 
 
 def _convert(entry: OfficialModel, source: Path, out: Path) -> Path:
-    from .models.detector import build_model
-
     print(f"openglip: converting {source.name} to {out} (once)", file=sys.stderr)
     cfg = entry.config()
     model = build_model(cfg)

@@ -9,6 +9,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import OpenGLIPError
@@ -147,17 +148,12 @@ def load_image(source, where: str | None = None) -> tuple[Image.Image, tuple[int
     if isinstance(source, np.ndarray):
         image = array_to_image(source, where or "array")
         return _reduce_huge(image), (image.height, image.width)
-    try:
-        import torch
-
-        if isinstance(source, torch.Tensor):
-            arr = source.detach().cpu()
-            if arr.ndim == 3 and arr.shape[0] in (1, 3, 4) and arr.shape[-1] not in (1, 3, 4):
-                arr = arr.permute(1, 2, 0)
-            image = array_to_image(arr.numpy(), where or "tensor")
-            return _reduce_huge(image), (image.height, image.width)
-    except ImportError:  # pragma: no cover
-        pass
+    if isinstance(source, torch.Tensor):
+        arr = source.detach().cpu()
+        if arr.ndim == 3 and arr.shape[0] in (1, 3, 4) and arr.shape[-1] not in (1, 3, 4):
+            arr = arr.permute(1, 2, 0)
+        image = array_to_image(arr.numpy(), where or "tensor")
+        return _reduce_huge(image), (image.height, image.width)
     raise ImageError(f"unsupported image type {type(source).__name__}: pass a path, PIL image or numpy array")
 
 

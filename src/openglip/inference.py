@@ -12,6 +12,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from tqdm import tqdm
+
 from .errors import UsageError
 from .images import ImageError
 from .structures import Detections, Predictor
@@ -63,7 +65,6 @@ def detect_paths(
     Yields:
         :class:`ImageResult` in the order of ``paths``.
     """
-    from tqdm import tqdm
 
     if batch_size < 1:
         raise UsageError(f"batch_size must be at least 1, got {batch_size}")

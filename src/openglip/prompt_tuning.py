@@ -15,10 +15,12 @@ import os
 from dataclasses import dataclass
 
 import torch
+from safetensors.torch import save_file
 from torch import nn
 
 from .errors import UsageError
 from .files import atomic_write, read_safetensors
+from .models.detector import TextFeatures
 from .prompts import Prompt, build_prompt
 
 
@@ -37,8 +39,6 @@ class TunedPrompt:
     model: str = ""
 
     def save(self, path: str | os.PathLike) -> None:
-        from safetensors.torch import save_file
-
         meta = {
             "format": "openglip-tuned-prompt",
             "caption": self.prompt.caption,
@@ -85,8 +85,6 @@ class PromptTunedGLIP(nn.Module):
         self.delta = nn.Parameter(torch.zeros(ids.shape[1], glip.text_encoder.hidden_size))
 
     def forward(self, pixel_values, image_sizes=None, *, input_ids, attention_mask):
-        from .models.detector import TextFeatures
-
         T = self.prompt_ids.shape[0]
         if input_ids.shape[1] != T or not bool((input_ids == self.prompt_ids.to(input_ids.device)).all()):
             raise UsageError("prompt tuning needs every caption of the batch to be the tuned prompt")

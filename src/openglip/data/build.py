@@ -13,7 +13,10 @@ from torch.utils.data import Dataset
 
 from ..config import GLIPTaskConfig
 from ..errors import DataError, UsageError
+from .coco import read_coco
 from .datasets import GroundingDataset
+from .mdetr import read_mdetr
+from .odvg import read_odvg
 from .records import ImageRecord, log
 from .resolve import builtin_dataset
 from .shards import MANIFEST, ShardDataset, is_shard_dir
@@ -22,9 +25,6 @@ from .transforms import default_train_transforms, to_model_input
 
 def read_annotations(path: str | Path, image_root: str | None = None) -> tuple[list[ImageRecord], list[str]]:
     """Read any supported annotation file, recognising the format from its name and content."""
-    from .coco import read_coco
-    from .mdetr import read_mdetr
-    from .odvg import read_odvg
 
     path = Path(path)
     if not path.exists():

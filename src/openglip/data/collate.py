@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import torch
@@ -75,7 +76,6 @@ class Batch:
 
 def phrase_key(text: str) -> int:
     """A stable 62-bit id of a phrase's normalised text (equal on every rank and in every batch)."""
-    import hashlib
 
     norm = normalize_phrase(text)
     return int.from_bytes(hashlib.sha1(norm.encode("utf-8")).digest()[:8], "little") >> 2

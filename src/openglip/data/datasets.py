@@ -19,7 +19,8 @@ from torch.utils.data import Dataset
 
 from ..errors import DataError
 from ..images import load_image
-from ..prompts import SEPARATOR, load_tokenizer
+from ..prompts import SEPARATOR, Prompt, build_prompt, load_tokenizer, normalize_phrase
+from .masks import decode_masks
 from .records import ImageRecord
 
 
@@ -123,8 +124,6 @@ class GroundingDataset(Dataset):
                 )
         self.fixed = None
         if fixed_prompt:
-            from ..prompts import Prompt, build_prompt, normalize_phrase
-
             if isinstance(fixed_prompt, Prompt):  # the task's own wording (one phrase per category, in order)
                 self.fixed = (fixed_prompt.caption, {i: sp[0] for i, sp in enumerate(fixed_prompt.spans)})
             else:
@@ -177,8 +176,6 @@ class GroundingDataset(Dataset):
             )
         masks = None
         if self.with_masks and rec.masks is not None:
-            from .masks import decode_masks
-
             masks = decode_masks(rec.masks, rec.height or image.height, rec.width or image.width)
             if masks.shape[1:] != (image.height, image.width):
                 masks = np.stack(

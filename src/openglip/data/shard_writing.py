@@ -12,9 +12,14 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from ..errors import DataError, UsageError
 from ..files import write_text_atomic
+from .build import read_annotations
+from .captions import read_captions
+from .coco import relative_name
+from .odvg import odvg_line
 from .records import ImageRecord, SkipReport
 from .shards import FORMAT, MANIFEST
 
@@ -110,8 +115,6 @@ def _image_ext(path: str) -> str:
 
 def _read_input(path: Path, image_root: str | None, report_sink: list[SkipReport]):
     """``(kind, records-or-pairs, categories)`` of one input file, recognised from its name and content."""
-    from .build import read_annotations
-    from .captions import read_captions
 
     if path.suffix == ".jsonl":
         first = None
@@ -132,8 +135,6 @@ def _read_input(path: Path, image_root: str | None, report_sink: list[SkipReport
 
 
 def _shard_record(rec: ImageRecord, name: str, labels: list[int], categories: list[str], source: int) -> dict:
-    from .odvg import odvg_line
-
     line = odvg_line(rec, categories, name)
     if rec.caption is None:
         for inst, label in zip(line["detection"]["instances"], labels):
@@ -173,7 +174,6 @@ def write_shards(
         UsageError: an input is missing, or the output folder already holds shards.
         DataError: an input has no usable record.
     """
-    from tqdm import tqdm
 
     loaded, sources, categories, index_of = [], [], [], {}
     for raw in inputs:
@@ -213,8 +213,6 @@ def write_shards(
 
 
 def _relative(file_name: str, folder: Path) -> str:
-    from .coco import relative_name
-
     return relative_name(file_name, folder)
 
 
@@ -235,7 +233,6 @@ def odvg_to_shards(
         shard_size: samples per shard.
         progress: show a progress bar.
     """
-    from tqdm import tqdm
 
     lines = list(lines)
     writer = ShardWriter(out_dir, shard_size=shard_size, sources=[{"kind": "labels"}])

@@ -37,7 +37,9 @@ from PIL import Image
 from torch.utils.data import Sampler
 
 from ..errors import DataError
+from ..images import load_image
 from .datasets import GroundingDataset
+from .odvg import parse_detection_line, parse_grounding_line
 from .records import ImageRecord, SkipReport
 
 MANIFEST = "manifest.json"
@@ -181,7 +183,6 @@ class ShardSet:
 
 def image_record(record: dict, categories: Sequence[str], report: SkipReport) -> ImageRecord | None:
     """An :class:`ImageRecord` from a detection or grounding shard record (None when unusable)."""
-    from .odvg import parse_detection_line, parse_grounding_line
 
     size = (int(record["height"]), int(record["width"]))
     head = {"file_name": record["filename"], "height": size[0], "width": size[1]}
@@ -331,8 +332,6 @@ class ShardDataset(GroundingDataset):
         return rec
 
     def image(self, index: int, record: ImageRecord) -> Image.Image:
-        from ..images import load_image
-
         cached, data = getattr(self, "_image_bytes", (None, None))
         if cached != index:
             _, data, _ = self.shards.read(index)

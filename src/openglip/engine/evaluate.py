@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from ..data.coco import coco_ground_truth
+from ..data.build import read_annotations
+from ..data.coco import coco_category_info, coco_ground_truth
 from ..errors import DataError, UsageError
 from ..metrics import coco_detection_metrics, grounding_recall, referring_miou
 from ..prompts import Prompt, build_prompt, normalize_phrase
@@ -178,8 +179,6 @@ def evaluate_file(
 
     A file without any box gives undefined (NaN) metrics and a warning. ``tuned_prompt``, when given, must
     have been tuned on the file's categories (checked)."""
-    from ..data.build import read_annotations
-    from ..data.coco import coco_category_info
 
     records, categories = read_annotations(path, image_root)
     if not records:

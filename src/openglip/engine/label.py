@@ -24,6 +24,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from ..data.shard_writing import odvg_to_shards
+from ..data.shards import MANIFEST
 from ..distributed import DistInfo, barrier
 from ..errors import UsageError
 from ..files import write_text_atomic
@@ -279,8 +281,6 @@ def labels_to_shards(
     The ODVG file stays the resumable record of the run; the shards are rebuilt from it (an older manifest
     is removed first, so that a kill mid-way leaves no manifest naming half-written shards).
     """
-    from ..data.shard_writing import odvg_to_shards
-    from ..data.shards import MANIFEST
 
     out = Path(out_dir)
     (out / MANIFEST).unlink(missing_ok=True)

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader
+from tqdm import tqdm
 
 from ..checkpoints import MODEL_CONFIG_KEY
 from ..config import TrainConfig
@@ -308,7 +309,6 @@ class Trainer:
         self._start_run()
         self._bad_step = None
         self._train_mode()
-        from tqdm import tqdm
 
         bar = tqdm(
             total=cfg.max_steps, initial=self.step, desc="train", unit="step", disable=not self.dist.is_main,
@@ -359,7 +359,7 @@ class Trainer:
         write_text_atomic(self.out_dir / "config.json", json.dumps(configs, indent=1))
         if self.cfg.tensorboard:
             try:
-                from torch.utils.tensorboard import SummaryWriter
+                from torch.utils.tensorboard import SummaryWriter  # optional: the tensorboard package
 
                 self.tb = SummaryWriter(str(self.out_dir / "tb"))
             except ImportError:

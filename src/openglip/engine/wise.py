@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
 from ..errors import UsageError
 from ..files import write_text_atomic
@@ -85,7 +86,6 @@ def choose_alpha(
 ) -> AlphaChoice:
     """The alpha with the highest ``target_ap(alpha)`` among those with ``retain_ap(alpha) >= keep *
     retain_ap(0)``; ties go to the smaller alpha. Alpha 0 is always tried (it is the reference)."""
-    from tqdm import tqdm
 
     grid = sorted({0.0, *(float(a) for a in alphas)})
     base_retain = _finite(retain_ap(0.0))

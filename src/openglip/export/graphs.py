@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torchvision.ops import nms
 
 from ..models.anchors import BoxCoder
 from ..models.detector import GLIP
@@ -28,7 +29,6 @@ from ..models.detector import GLIP
 
 def _nms_reference(boxes, scores, max_out: int, iou: float, score_thr: float) -> torch.Tensor:
     """What ONNX ``NonMaxSuppression`` returns, computed with torchvision (used while tracing)."""
-    from torchvision.ops import nms
 
     selected = []
     B, P, _ = scores.shape

@@ -25,9 +25,13 @@ from functools import partial
 from pathlib import Path
 
 import torch
+from torch.export import Dim
 
+from ..api import Detector
 from ..errors import UsageError
 from ..files import atomic_write
+from ..models.detector import TextFeatures
+from ..prompts import parse_prompt
 from .graphs import FixedVocabGraph, OpenVocabGraph, nms_onnx_translation, onnx_nms
 from .patches import export_friendly
 
@@ -97,7 +101,6 @@ def _metadata(detector, *, mode: str, nms: bool, exporter: str, prompt, tokenize
 
 def _build_graph(detector, prompt, nms: bool):
     """The module to trace, its example inputs, input/output names and dynamic dimensions."""
-    from ..models.detector import TextFeatures
 
     model = detector.model
     post = detector.postprocessor
@@ -190,8 +193,6 @@ def _verify(graph, path: Path, check: tuple, inputs: list[str], outputs: list[st
 
 
 def _dynamo_shapes(inputs: list[str], axes: dict, divisibility: int) -> dict:
-    from torch.export import Dim
-
     dims: dict[str, object] = {}
     for name in ("batch", "tokens", "phrases"):
         dims[name] = Dim(name, min=1)
@@ -274,7 +275,6 @@ def export_onnx(
         UsageError: a bad opset or exporter name, a prompt longer than one text chunk, or (with ``exporter``
             "dynamo") a model the dynamo exporter cannot export.
     """
-    from ..prompts import parse_prompt
 
     _check_export_options(opset, exporter)
     say = progress or (lambda message: None)
@@ -336,8 +336,6 @@ def _on_cpu_in_fp32(detector):
     """The detector to trace: the graph is traced on the CPU in fp32 (the text features baked in are computed
     the same way), with the same tuned prompts."""
     if detector.device.type != "cpu" or detector.precision != "fp32":
-        from ..api import Detector
-
         tuned = {caption: delta.cpu() for caption, delta in detector._tuned.items()}
         detector = Detector(detector.model, device="cpu", precision="fp32")
         detector._tuned = tuned

@@ -35,6 +35,7 @@ import re
 from dataclasses import dataclass
 
 import numpy as np
+from PIL import Image, ImageOps
 
 SEPARATOR = ". "  # openglip joins class names with ". "
 
@@ -73,7 +74,6 @@ def resized_size(height: int, width: int, min_size: int, max_size: int) -> tuple
 
 def load_image(image):
     """A path, a PIL image or an (H, W, 3) uint8 RGB array -> an RGB PIL image (EXIF orientation applied)."""
-    from PIL import Image, ImageOps
 
     if isinstance(image, (str, os.PathLike)):
         try:
@@ -91,7 +91,6 @@ def load_image(image):
 
 def to_array(image, meta: dict) -> np.ndarray:
     """One RGB PIL image -> the resized, normalised (3, h, w) float32 array (not padded)."""
-    from PIL import Image
 
     h, w = resized_size(image.height, image.width, meta["min_size"], meta["max_size"])
     if (h, w) != (image.height, image.width):

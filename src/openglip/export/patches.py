@@ -24,6 +24,8 @@ from collections.abc import Iterator
 import torch
 import torch.nn.functional as F
 
+from ..models import dyhead, efficientnet
+
 
 def deform_conv_grid_sample(
     x: torch.Tensor,
@@ -112,7 +114,6 @@ def same_conv_constant_padding(self, x: torch.Tensor) -> torch.Tensor:
 def export_friendly() -> Iterator[None]:
     """Swap in :func:`deform_conv_grid_sample`, :func:`sdpa_math` and :func:`same_conv_constant_padding` for the
     duration of an export."""
-    from ..models import dyhead, efficientnet
 
     saved = (
         dyhead.modulated_deform_conv,

@@ -6,6 +6,7 @@ from __future__ import annotations
 from torch import nn
 
 from ..errors import UsageError
+from .efficientnet import EfficientNetLite, load_pretrained
 from .swin import SwinTransformer
 
 
@@ -41,7 +42,6 @@ class FrozenBNEfficientNet(nn.Module):
 
     def __init__(self, variant: str, weights: str | None):
         super().__init__()
-        from .efficientnet import EfficientNetLite, load_pretrained
 
         self.body = EfficientNetLite(variant=variant, out_indices=(2, 3, 4), with_head=False)
         if weights is not None:

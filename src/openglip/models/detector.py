@@ -13,13 +13,17 @@ import torch
 from torch import nn
 
 from ..config import ModelConfig
+from ..prompts import load_tokenizer
 from .anchors import AnchorGenerator
 from .backbones import build_backbone
+from .contrastive import InterImageContrastive
 from .dyhead import DyConv, FusionBlock, FusionTower
 from .fpn import FPN
 from .fusion import CrossModalFusion, TextLayer
 from .head import GroundingHead
-from .text_encoder import TextEncoder
+from .masks import MaskHead
+from .text_encoder import VOCAB_SIZE, TextEncoder
+from .vl_heads import LMHead, VQAHead, causal_mask
 
 
 @dataclass
@@ -180,8 +184,6 @@ class GLIP(nn.Module):
         device = self.head.bias0.device
         input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
         if causal:
-            from .vl_heads import causal_mask
-
             hidden = self.text_encoder(input_ids, causal_mask(attention_mask)[:, None])  # (B, 1, T, T) mask
         else:
             hidden = self.text_encoder(input_ids, attention_mask)
@@ -344,11 +346,6 @@ def build_tower(cfg: ModelConfig) -> FusionTower:
 
 def build_model(cfg: ModelConfig) -> GLIP:
     """Build a randomly initialised :class:`GLIP` (pretrained parts named in ``cfg`` are loaded)."""
-    from ..prompts import load_tokenizer
-    from .contrastive import InterImageContrastive
-    from .masks import MaskHead
-    from .text_encoder import VOCAB_SIZE
-    from .vl_heads import LMHead, VQAHead
 
     backbone = build_backbone(cfg)
     fpn = FPN(in_channels=list(backbone.out_channels), out_channels=cfg.fpn_channels)

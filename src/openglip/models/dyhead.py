@@ -12,6 +12,7 @@ import torchvision
 from torch import nn
 
 from .layers import h_sigmoid
+from .vl_heads import causal_mask, prefix_mask
 
 
 def modulated_deform_conv(
@@ -213,8 +214,6 @@ class FusionBlock(nn.Module):
         ``cross_attn``): the image features never see the text."""
         cross_mask = text_layer_mask = text_mask
         if causal:
-            from .vl_heads import causal_mask, prefix_mask
-
             cross_mask, text_layer_mask = prefix_mask(text_mask), causal_mask(text_mask)
         if self.cross_attn is not None:
             visual, text = self.cross_attn(visual, text, cross_mask)

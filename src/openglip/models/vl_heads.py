@@ -21,7 +21,10 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from safetensors import safe_open
 from torch import nn
+
+from ..checkpoints import CheckpointError
 
 IGNORE = -100  # label of positions without a target (cross-entropy's ignore_index)
 
@@ -109,7 +112,6 @@ def read_answer_vocab(path: str | os.PathLike, num_answers: int) -> list[str]:
     Raises:
         CheckpointError: no vocabulary in the file, or its size differs from the head's ``num_answers``.
     """
-    from ..checkpoints import CheckpointError
 
     path = os.fspath(path)
     if path.endswith(".json"):
@@ -118,8 +120,6 @@ def read_answer_vocab(path: str | os.PathLike, num_answers: int) -> list[str]:
         except (OSError, json.JSONDecodeError) as err:
             raise CheckpointError(f"cannot read answer vocabulary {path}: {err}") from None
     else:
-        from safetensors import safe_open
-
         try:
             with safe_open(path, framework="pt") as f:
                 meta = f.metadata() or {}

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..engine.evaluate import detect_all
 from ..errors import DataError
 from ..files import write_text_atomic
 from ..prompts import SEPARATOR, Prompt, build_prompt
@@ -75,7 +76,6 @@ def detect_coco(
 ) -> list[dict]:
     """COCO results of ``detector`` on ``gt``'s images (``images`` in the same order) with one prompt whose
     phrase ``i`` is the ``i``-th category by id."""
-    from ..engine.evaluate import detect_all
 
     ids = [c["id"] for c in sorted(gt["categories"], key=lambda c: c["id"])]
     results = []

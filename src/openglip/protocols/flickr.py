@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from ..data.mdetr_final import GroundingEvalRecord, merge_boxes
+from ..engine.evaluate import GroundingItem, evaluate_grounding
 from ..errors import UsageError
 from .common import fmt, markdown_table
 
@@ -22,7 +23,6 @@ PROTOCOLS = ("any", "merged")
 
 def grounding_items(records: Sequence[GroundingEvalRecord], *, merged: bool = False):
     """The records as :class:`~openglip.engine.evaluate.GroundingItem` (boxes merged per phrase if asked)."""
-    from ..engine.evaluate import GroundingItem
 
     return [
         GroundingItem(
@@ -38,7 +38,6 @@ def grounding_items(records: Sequence[GroundingEvalRecord], *, merged: bool = Fa
 def run_flickr(detector, records: Sequence[GroundingEvalRecord], *, protocol: str = "any",
                batch_size: int = 8) -> tuple[dict[str, float], str]:  # fmt: skip
     """Recall@1/5/10 of ``detector`` on the records: (metrics, Markdown table)."""
-    from ..engine.evaluate import evaluate_grounding
 
     if protocol not in PROTOCOLS:
         raise UsageError(f"--protocol must be one of {', '.join(PROTOCOLS)}, not {protocol!r}")

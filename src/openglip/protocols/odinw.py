@@ -23,6 +23,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from .. import load_model
+from ..data.coco import read_coco
 from ..data.odinw import (
     GLIP_SEEDS,
     OdinwDataset,
@@ -34,8 +36,10 @@ from ..data.odinw import (
 from ..errors import DataError, UsageError
 from ..files import write_text_atomic
 from ..metrics import coco_detection_metrics
+from ..prompt_tuning import load_tuned_prompt
 from ..prompts import Prompt
 from ..tasks.tune import MODES as TUNE_MODES
+from ..tasks.tune import tune, tune_config
 from .common import category_prompt, detect_coco, fmt, markdown_table, mean_std, write_report
 
 log = logging.getLogger("openglip.protocols.odinw")
@@ -85,11 +89,6 @@ def _tuned(mode: str) -> Callable[[AdaptContext], object]:
     """An adapter that runs :func:`openglip.tasks.tune.tune` in ``mode`` and loads the result."""
 
     def adapt(ctx: AdaptContext):
-        from .. import load_model
-        from ..data.coco import read_coco
-        from ..prompt_tuning import load_tuned_prompt
-        from ..tasks.tune import tune, tune_config
-
         records, categories, _ = read_coco(ctx.train_file, ctx.image_root)
         overrides = [f"seed={ctx.seed}", *mode_overrides(ctx.overrides, mode)]
         cfg, tune_cfg = tune_config(mode, overrides, out_dir=str(ctx.run_dir))
@@ -249,7 +248,6 @@ def run_odinw(
     Returns:
         ``{"datasets": {name: {unit: result}}, "summary": ..., "table": markdown}``.
     """
-    from .. import load_model
 
     plan = plan or OdinwPlan()
     _check_plan(plan)

@@ -13,9 +13,12 @@ from __future__ import annotations
 from importlib import resources
 from pathlib import Path
 
+from .. import load_model
 from ..data.splits import read_category_split, split_category_ids
+from ..device import resolve_device
 from ..errors import DataError
 from ..metrics import coco_detection_metrics
+from ..regionclip import load_detector
 from .common import category_prompt, detect_coco, fmt, markdown_table
 
 OVCOCO_SPLIT = resources.files("openglip.protocols") / "data" / "ovcoco_split.json"
@@ -37,13 +40,8 @@ class RegionCLIPAdapter:
 def load_ov_detector(weights: str, model: str = "glip", *, device: str | None = None, batch_size: int = 8):
     """A GLIP-family :class:`~openglip.api.Detector` (``model="glip"``) or a RegionCLIP detector (``"regionclip"``)."""
     if model == "glip":
-        from .. import load_model
-
         return load_model(weights, device=device)
     if model == "regionclip":
-        from ..device import resolve_device
-        from ..regionclip import load_detector
-
         return RegionCLIPAdapter(load_detector(weights).to(resolve_device(device)), batch_size)
     raise ValueError(f"model must be glip or regionclip, not {model!r}")
 

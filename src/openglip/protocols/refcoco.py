@@ -13,6 +13,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 
 from ..data.mdetr_final import GroundingEvalRecord
+from ..engine.evaluate import evaluate_grounding
 from .common import fmt, markdown_table
 from .flickr import grounding_items
 
@@ -20,7 +21,6 @@ from .flickr import grounding_items
 def run_refcoco(detector, records: Sequence[GroundingEvalRecord], *, batch_size: int = 8,
                 split: str = "") -> tuple[dict[str, float], str]:  # fmt: skip
     """Accuracy per dataset (``dataset_name``): ``{"refcoco/P@1": ..., ...}`` and a Markdown table."""
-    from ..engine.evaluate import evaluate_grounding
 
     groups: dict[str, list[GroundingEvalRecord]] = defaultdict(list)
     for r in records:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import os
+import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -82,7 +83,6 @@ def parse_clip_spec(spec: str) -> tuple[str, str]:
 
 def _is_torchscript(path: str) -> bool:
     """OpenAI's release files are TorchScript archives (``RN50/code/...`` inside the zip)."""
-    import zipfile
 
     if not zipfile.is_zipfile(path):
         return False

@@ -21,10 +21,13 @@ from typing import Protocol
 
 import torch
 import torch.nn.functional as F
+from safetensors.torch import save_file
 
 from ..errors import UsageError
 from ..files import atomic_write, read_safetensors
+from ..models.sentence import TextSpace
 from ..prompts import normalize_phrase
+from .clip import CLIPSentenceEncoder, is_clip
 from .config import TEMPLATES, TEXT_ENCODER
 
 _ARTICLES = ("a", "an", "the")
@@ -51,8 +54,6 @@ class MiniLMText:
     name = TEXT_ENCODER
 
     def __init__(self, *, device: str | torch.device = "cpu"):
-        from ..teachers.zero_shot import TextSpace
-
         self.space = TextSpace(torch.device(device))
 
     def sentences(self, texts: Sequence[str]) -> torch.Tensor:
@@ -75,8 +76,6 @@ def load_sentence_encoder(name: str = TEXT_ENCODER, *, device: str | torch.devic
 
 @functools.lru_cache(maxsize=4)
 def _load_sentence_encoder(name: str, device: str) -> SentenceEncoder:
-    from .clip import CLIPSentenceEncoder, is_clip
-
     if is_clip(name):
         return CLIPSentenceEncoder(name, device=device)
     if name != TEXT_ENCODER:
@@ -207,7 +206,6 @@ class ConceptPool:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write one safetensors file (tensors + a JSON header of names, counts, templates, encoder), atomically."""
-        from safetensors.torch import save_file
 
         header = {
             "names": self.names,

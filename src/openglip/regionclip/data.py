@@ -19,11 +19,16 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import Dataset
 
+from ..data.captions import read_caption_pairs
+from ..data.coco import coco_category_info, coco_ground_truth, read_coco
 from ..data.datasets import item_rng
+from ..data.splits import apply_category_split, check_category_split, read_category_split
 from ..errors import DataError, UsageError
 from ..images import load_image
+from ..shapes import ShapesWorld, to_coco
 from .features import image_to_tensor
 from .proposals import random_crops
 
@@ -101,7 +106,6 @@ class DetectionData:
     def coco(self, num_images: int | None = None) -> tuple[dict, list]:
         """``(COCO ground-truth dict, images)`` of the first ``num_images`` records (image ids 1..n, the
         categories with their splits), for :func:`openglip.engine.evaluate.evaluate_detection`."""
-        from ..data.coco import coco_ground_truth
 
         n = len(self.records) if num_images is None else min(num_images, len(self.records))
         images, sources = [], []
@@ -129,7 +133,6 @@ def read_caption_data(
     Raises:
         DataError: the file is missing or malformed, or holds no usable pair.
     """
-    from ..data.captions import read_caption_pairs
 
     pairs, _ = read_caption_pairs(path, image_root or None)
     return [CaptionPair(p, c, k + 1) for k, (p, c) in enumerate(pairs)]
@@ -147,8 +150,6 @@ def read_detection_data(
         DataError: the file or split file is missing or malformed, the split names an unknown category, no
             category is base, or no image is usable.
     """
-    from ..data.coco import coco_category_info, read_coco
-    from ..data.splits import apply_category_split, check_category_split, read_category_split
 
     categories = coco_category_info(path)
     if split_file:
@@ -174,7 +175,6 @@ def shapes_caption_data(
 ) -> Sequence[CaptionPair]:
     """The built-in caption corpus: shapes images of split "all" (novel combinations included) with a listing
     (``"a red hexagon and a small blue star."``), a referring, or a random one of the two captions."""
-    from ..shapes import ShapesWorld
 
     if caption not in CAPTION_KINDS:
         raise UsageError(f"caption must be one of {CAPTION_KINDS}, not {caption!r}")
@@ -196,7 +196,6 @@ def shapes_detection_data(
 ) -> DetectionData:
     """The built-in detection data: shapes images with the 48 categories and their base/novel split (the "train"
     split holds base objects only; "val" 40% novel ones)."""
-    from ..shapes import ShapesWorld, to_coco
 
     world = ShapesWorld(split=split, image_size=image_size, max_objects=max_objects, seed=seed)
 
@@ -273,8 +272,6 @@ def load_resized(source, image_size: int) -> tuple[torch.Tensor, float]:
     image, _ = load_image(source)
     scale = image_size / max(image.width, image.height)
     if scale != 1.0:
-        from PIL import Image
-
         size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
         image = image.resize(size, Image.BILINEAR)
     return image_to_tensor(np.array(image)), scale

@@ -19,8 +19,8 @@ from tqdm import tqdm
 from ..data.splits import category_splits
 from ..engine.evaluate import evaluate_detection
 from ..errors import UsageError
-from .concepts import SentenceEncoder
-from .data import DetectionData, read_detection_data, shapes_detection_data
+from .concepts import ConceptPool, SentenceEncoder
+from .data import BoxDataset, DetectionData, collate_regions, read_detection_data, shapes_detection_data
 from .inference import NameEmbedder, ZeroShotDetector
 from .weights import load_detector, load_region_teacher, load_rpn, load_student
 
@@ -94,7 +94,6 @@ def zero_shot_detector(
     """The RPN's proposals classified by a pretrained student's or by the teacher's region embeddings (no
     detection training). A trained stand-in teacher file carries no text space of its own: pass the
     ``concepts`` pool it was trained with."""
-    from .concepts import ConceptPool
 
     if bool(student) == bool(teacher):
         raise UsageError("zero-shot detection needs exactly one of a student or a teacher")
@@ -173,7 +172,6 @@ def region_classification(
     Returns:
         ``{"accuracy": ..., "<split>/accuracy": ...}`` for ``base``/``novel`` and ``r``/``c``/``f`` where known.
     """
-    from .data import BoxDataset, collate_regions
 
     names = NameEmbedder(encoder=encoder, templates=templates, text=text)
     centre = embedder.text_centre

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import MultiScaleRoIAlign
 
+from .clip import CLIPRegionEncoder, load_clip
 from .features import FeatureExtractor
 
 
@@ -112,7 +113,6 @@ class CLIPStudent(nn.Module):
 
     def __init__(self, spec: str):
         super().__init__()
-        from .clip import CLIPRegionEncoder, load_clip
 
         model = load_clip(spec)
         self.encoder = CLIPRegionEncoder(copy.deepcopy(model.visual).requires_grad_(True))

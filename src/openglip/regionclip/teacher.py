@@ -16,6 +16,8 @@ from torch import nn
 from torchvision.ops import roi_align
 
 from ..errors import UsageError
+from ..models.backbones import TinyCNN
+from ..models.efficientnet import EfficientNetLite, load_pretrained
 
 EFFICIENTNETS = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
 
@@ -26,8 +28,6 @@ class PooledEncoder(nn.Module):
 
     def __init__(self, *, backbone: str, pretrained: bool):
         super().__init__()
-        from ..models.backbones import TinyCNN
-        from ..models.efficientnet import EfficientNetLite, load_pretrained
 
         if backbone == "tiny_cnn":
             self.body, self.efficientnet = TinyCNN(channels=(16, 32, 64)), False

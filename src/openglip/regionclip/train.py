@@ -15,8 +15,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..config import TrainConfig
+from ..engine.trainer import Trainer
 from ..errors import UsageError
 from ..prompts import get_extractor
+from ..shapes import ShapesWorld
 from .clip import CLIP_TEMPLATES, is_clip
 from .concepts import ConceptPool, SentenceEncoder, load_sentence_encoder
 from .config import TEMPLATES, ConceptConfig, PretrainConfig, RPNConfig, TeacherConfig, TransferConfig
@@ -100,8 +102,6 @@ def run_concepts(
     if cfg.data:
         captions = [r.caption for r in read_caption_data(cfg.data, cfg.image_root or None)]
     else:
-        from ..shapes import ShapesWorld
-
         world = ShapesWorld(
             split="all", image_size=cfg.image_size, max_objects=cfg.max_objects, seed=cfg.data_seed
         )
@@ -116,8 +116,6 @@ def run_concepts(
 
 
 def _fit(task, train_cfg: TrainConfig, dataset, *, resume: bool, device) -> Path:
-    from ..engine.trainer import Trainer
-
     trainer = Trainer(task, train_cfg, dataset, resume=resume, device=device)
     trainer.fit()
     return Path(train_cfg.out_dir) / "model.safetensors"

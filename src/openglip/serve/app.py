@@ -35,6 +35,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from ..errors import OpenGLIPError, UsageError
 from ..images import ImageError, load_image
 from ..models.transform import resized_size
+from ..prompts import load_tokenizer
+from ..visualize import render
 from .batching import BatchWorker, Job
 from .inputs import DetectRequest, ServeError, check_prompt, decode_image, from_form, from_json
 from .metrics import ServeMetrics
@@ -97,8 +99,6 @@ def _tokenizer_of(detector):
     model = getattr(detector, "model", None)
     tokenizer = getattr(model, "tokenizer", None)
     if tokenizer is None:
-        from ..prompts import load_tokenizer
-
         tokenizer = load_tokenizer()
     # a private copy: fast tokenizers are not safe to call from two threads while the worker's is in use
     return copy.deepcopy(tokenizer)
@@ -241,8 +241,6 @@ def _prepare(detector, data: bytes, settings: ServeSettings) -> _Upload:
 
 
 def _draw_png(upload: _Upload, dets) -> bytes:
-    from ..visualize import render
-
     rgb = upload.rgb
     if rgb.size != (upload.size[1], upload.size[0]):  # a huge image was reduced when read: draw at full size
         rgb = rgb.resize((upload.size[1], upload.size[0]))

@@ -11,6 +11,9 @@ from ..config import apply_overrides
 from ..data.transforms import shapes_train_transforms
 from ..errors import UsageError
 from .config import ShapesConfig
+from .datasets import ShapesCaptionDataset, ShapesDataset, ShapesVQADataset
+from .evaluation import evaluate_shapes
+from .language import ANSWERS, shapes_caption_items, shapes_vqa_items
 
 NAME = "shapes"
 
@@ -43,7 +46,6 @@ class ShapesData:
     def train_dataset(self, task: str, model_cfg, cfg, transform, to_tensor, task_cfg=None):
         """The training set of ``task`` (``"glip"``, ``"vqa"`` or ``"caption"``) for the run ``cfg``
         (``task_cfg``: the GLIP task's config, whose prompt settings the detection items follow)."""
-        from .datasets import ShapesCaptionDataset, ShapesDataset, ShapesVQADataset
 
         size, image_size = self.config.epoch_size, self.config.image_size
         common = {"size": size, "transform": transform, "to_tensor": to_tensor, "image_size": image_size}
@@ -58,7 +60,6 @@ class ShapesData:
 
     def evaluate(self, detector, cfg) -> dict:
         """Box AP (all / base / novel) and grounding recall on ``cfg.eval_images`` images of the val split."""
-        from .evaluation import evaluate_shapes
 
         return evaluate_shapes(detector, num_images=cfg.eval_images, image_size=self.config.image_size)
 
@@ -66,25 +67,21 @@ class ShapesData:
         self, detector, *, num_images: int, image_size: int, renderer: str, tuned_prompt=None
     ):
         """``openglip evaluate --data shapes``: :func:`~openglip.shapes.evaluation.evaluate_shapes`."""
-        from .evaluation import evaluate_shapes
 
         return evaluate_shapes(detector, num_images=num_images, image_size=image_size, renderer=renderer,
                                tuned_prompt=tuned_prompt)  # fmt: skip
 
     def answers(self) -> list[str]:
         """The answer vocabulary of the world's questions."""
-        from .language import ANSWERS
 
         return list(ANSWERS)
 
     def vqa_items(self, num_images: int):
         """``[(image, question, answers, question_type), ...]`` of the val split."""
-        from .language import shapes_vqa_items
 
         return shapes_vqa_items(num_images, image_size=self.config.image_size)
 
     def caption_items(self, num_images: int):
         """``[(sample, references), ...]`` of the val split."""
-        from .language import shapes_caption_items
 
         return shapes_caption_items(num_images, image_size=self.config.image_size)

@@ -24,6 +24,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from ..data.odvg import write_label_map
 from ..errors import UsageError
 from ..files import write_text_atomic
 from ..structures import mask_to_rle
@@ -151,9 +152,6 @@ def write_dataset(
         file's 48 categories, also those no image shows) and ``"grounding"``; file names in the records are
         relative to ``out_dir`` (``"images/000000.png"``).
     """
-    from tqdm import tqdm
-
-    from ..data.odvg import write_label_map
 
     out = Path(out_dir)
     if out.exists() and not out.is_dir():

@@ -32,15 +32,21 @@ trains it) that every rung of the ladder uses, with the detection data as its ``
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
+from torchvision.ops import box_iou
+from tqdm import tqdm
 
+from ..config import config_to_dict, get_preset
 from ..data.coco import coco_ground_truth
 from ..files import write_text_atomic
+from .recipe import demo_configs
 from .render import ShapesWorld
 from .world import BASE, CATEGORIES, ShapesSample
 
@@ -94,10 +100,6 @@ def ladder_recipe(data: str, preset: str = "glip_nano") -> dict:
     """The run config (``{"model", "train", "task"}``, as ``openglip train CONFIG.json`` reads it) of every
     rung: the shapes demo's recipe (:func:`openglip.shapes.recipe.demo_configs`) without its time budget, on
     ``data``."""
-    import dataclasses
-
-    from ..config import config_to_dict, get_preset
-    from .recipe import demo_configs
 
     model_cfg, train_cfg, task_cfg = demo_configs(budget=0.0, out="runs/ladder")
     if preset != model_cfg.name:
@@ -150,7 +152,6 @@ def write_ladder(
         Paths under ``"detection"``, ``"grounding"``, ``"captions"``, ``"captions_truth"``, ``"recipe"`` and
         ``"images"``.
     """
-    from tqdm import tqdm
 
     out = Path(out_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
@@ -226,8 +227,6 @@ def pseudo_label_quality(pseudo: str | os.PathLike, truth: str | os.PathLike, io
     """Precision and recall of pseudo boxes against the caption corpus' true boxes, overall and for the
     caption-only concept (a pseudo box is right when it has IoU >= ``iou`` with a true box of the same phrase
     text)."""
-    import torch
-    from torchvision.ops import box_iou
 
     def read(path):
         out = {}

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from .render import ShapesWorld
 from .world import CATEGORIES, COLOURS, NOVEL, RELATIONS, SHAPES, ShapesSample, relation_holds
 
 QUESTION_TYPES: tuple[str, ...] = ("colour", "shape", "count", "exist", "relation")
@@ -141,7 +142,6 @@ def shapes_vqa_items(
     num: int, *, image_size: int = 128, seed: int = 1234, split: str = "val"
 ) -> list[tuple[np.ndarray, str, list[str], str]]:
     """A fixed evaluation set: ``[(image, question, [answer], question_type), ...]``, one question per sample."""
-    from .render import ShapesWorld
 
     world = ShapesWorld(split=split, image_size=image_size, seed=seed)
     items = []
@@ -156,7 +156,6 @@ def shapes_caption_items(
     num: int, *, image_size: int = 128, seed: int = 1234, split: str = "val"
 ) -> list[tuple[ShapesSample, list[str]]]:
     """A fixed evaluation set: ``[(sample, reference captions), ...]``."""
-    from .render import ShapesWorld
 
     world = ShapesWorld(split=split, image_size=image_size, seed=seed)
     return [(s, shapes_references(s)) for s in (world.sample(i) for i in range(num))]

@@ -3,6 +3,10 @@
 
 from __future__ import annotations
 
+import dataclasses
+
+from ..config import GLIPTaskConfig, TrainConfig, glip_nano
+
 DEFAULT_STEPS = 480  # 8-12 minutes on 2 CPU cores
 DEFAULT_BUDGET = 0.0  # no time limit: the figures are those of every step (--budget S cuts the run, loudly)
 
@@ -15,9 +19,6 @@ def demo_configs(
 ):
     """``(ModelConfig, TrainConfig, GLIPTaskConfig)``: glip_nano (ImageNet EfficientNet-Lite0 + MiniLM, both from
     PyPI) fine-tuned on 128-px shapes images."""
-    import dataclasses
-
-    from ..config import GLIPTaskConfig, TrainConfig, glip_nano
 
     # trained on 112-144 px renderings, evaluated a little larger (160 px): small hexagons need the pixels
     model_cfg = dataclasses.replace(glip_nano(), min_size=160, max_size=320)

@@ -15,6 +15,7 @@ Each task receives the training loop's :class:`~openglip.config.TrainConfig` and
 """
 
 from ..config import task_config_class
+from ..engine.trainer import Trainer
 from ..errors import UsageError
 from .base import Task, TaskBase
 from .caption import CaptionTask
@@ -46,7 +47,6 @@ def train(
     """
     if train_cfg.task not in TASKS:
         raise UsageError(f"unknown task {train_cfg.task!r}; choose one of {', '.join(TASKS)}")
-    from ..engine.trainer import Trainer
 
     task_cfg = task_cfg if task_cfg is not None else task_config_class(train_cfg.task)()
     task = TASKS[train_cfg.task](model_cfg, train_cfg, task_cfg)

@@ -13,15 +13,23 @@ from __future__ import annotations
 import dataclasses
 
 import torch
+from tqdm import tqdm
 
+from ..api import Detector
 from ..config import CaptionConfig, ModelConfig, TrainConfig, config_to_dict
+from ..data.captions import read_caption_files
 from ..data.collate import Collate
 from ..data.resolve import builtin_dataset
+from ..data.vl_datasets import CaptionDataset
 from ..distributed import unwrap
 from ..errors import DataError
 from ..losses import GroundingLoss
 from ..losses.language import caption_loss
+from ..metrics import coco_detection_metrics
 from ..models.detector import GLIP
+from ..shapes import CATEGORIES, to_coco
+from ..understand import generate_captions, ground_captions
+from ..vl_metrics import caption_metrics
 from .base import TaskBase
 from .glip import GLIPTask
 from .vqa import unused_image_side, vl_transforms
@@ -53,8 +61,6 @@ class CaptionTask(GLIPTask):
 
     def build_dataset(self):
         """The training dataset of ``cfg.data``."""
-        from ..data.captions import read_caption_files
-        from ..data.vl_datasets import CaptionDataset
 
         run = self.train_cfg
         transform, to_tensor = vl_transforms(self.model_cfg, run)
@@ -93,7 +99,6 @@ class CaptionTask(GLIPTask):
         run = self.train_cfg
         if not run.val_data:
             return {}
-        from ..api import Detector
 
         detector = Detector(model, device=next(model.parameters()).device)
         builtin = builtin_dataset(run.val_data)
@@ -102,7 +107,6 @@ class CaptionTask(GLIPTask):
             return evaluate_captions(detector, [s.image for s, _ in items], [r for _, r in items],
                                      samples=None if self.cfg.blind else [s for s, _ in items],
                                      blind=self.cfg.blind)  # fmt: skip
-        from ..data.captions import read_caption_files
 
         records, _ = read_caption_files(run.val_data, run.image_root)
         return evaluate_captions(detector, [r.file_name for r in records], [r.captions for r in records],
@@ -124,10 +128,6 @@ def evaluate_captions(
 ) -> dict[str, float]:
     """BLEU-1/4 and CIDEr of generated captions; with shapes ``samples`` also the box AP50 of the grounded
     captions (each grounded phrase is scored as the category it names: "small red circle" -> "red circle")."""
-    from tqdm import tqdm
-
-    from ..understand import generate_captions
-    from ..vl_metrics import caption_metrics
 
     captions = []
     for start in tqdm(range(0, len(images), batch_size), desc="caption", disable=len(images) <= batch_size):
@@ -142,9 +142,6 @@ def evaluate_captions(
 def grounded_ap50(detector, samples, captions: list[str]) -> float:
     """Box AP50 (COCO, pycocotools) of grounded captioning on shapes samples: the phrases the extractor finds in
     each generated caption are grounded in its image; a box counts for the category its phrase names."""
-    from ..metrics import coco_detection_metrics
-    from ..shapes import CATEGORIES, to_coco
-    from ..understand import ground_captions
 
     gt = to_coco(list(samples), [f"{i:06d}.png" for i in range(len(samples))])
     results = []

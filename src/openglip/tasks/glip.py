@@ -8,15 +8,22 @@ from pathlib import Path
 
 import torch
 
+from ..api import Detector
 from ..checkpoints import load_into, read_checkpoint, save_safetensors
 from ..config import GLIPTaskConfig, ModelConfig, TrainConfig, config_to_dict
+from ..data.build import build_train_dataset, read_annotations
+from ..data.coco import coco_category_info
 from ..data.collate import Batch, Collate
+from ..data.resolve import builtin_dataset
 from ..distributed import unwrap
+from ..engine.evaluate import evaluate_file, evaluate_records
 from ..engine.optim import freeze_parts, param_groups
 from ..engine.wise import mix_with_start
 from ..errors import UsageError
+from ..hub import resolve_weights
 from ..losses import GroundingLoss
 from ..losses.contrastive import inter_image_loss
+from ..losses.language import mask_tokens, mlm_loss
 from ..losses.masks import mask_loss
 from ..models.detector import GLIP, build_model
 from .base import TaskBase
@@ -59,7 +66,6 @@ class GLIPTask(TaskBase):
 
     def build_dataset(self):
         """The training dataset of ``cfg.data`` (the shapes world or annotation files)."""
-        from ..data.build import build_train_dataset
 
         return build_train_dataset(self.model_cfg, self.train_cfg, self.cfg)
 
@@ -67,7 +73,6 @@ class GLIPTask(TaskBase):
         """Strict loading, except that GLIPv2's extra heads (inter-image projections, mask, MLM, VQA and caption
         heads) may be absent from the checkpoint: new heads start fresh, heads the checkpoint has are loaded;
         heads the checkpoint has but this model lacks (the MLM head of pre-training, say) are left out."""
-        from ..hub import resolve_weights  # init_weights may name an official model
 
         state, _ = read_checkpoint(resolve_weights(path))
         ours = model.state_dict()
@@ -105,8 +110,6 @@ class GLIPTask(TaskBase):
         if (
             self.cfg.mlm_weight > 0
         ):  # GLIPv2: the grounding loss is computed on the same, partly masked caption
-            from ..losses.language import mask_tokens
-
             tok = unwrap(model).tokenizer
             input_ids, mlm_labels = mask_tokens(
                 batch.input_ids, batch.attention_mask, mask_token_id=tok.mask_token_id,
@@ -122,8 +125,6 @@ class GLIPTask(TaskBase):
         losses = self.criterion(out, batch.targets, matched=matched)
         core = unwrap(model)
         if mlm_labels is not None:
-            from ..losses.language import mlm_loss
-
             losses["loss_mlm"] = self.cfg.mlm_weight * mlm_loss(
                 core.mlm_head, out.fused_text, mlm_labels, core.word_embeddings
             )
@@ -148,9 +149,6 @@ class GLIPTask(TaskBase):
         run = self.train_cfg
         if not run.val_data:
             return {}
-        from ..api import Detector
-        from ..data.resolve import builtin_dataset
-        from ..engine.evaluate import evaluate_file
 
         detector = Detector(model, device=next(model.parameters()).device)
         builtin = builtin_dataset(run.val_data)
@@ -231,10 +229,6 @@ def check_wise_config(cfg: GLIPTaskConfig, *, has_holdout: bool) -> None:
 
 def retain_ap50(path: str) -> Callable[[torch.nn.Module], float]:
     """AP50 of a model on the retain file, with that file's own categories as the prompt."""
-    from ..api import Detector
-    from ..data.build import read_annotations
-    from ..data.coco import coco_category_info
-    from ..engine.evaluate import evaluate_records
 
     records, categories = read_annotations(path)
     cats = coco_category_info(path) if Path(path).suffix == ".json" else None

@@ -28,12 +28,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..api import Detector
 from ..checkpoints import read_checkpoint
 from ..config import ModelConfig, TrainConfig, TuneConfig, split_overrides
+from ..data.build import with_replay
+from ..data.datasets import GroundingDataset
 from ..data.records import ImageRecord
+from ..data.transforms import default_train_transforms, to_model_input
 from ..distributed import unwrap
+from ..engine.evaluate import evaluate_records
+from ..engine.trainer import Trainer
 from ..errors import DataError, UsageError
 from ..files import write_text_atomic
+from ..hub import resolve_weights
 from ..prompt_tuning import PromptTunedGLIP, fixed_prompt
 from ..prompts import Prompt
 from .glip import GLIPTask
@@ -90,8 +97,6 @@ class TuneTask(GLIPTask):
     def holdout_ap(self, model, step: int) -> float:
         if not self.holdout:
             return super().holdout_ap(model, step)
-        from ..api import Detector
-        from ..engine.evaluate import evaluate_records
 
         det = Detector(model, device=next(model.parameters()).device)
         return evaluate_records(det, self.holdout, self.categories)[0].get("AP50", 0.0)
@@ -262,11 +267,6 @@ def tune(
             work (see :class:`TuneTask`).
         DataError: no records.
     """
-    from ..data.build import with_replay
-    from ..data.datasets import GroundingDataset
-    from ..data.transforms import default_train_transforms, to_model_input
-    from ..engine.trainer import Trainer
-    from ..hub import resolve_weights  # --weights may name an official model
 
     weights = resolve_weights(weights)
     _, model_cfg = read_checkpoint(weights)

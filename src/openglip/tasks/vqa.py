@@ -15,15 +15,23 @@ import dataclasses
 from functools import partial
 
 import torch
+from tqdm import tqdm
 
+from ..api import Detector
 from ..checkpoints import save_safetensors
 from ..config import ModelConfig, TrainConfig, VQAConfig, config_to_dict
 from ..data.records import SkipReport
 from ..data.resolve import builtin_dataset
+from ..data.transforms import default_train_transforms, to_model_input
+from ..data.vl_datasets import VQACollate, VQADataset
+from ..data.vqa import build_answer_vocab, load_answer_vocab, read_vqa_files
 from ..distributed import unwrap
 from ..errors import DataError, UsageError
 from ..losses.language import vqa_loss
 from ..models.detector import GLIP
+from ..prompts import load_tokenizer
+from ..understand import answer_questions
+from ..vl_metrics import vqa_summary
 from .base import TaskBase
 from .glip import GLIPTask
 
@@ -31,7 +39,6 @@ from .glip import GLIPTask
 def vl_transforms(model_cfg: ModelConfig, cfg: TrainConfig):
     """Training transforms of the understanding tasks: multi-scale resize and colour jitter, no flip (it would
     falsify "left of" questions and left-to-right captions); and the model's normalisation."""
-    from ..data.transforms import default_train_transforms, to_model_input
 
     transform = default_train_transforms(
         min_sizes=cfg.train_min_sizes, max_size=cfg.train_max_size, flip_p=0.0, jitter=cfg.color_jitter
@@ -42,7 +49,6 @@ def vl_transforms(model_cfg: ModelConfig, cfg: TrainConfig):
 
 def drop_long_questions(records, max_tokens: int, report: SkipReport):
     """Records whose question fits the text limit; the others are counted as "question_too_long"."""
-    from ..prompts import load_tokenizer
 
     tok = load_tokenizer()
     kept = [r for r in records if len(tok(r.question)["input_ids"]) <= max_tokens]
@@ -81,8 +87,6 @@ class VQATask(GLIPTask):
         self.model_cfg = dataclasses.replace(model_cfg, vqa_answers=len(self.vocab))
 
     def _vocabulary(self, cfg: TrainConfig) -> list[str]:
-        from ..data.vqa import build_answer_vocab, load_answer_vocab, read_vqa_files
-
         if self.cfg.answer_vocab:
             return load_answer_vocab(self.cfg.answer_vocab)
         builtin = builtin_dataset(cfg.data)
@@ -105,7 +109,6 @@ class VQATask(GLIPTask):
 
     def build_dataset(self):
         """The training dataset of ``cfg.data``."""
-        from ..data.vl_datasets import VQADataset
 
         run = self.train_cfg
         transform, to_tensor = vl_transforms(self.model_cfg, run)
@@ -113,8 +116,6 @@ class VQATask(GLIPTask):
         if builtin is not None:
             return builtin.train_dataset("vqa", self.model_cfg, run, transform, to_tensor)
         if self.records is None:
-            from ..data.vqa import read_vqa_files
-
             self.records, self.report = read_vqa_files(run.data, run.image_root)
         records = drop_long_questions(self.records, self.model_cfg.max_text_len, self.report)
         self.report.log()
@@ -123,8 +124,6 @@ class VQATask(GLIPTask):
         return VQADataset(records, transform=transform, to_tensor=to_tensor, seed=run.seed)
 
     def collate_fn(self):
-        from ..data.vl_datasets import VQACollate
-
         return VQACollate(
             self.vocab,
             size_divisibility=self.model_cfg.size_divisibility,
@@ -143,15 +142,12 @@ class VQATask(GLIPTask):
         run = self.train_cfg
         if not run.val_data:
             return {}
-        from ..api import Detector
 
         detector = Detector(model, device=next(model.parameters()).device)
         builtin = builtin_dataset(run.val_data)
         if builtin is not None:
             items = builtin.vqa_items(run.eval_images)
         else:
-            from ..data.vqa import read_vqa_files
-
             records, _ = read_vqa_files(run.val_data, run.image_root)
             items = [(r.file_name, r.question, r.answers, r.question_type) for r in records]
         return evaluate_vqa(detector, items, blind=self.cfg.blind)
@@ -166,10 +162,6 @@ class VQATask(GLIPTask):
 
 def evaluate_vqa(detector, items, *, blind: bool = False, batch_size: int = 16) -> dict[str, float]:
     """VQA accuracy of ``detector`` on ``[(image, question, answers, question_type), ...]``."""
-    from tqdm import tqdm
-
-    from ..understand import answer_questions
-    from ..vl_metrics import vqa_summary
 
     preds = []
     for start in tqdm(range(0, len(items), batch_size), desc="vqa", disable=len(items) <= batch_size):

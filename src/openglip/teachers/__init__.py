@@ -11,16 +11,15 @@ student. A teacher is a predictor like any other:
 
 from __future__ import annotations
 
+from ..api import load_model
 from ..structures import Predictor
+from .zero_shot import ZeroShotTeacher
 
 
 def load_teacher(spec: str = "default", *, device: str | None = None) -> Predictor:
     """``"default"`` -> the zero-shot teacher; a checkpoint path -> a :class:`~openglip.api.Detector`."""
     if spec == "default":
-        from .zero_shot import ZeroShotTeacher
-
         return ZeroShotTeacher(device=device)
-    from ..api import load_model
 
     return load_model(spec, device=device)
 

