@@ -33,7 +33,7 @@ sys.path.insert(0, str(REPO / "src"))
 from openglip.api import Detector  # noqa: E402
 from openglip.config import get_preset  # noqa: E402
 from openglip.export import export_onnx  # noqa: E402
-from openglip.models.detector import build_model  # noqa: E402
+from openglip.models.glip import build_model  # noqa: E402
 from openglip.prompts import parse_prompt  # noqa: E402
 
 PROMPT = "cat. dog. person."

@@ -151,7 +151,7 @@ def main() -> None:
         grounded = f"{m['grounded/AP50']:.3f}" if "grounded/AP50" in m else "-"
         rows_c.append((name, f"{m['BLEU-4']:.3f}", f"{m['CIDEr']:.3f}", grounded, f"{seconds:.0f} s"))
         if not blind:
-            from openglip.understand import generate_captions
+            from openglip.vl_inference import generate_captions
 
             shown = generate_captions(Detector(model, device="cpu"), images[:3])
             for cap, ref in zip(shown, refs[:3]):

@@ -25,7 +25,7 @@ def main() -> int:
         print("no GPU available")
         return 0
     from openglip.config import glip_t, tiny
-    from openglip.models.detector import build_model
+    from openglip.models.glip import build_model
 
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False

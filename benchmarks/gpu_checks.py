@@ -36,7 +36,7 @@ from openglip.prompts import parse_prompt  # noqa: E402
 
 def reference():
     from openglip.config import glip_t
-    from openglip.models.detector import build_model
+    from openglip.models.glip import build_model
 
     root = find_reference()
     if root is None:

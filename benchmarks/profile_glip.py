@@ -33,7 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
 from openglip.config import get_preset  # noqa: E402
-from openglip.models.detector import build_model  # noqa: E402
+from openglip.models.glip import build_model  # noqa: E402
 from openglip.models.postprocess import PostProcessor  # noqa: E402
 from openglip.models.transform import ImageTransform  # noqa: E402
 from openglip.prompts import load_tokenizer, positive_map, split_caption, token_spans  # noqa: E402

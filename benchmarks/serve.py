@@ -38,7 +38,7 @@ def serve(args) -> None:
 
     from openglip.api import Detector
     from openglip.config import get_preset
-    from openglip.models.detector import build_model
+    from openglip.models.glip import build_model
     from openglip.serve import ServeSettings, create_app, run_server
 
     torch.set_num_threads(args.threads)

@@ -81,7 +81,7 @@ def gpu_rows() -> list[tuple]:
         return [("GLIP-T training, GPU", "no GPU available", "")]
     from openglip.config import glip_t
     from openglip.losses import GroundingLoss, GroundingTarget
-    from openglip.models.detector import build_model
+    from openglip.models.glip import build_model
 
     device = torch.device("cuda")
     model = build_model(glip_t()).to(device).train()

@@ -44,7 +44,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
 from openglip.config import glip_t  # noqa: E402
-from openglip.models.detector import build_model  # noqa: E402
+from openglip.models.glip import build_model  # noqa: E402
 from openglip.prompts import load_tokenizer, parse_prompt  # noqa: E402
 
 OFFICIAL_CPU_SECONDS = 23.0

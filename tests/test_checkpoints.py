@@ -23,7 +23,7 @@ from openglip.checkpoints import (
 from openglip.cli import main
 from openglip.config import glip_l, glip_t, tiny
 from openglip.conformance import read_shape_table
-from openglip.models.detector import build_model
+from openglip.models.glip import build_model
 
 from .conftest import require_reference
 

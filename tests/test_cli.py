@@ -181,7 +181,7 @@ def test_extreme_aspect_ratio_is_processed_with_the_others(tmp_path, photo_path,
 
 def test_draw_names_never_collide(tmp_path, tiny_checkpoint, chelsea):
     """Bug: --draw files overwrote each other when inputs shared a stem (a/x.jpg + a/sub/x.jpg, x.jpg + x.png)."""
-    from openglip.inference import output_names
+    from openglip.image_files import output_names
 
     assert output_names(["a/x.jpg", "a/sub/x.jpg", "a/x.png", "a/x.tif", "a/x.tif.png"]) == [
         Path("x.jpg"), Path("sub/x.jpg"), Path("x.png"), Path("x.tif.png"), Path("x.tif_2.png"),

@@ -15,7 +15,7 @@ from torchvision.ops import box_iou
 from openglip.checkpoints import load_into
 from openglip.config import glip_t
 from openglip.conformance import official_fill, read_shape_table, relative_l2
-from openglip.models.detector import build_model
+from openglip.models.glip import build_model
 from openglip.models.postprocess import PostProcessor
 from openglip.prompts import load_tokenizer, positive_map, split_caption, token_spans
 

@@ -25,7 +25,7 @@ from openglip.cli import main
 from openglip.errors import UsageError
 from openglip.export import export_onnx
 from openglip.images import load_image
-from openglip.models.detector import TextFeatures
+from openglip.models.glip import TextFeatures
 from openglip.models.postprocess import phrase_scores
 from openglip.prompts import parse_prompt
 
@@ -198,7 +198,7 @@ def tiny_det():
     """tiny with glip_t's official DCN offset quirk (glip_nano covers the other offset path)."""
     from openglip.api import Detector
     from openglip.config import apply_overrides, get_preset
-    from openglip.models.detector import build_model
+    from openglip.models.glip import build_model
 
     torch.manual_seed(0)
     cfg = apply_overrides(get_preset("tiny"), ["official_dcn_quirk=true"])
@@ -257,7 +257,7 @@ def test_glip_nano_fixed_and_open_vocabulary_match_pytorch(tmp_path, photos):
     vocabulary without (numpy post-processing)."""
     from openglip.api import Detector
     from openglip.config import apply_overrides, get_preset
-    from openglip.models.detector import build_model
+    from openglip.models.glip import build_model
 
     torch.manual_seed(0)
     cfg = apply_overrides(get_preset("glip_nano"), ["min_size=256", "max_size=427"])  # 256x384 / 256x256
@@ -464,7 +464,7 @@ def test_glip_t_fixed_vocabulary_with_nms_matches_pytorch(tmp_path, photos):
     float32 error of 6.5e-5 against float64, which is why :func:`check_against_pytorch` measures its bars."""
     from openglip.api import Detector
     from openglip.config import apply_overrides, get_preset
-    from openglip.models.detector import build_model
+    from openglip.models.glip import build_model
 
     torch.manual_seed(0)
     cfg = apply_overrides(get_preset("glip_t"), ["min_size=320", "max_size=533"])  # 320x481 / 320x320

@@ -13,7 +13,7 @@ from openglip.data.collate import Collate, phrase_key
 from openglip.data.transforms import to_model_input
 from openglip.losses.contrastive import inter_image_loss, region_word_loss, soft_cross_entropy
 from openglip.models.contrastive import InterImageContrastive
-from openglip.models.detector import build_model
+from openglip.models.glip import build_model
 from openglip.shapes.datasets import ShapesDataset
 from openglip.tasks import GLIPTask
 

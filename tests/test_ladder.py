@@ -22,7 +22,7 @@ from openglip.checkpoints import (
 )
 from openglip.cli import main
 from openglip.config import glip_t, tiny
-from openglip.models.detector import build_model, build_tower
+from openglip.models.glip import build_model, build_tower
 from openglip.shapes import CATEGORIES, NOVEL, write_dataset
 from openglip.shapes.ladder import (
     CAPTION_SHAPES,

@@ -85,7 +85,7 @@ def test_layering(where, forbidden, why):
 
 def test_the_import_reader_sees_relative_imports():
     assert "openglip.losses.masks" in _imports(PACKAGE / "tasks" / "glip.py")
-    assert "openglip.config" in _imports(PACKAGE / "models" / "detector.py")
+    assert "openglip.config" in _imports(PACKAGE / "models" / "glip.py")
 
 
 def test_only_the_shapes_package_compares_against_its_name():

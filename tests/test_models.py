@@ -8,9 +8,9 @@ import torchvision
 
 from openglip.config import tiny
 from openglip.models.anchors import AnchorGenerator, BoxCoder
-from openglip.models.detector import build_model
 from openglip.models.dyhead import _reread_offsets, modulated_deform_conv
 from openglip.models.fusion import BiMultiHeadAttention
+from openglip.models.glip import build_model
 from openglip.models.postprocess import Candidates, PostProcessor, phrase_scores
 
 

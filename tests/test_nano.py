@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from openglip.config import glip_nano
-from openglip.models.detector import build_model
+from openglip.models.glip import build_model
 
 
 def test_minilm_loads_with_the_network_off():

@@ -18,7 +18,7 @@ from openglip.errors import UsageError
 from openglip.losses.language import caption_loss, mask_tokens, mlm_loss
 from openglip.models import build_model
 from openglip.models.vl_heads import read_answer_vocab
-from openglip.understand import CLS, SEP, beam_search, greedy_decode
+from openglip.vl_inference import CLS, SEP, beam_search, greedy_decode
 
 VL = dataclasses.replace(tiny(), mlm_head=True, vqa_answers=3, caption_head=True)
 
@@ -186,7 +186,7 @@ def test_caption_decoding_never_emits_special_tokens_nor_repeats_an_ngram(vl_che
     from PIL import Image
 
     from openglip.prompts import load_tokenizer
-    from openglip.understand import never_emitted
+    from openglip.vl_inference import never_emitted
 
     det = openglip.load_model(str(vl_checkpoint), device="cpu")
     tok = load_tokenizer()

@@ -18,7 +18,7 @@ from .device import resolve_device
 from .errors import UsageError
 from .hub import resolve_model_args
 from .images import load_image
-from .models.detector import GLIP, TextFeatures, build_model
+from .models.glip import GLIP, TextFeatures, build_model
 from .models.masks import paste_masks
 from .models.postprocess import Candidates, PostProcessor
 from .models.transform import ImageTransform
@@ -26,7 +26,7 @@ from .models.vl_heads import read_answer_vocab
 from .prompts import Prompt, PromptError, chunk_prompt, parse_prompt, positive_map, token_spans
 from .regionclip.weights import load_detector
 from .structures import Detections, Predictor
-from .understand import answer_questions, generate_captions, ground_captions
+from .vl_inference import answer_questions, generate_captions, ground_captions
 
 PromptLike = str | Sequence[str] | Prompt
 
@@ -367,7 +367,7 @@ class Detector:
             )
         return results
 
-    # -- GLIPv2 understanding heads (see openglip.understand) -------------------------------------------------
+    # -- GLIPv2 understanding heads (see openglip.vl_inference) -------------------------------------------------
     def answer(self, images, question: str | Sequence[str], *, batch_size: int = 8) -> str | list[str]:
         """Answer a question about an image with the VQA head (a model trained with ``task=vqa``).
 
@@ -398,7 +398,7 @@ class Detector:
         Args:
             images: an image or a list of them.
             grounded: also ground the caption's noun phrases (``extractor``: "auto", "rule" or "spacy") with the
-                detection head and return a :class:`~openglip.understand.GroundedCaption` (caption, Detections).
+                detection head and return a :class:`~openglip.vl_inference.GroundedCaption` (caption, Detections).
             beam_size: 1 for greedy decoding, more for beam search.
             max_length: most word pieces generated.
             no_repeat_ngram_size: never repeat an n-gram of this many word pieces (0 allows repeats).

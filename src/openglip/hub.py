@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from .checkpoints import CheckpointError, load_into, read_checkpoint, save_safetensors
 from .config import ModelConfig, apply_overrides, get_preset
-from .models.detector import build_model
+from .models.glip import build_model
 
 REPO_ID = "GLIPModel/GLIP"
 log = logging.getLogger("openglip.hub")

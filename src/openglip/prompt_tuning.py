@@ -20,7 +20,7 @@ from torch import nn
 
 from .errors import UsageError
 from .files import atomic_write, read_safetensors
-from .models.detector import TextFeatures
+from .models.glip import TextFeatures
 from .prompts import Prompt, build_prompt
 
 
@@ -72,7 +72,7 @@ def load_tuned_prompt(path: str | os.PathLike) -> TunedPrompt:
 class PromptTunedGLIP(nn.Module):
     """A frozen GLIP plus a learnable offset on one fixed prompt's token features.
 
-    ``forward`` has the signature of :class:`~openglip.models.detector.GLIP` for tokenized input, and every
+    ``forward`` has the signature of :class:`~openglip.models.glip.GLIP` for tokenized input, and every
     caption of the batch must be the tuned prompt (the offset is aligned to its tokens).
     """
 

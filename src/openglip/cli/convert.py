@@ -30,7 +30,7 @@ def cmd_convert(args) -> int:
     )
     from ..config import get_preset
     from ..files import check_output_file
-    from ..models.detector import build_model
+    from ..models.glip import build_model
 
     if not args.dest.endswith(".safetensors"):
         raise UsageError(f"destination {args.dest} should end with .safetensors")

@@ -77,8 +77,8 @@ def load_predictor(args, tuned=None):
 def cmd_detect(args) -> int:
     from ..device import resolve_device
     from ..files import check_output_dir, check_output_file, write_text_atomic
+    from ..image_files import detect_paths, image_format, output_names
     from ..images import find_images
-    from ..inference import detect_paths, image_format, output_names
     from ..prompts import parse_prompt
 
     # everything a user can get wrong is checked before the model is loaded and the images are processed

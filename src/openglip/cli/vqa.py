@@ -28,7 +28,7 @@ def run(args) -> int:
     from ..errors import UsageError
     from ..files import write_text_atomic
     from ..images import find_images
-    from ..understand import check_question
+    from ..vl_inference import check_question
 
     if args.batch_size < 1:
         raise UsageError("--batch-size must be at least 1")

@@ -20,7 +20,7 @@ from torch import nn
 from torchvision.ops import nms
 
 from ..models.anchors import BoxCoder
-from ..models.detector import GLIP
+from ..models.glip import GLIP
 
 # ------------------------------------------------------------------------------------------------------------
 # ONNX NonMaxSuppression, for both exporters

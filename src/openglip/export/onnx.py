@@ -30,7 +30,7 @@ from torch.export import Dim
 from ..api import Detector
 from ..errors import UsageError
 from ..files import atomic_write
-from ..models.detector import TextFeatures
+from ..models.glip import TextFeatures
 from ..prompts import parse_prompt
 from .graphs import FixedVocabGraph, OpenVocabGraph, nms_onnx_translation, onnx_nms
 from .patches import export_friendly

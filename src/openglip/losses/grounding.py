@@ -117,7 +117,7 @@ def token_focal_loss(
 
 
 class GroundingLoss(nn.Module):
-    """GLIP's loss on :class:`~openglip.models.detector.GLIPOutput`.
+    """GLIP's loss on :class:`~openglip.models.glip.GLIPOutput`.
 
     Args:
         box_coder: decodes deltas (weights 10/10/5/5).

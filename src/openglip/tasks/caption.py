@@ -26,9 +26,9 @@ from ..errors import DataError
 from ..losses import GroundingLoss
 from ..losses.language import caption_loss
 from ..metrics import coco_detection_metrics
-from ..models.detector import GLIP
+from ..models.glip import GLIP
 from ..shapes import CATEGORIES, to_coco
-from ..understand import generate_captions, ground_captions
+from ..vl_inference import generate_captions, ground_captions
 from ..vl_metrics import caption_metrics
 from .base import TaskBase
 from .glip import GLIPTask

@@ -25,7 +25,7 @@ from ..losses import GroundingLoss
 from ..losses.contrastive import inter_image_loss
 from ..losses.language import mask_tokens, mlm_loss
 from ..losses.masks import mask_loss
-from ..models.detector import GLIP, build_model
+from ..models.glip import GLIP, build_model
 from .base import TaskBase
 
 OPTIONAL_HEADS = ("contrastive.", "mask_head.", "mlm_head.", "vqa_head.", "caption_head.")  # GLIPv2 heads a
@@ -33,7 +33,7 @@ OPTIONAL_HEADS = ("contrastive.", "mask_head.", "mlm_head.", "vqa_head.", "capti
 
 
 class GLIPTask(TaskBase):
-    """Trains a :class:`~openglip.models.detector.GLIP` (the default task of ``openglip train``).
+    """Trains a :class:`~openglip.models.glip.GLIP` (the default task of ``openglip train``).
 
     Args:
         model_cfg: the model.

@@ -28,9 +28,9 @@ from ..data.vqa import build_answer_vocab, load_answer_vocab, read_vqa_files
 from ..distributed import unwrap
 from ..errors import DataError, UsageError
 from ..losses.language import vqa_loss
-from ..models.detector import GLIP
+from ..models.glip import GLIP
 from ..prompts import load_tokenizer
-from ..understand import answer_questions
+from ..vl_inference import answer_questions
 from ..vl_metrics import vqa_summary
 from .base import TaskBase
 from .glip import GLIPTask
