@@ -238,3 +238,19 @@ def test_function_level_imports_only_where_listed():
             if local and not lazy:
                 offenders.append(f"{module}: {names[0]}")
     assert not offenders, f"import these at module level, or list them in LAZY_IMPORTS with why: {offenders}"
+
+
+def test_no_file_over_500_lines_and_no_function_over_80():
+    """A file that grows past 500 lines is split by idea, a function past 80 lines by step (STYLE.md)."""
+    long_files, long_functions = [], []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        text = path.read_text()
+        if text.count("\n") > 500:
+            long_files.append(f"{path.relative_to(PACKAGE)} ({text.count(chr(10))} lines)")
+        for node in ast.walk(ast.parse(text)):
+            if (
+                isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+                and node.end_lineno - node.lineno >= 80
+            ):
+                long_functions.append(f"{path.relative_to(PACKAGE)}:{node.lineno} {node.name}")
+    assert not long_files and not long_functions, (long_files, long_functions)
