@@ -49,6 +49,16 @@ def _iou(a, b) -> float:
     return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
 
 
+def _setuptools_builds_wheels() -> bool:
+    """This interpreter's setuptools can build the wheel itself: 70.1+ has ``bdist_wheel`` built in (older
+    ones need the ``wheel`` package that pyproject.toml's build requirements add in an isolated build)."""
+    try:
+        version = importlib.metadata.version("setuptools")
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return tuple(int(v) for v in re.findall(r"\d+", version)[:2]) >= (70, 1)
+
+
 def build_wheel(build_cmd: list[str], tmp: Path) -> Path:
     """``pip wheel --no-deps . -w dist`` as the README writes it, on a copy of the checkout (a build writes
     ``build/`` and ``*.egg-info`` into its source folder), into ``tmp/dist``."""
@@ -59,8 +69,7 @@ def build_wheel(build_cmd: list[str], tmp: Path) -> Path:
     ignore = shutil.ignore_patterns("__pycache__", "*.egg-info")
     shutil.copytree(REPO / "src", source / "src", ignore=ignore)
     assert build_cmd[:3] == ["pip", "wheel", "--no-deps"] and build_cmd[3:] == [".", "-w", "dist"], build_cmd
-    # offline when this interpreter has setuptools (the build backend pyproject.toml names)
-    isolation = ["--no-build-isolation"] if importlib.util.find_spec("setuptools") else []
+    isolation = ["--no-build-isolation"] if _setuptools_builds_wheels() else []  # offline when it can
     subprocess.run(
         [sys.executable, "-m", *build_cmd[:3], *isolation, ".", "-w", str(tmp / "dist"), "--quiet"],
         cwd=source,
@@ -120,6 +129,46 @@ def check_extras_present(install_cmd: list[str], wheel: Path) -> None:
         wanted = re.search(r'extra == "([\w-]+)"', marker)
         if wanted is None or wanted[1] in extras:
             importlib.metadata.version(re.match(r"[\w.-]+", spec)[0])  # PackageNotFoundError when missing
+
+
+def serve_answers_one_request(serve_cmd: list[str], work: Path, env: dict) -> None:
+    """``openglip serve`` (the zero-shot default) on a free port: its web page, one POST /v1/detect, a clean stop."""
+    port = free_port()
+    serve_cmd[serve_cmd.index("8000")] = str(port)
+    server = subprocess.Popen(
+        serve_cmd,
+        cwd=work,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_healthy(url, server)
+        page = httpx.get(url, timeout=30)
+        assert page.status_code == 200 and "<html" in page.text.lower()  # the web page ships
+        answer = httpx.post(
+            f"{url}/v1/detect",
+            files={"image": ("photo.jpg", (work / "photo.jpg").read_bytes())},
+            data={"prompt": "cat. dog."},
+            timeout=120,
+        )
+        assert answer.status_code == 200, answer.text
+        body = answer.json()
+        assert body["image"] == {"width": 451, "height": 300}
+        best = max(body["detections"], key=lambda d: d["score"])
+        assert best["phrase"] == "cat" and best["score"] > 0.5, body["detections"]
+    finally:
+        if server.poll() is None:
+            os.killpg(server.pid, 2)  # SIGINT: uvicorn's graceful stop
+            try:
+                server.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(server.pid, 9)
+                server.wait(10)
+    assert server.returncode == 0, server.stdout.read()
 
 
 def test_readme_pip_route_works_outside_the_checkout(tmp_path, chelsea):
@@ -187,42 +236,7 @@ def test_readme_pip_route_works_outside_the_checkout(tmp_path, chelsea):
     assert len(list((work / "outputs" / "photos_demo").glob("*.jpg"))) >= 5
 
     # openglip serve --port 8000, answering one request
-    serve_cmd = shlex.split(commands[5])
-    port = free_port()
-    serve_cmd[serve_cmd.index("8000")] = str(port)
-    server = subprocess.Popen(
-        serve_cmd,
-        cwd=work,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_healthy(url, server)
-        page = httpx.get(url, timeout=30)
-        assert page.status_code == 200 and "<html" in page.text.lower()  # the web page ships
-        answer = httpx.post(
-            f"{url}/v1/detect",
-            files={"image": ("photo.jpg", (work / "photo.jpg").read_bytes())},
-            data={"prompt": "cat. dog."},
-            timeout=120,
-        )
-        assert answer.status_code == 200, answer.text
-        body = answer.json()
-        assert body["image"] == {"width": 451, "height": 300}
-        best = max(body["detections"], key=lambda d: d["score"])
-        assert best["phrase"] == "cat" and best["score"] > 0.5, body["detections"]
-    finally:
-        os.killpg(server.pid, 2)  # SIGINT: uvicorn's graceful stop
-        try:
-            server.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, 9)
-            server.wait(10)
-    assert server.returncode == 0, server.stdout.read()
+    serve_answers_one_request(shlex.split(commands[5]), work, env)
 
 
 def _check_set() -> list[dict]:
