@@ -20,7 +20,11 @@ README = (REPO / "README.md").read_text()
 
 # section title -> the tests that run its code blocks ("file::function"); this file's runners included
 RUN_BY = {
-    "Set up and run": ["test_readme.py::test_set_up_and_run_commands", "test_readme.py::test_make_targets"],
+    "Set up and run": [
+        "test_readme.py::test_set_up_and_run_commands",
+        "test_readme.py::test_make_targets",
+        "test_wheel.py::test_readme_pip_route_works_outside_the_checkout",  # its "Install with pip" block
+    ],
     "Detect": ["test_readme.py::test_detect_section_runs"],
     "Serve": ["test_serve.py::test_readme_serve_commands_run"],
     "Train and evaluate": [

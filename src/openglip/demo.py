@@ -30,6 +30,7 @@ from .shapes.photos import load_check_set, load_photo
 from .shapes.recipe import DEFAULT_BUDGET, DEFAULT_STEPS, demo_configs
 from .tasks import GLIPTask
 from .teachers import load_teacher
+from .teachers.zero_shot import WINDOWS_NOTE
 from .visualize import draw_detections
 
 PHOTO_PROMPTS = {  # check-set photo -> what we ask for (a distractor included)
@@ -53,6 +54,8 @@ def photos(argv: list[str]) -> int:
     print("YOLOv3-tiny proposals; all from PyPI packages, no box training on your data) ...")
     start = time.time()
     teacher = load_teacher("default", device="cpu")
+    if teacher.proposals == "windows":
+        print(f"note: {WINDOWS_NOTE}")
     print(f"ready in {time.time() - start:.0f} s\n")
     out = Path(args.out)
     for entry in load_check_set():

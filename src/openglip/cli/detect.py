@@ -62,6 +62,7 @@ def load_predictor(args, tuned=None):
         predictor = load_model(args.preset, device=args.device, pretrained=False)
     else:
         from ..teachers import load_teacher
+        from ..teachers.zero_shot import WINDOWS_NOTE
 
         print(
             "openglip: no --weights given: using the zero-shot default teacher (EfficientNet-Lite0 + MiniLM, "
@@ -69,6 +70,8 @@ def load_predictor(args, tuned=None):
             file=sys.stderr,
         )
         predictor = load_teacher("default", device=args.device)
+        if predictor.proposals == "windows":
+            print(f"openglip: note: {WINDOWS_NOTE}", file=sys.stderr)
     if tuned is not None:
         predictor.add_tuned_prompt(tuned)
     return predictor

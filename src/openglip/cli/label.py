@@ -58,6 +58,7 @@ def cmd_label(args) -> int:
     from ..images import load_image
     from ..prompts import get_extractor
     from ..teachers import load_teacher
+    from ..teachers.zero_shot import WINDOWS_NOTE
 
     if args.batch_size < 1:
         raise UsageError("--batch-size must be at least 1")
@@ -92,6 +93,8 @@ def cmd_label(args) -> int:
     dist = init_distributed(resolve_device(args.device))
     extractor = get_extractor(args.extractor)
     teacher = load_teacher(args.teacher, device=args.device)
+    if getattr(teacher, "proposals", None) == "windows":  # the zero-shot default without YOLOv3-tiny
+        print(f"openglip: note: {WINDOWS_NOTE}", file=sys.stderr)
     stats = label_pairs(
         pairs,
         teacher,

