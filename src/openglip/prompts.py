@@ -373,6 +373,8 @@ def parse_prompt(prompt: str | Sequence[str] | Prompt, extractor: PhraseExtracto
 # --- tokens ----------------------------------------------------------------------------------------------------
 
 
+# openglip/export/openglip_onnx.py (the torch-free runner copied beside exported models) has its own copy of
+# this function; a change to one is made to both.
 def _char_to_token(encoding, char: int, step: int, tries: int = 3) -> int | None:
     for k in range(tries):
         pos = char + step * k

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ..errors import DataError
 from ..files import write_text_atomic
-from .coco import load_json, relative_name, resolve_image
+from .coco import open_annotations, relative_name, resolve_image
 from .odvg import iter_jsonl
 from .records import SkipReport
 
@@ -74,14 +74,12 @@ def read_coco_caption_pairs(
     Raises:
         DataError: the file is missing, not JSON, or has no ``images``/``annotations`` lists.
     """
-    data = load_json(json_path)
+    data, root, report = open_annotations(json_path, image_root)
     if not isinstance(data, dict) or not isinstance(data.get("images"), list):
         raise DataError(f"{json_path}: not a COCO Captions file (expected 'images' and 'annotations' lists)")
     anns = data.get("annotations")
     if not isinstance(anns, list):
         raise DataError(f"{json_path}: not a COCO Captions file (expected an 'annotations' list)")
-    root = Path(json_path).parent if image_root is None else Path(image_root)
-    report = SkipReport(source=str(json_path))
     files = {}
     for k, entry in enumerate(data["images"]):
         if isinstance(entry, dict) and isinstance(entry.get("file_name"), str) and "id" in entry:
@@ -169,11 +167,9 @@ def read_coco_captions(
     Raises:
         DataError: the file is missing or not COCO Captions JSON.
     """
-    data = load_json(json_path)
+    data, root, report = open_annotations(json_path, image_root)
     if not isinstance(data, dict) or not isinstance(data.get("images"), list):
         raise DataError(f"{json_path}: not a COCO Captions file (no 'images' list)")
-    root = Path(json_path).parent if image_root is None else Path(image_root)
-    report = SkipReport(source=str(json_path))
     captions: dict = {}
     for ann in data.get("annotations", []):
         text = ann.get("caption") if isinstance(ann, dict) else None

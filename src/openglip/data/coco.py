@@ -40,6 +40,15 @@ def load_json(path: str | os.PathLike) -> Any:
         raise DataError(f"{path}: not a valid JSON file ({err})") from None
 
 
+def open_annotations(
+    json_path: str | os.PathLike, image_root: str | os.PathLike | None
+) -> tuple[Any, Path, SkipReport]:
+    """What every JSON annotation reader starts from: the parsed file (:func:`load_json`), the folder its image
+    names are relative to (``image_root``, default: the file's folder) and an empty skip report for it."""
+    root = Path(json_path).parent if image_root is None else Path(image_root)
+    return load_json(json_path), root, SkipReport(source=str(json_path))
+
+
 def resolve_image(file_name: str, image_root: str | os.PathLike) -> str:
     """``file_name`` joined with ``image_root`` (an absolute ``file_name`` is kept as is)."""
     return str(Path(image_root) / file_name)
@@ -216,9 +225,7 @@ def read_coco(
         FileNotFoundError: ``json_path`` does not exist.
         ValueError: the file is not JSON or not in COCO detection format.
     """
-    data = load_json(json_path)
-    root = Path(json_path).parent if image_root is None else Path(image_root)
-    report = SkipReport(source=str(json_path))
+    data, root, report = open_annotations(json_path, image_root)
     if not isinstance(data, dict) or not isinstance(data.get("images"), list):
         raise DataError(f"{json_path}: not a COCO detection file (expected an 'images' list)")
     anns = data.get("annotations", [])

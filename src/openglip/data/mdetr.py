@@ -17,8 +17,8 @@ from .coco import (
     clean_boxes,
     clean_spans,
     group_annotations,
-    load_json,
     locate_image,
+    open_annotations,
     parse_box,
     relative_name,
 )
@@ -43,9 +43,7 @@ def read_mdetr(
         FileNotFoundError: ``json_path`` does not exist.
         ValueError: the file is not JSON, or not MDETR format (no image has a caption).
     """
-    data = load_json(json_path)
-    root = Path(json_path).parent if image_root is None else Path(image_root)
-    report = SkipReport(source=str(json_path))
+    data, root, report = open_annotations(json_path, image_root)
     images = data.get("images") if isinstance(data, dict) else None
     anns = data.get("annotations", []) if isinstance(data, dict) else None
     if not isinstance(images, list) or not isinstance(anns, list):

@@ -176,6 +176,8 @@ def load_tokenizer(path: str | os.PathLike):
     return tok
 
 
+# A copy of openglip.prompts._char_to_token (GLIP's rule, with token_spans): this file is copied beside exported
+# models and imports nothing from openglip (no torch), so it keeps its own; a change to one is made to both.
 def _char_to_token(encoding, char: int, step: int, tries: int = 3):
     for k in range(tries):
         pos = char + step * k

@@ -49,15 +49,7 @@ def deform_conv_grid_sample(
     """
     B, C, H, W = x.shape
     Ho, Wo = offset.shape[-2:]
-    dt = offset.dtype
-    taps = torch.arange(3, device=x.device, dtype=dt) - 1
-    ky = taps.view(3, 1).expand(3, 3).reshape(1, 9, 1, 1)
-    kx = taps.view(1, 3).expand(3, 3).reshape(1, 9, 1, 1)
-    base_y = (torch.arange(Ho, device=x.device, dtype=dt) * stride).view(1, 1, Ho, 1)
-    base_x = (torch.arange(Wo, device=x.device, dtype=dt) * stride).view(1, 1, 1, Wo)
-    off = offset.view(B, 9, 2, Ho, Wo)
-    py = base_y + ky + off[:, :, 0]  # (B, 9, Ho, Wo) sampling rows in pixels
-    px = base_x + kx + off[:, :, 1]
+    py, px = dyhead.deform_sample_points(offset, stride)  # (B, 9, Ho, Wo) sampling rows, columns in pixels
     # align_corners=False maps pixel p to (2p + 1) / size - 1 and back exactly, and is defined for size 1
     grid = torch.stack([(2.0 * px + 1.0) / W - 1.0, (2.0 * py + 1.0) / H - 1.0], dim=-1)
     grid = grid.view(B, 9 * Ho, Wo, 2)

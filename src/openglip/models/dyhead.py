@@ -41,15 +41,8 @@ def modulated_deform_conv(
         return torchvision.ops.deform_conv2d(x, offset, weight, bias, stride=stride, padding=1, mask=mask)
     B, C, H, W = x.shape
     Ho, Wo = offset.shape[-2:]
-    dev, dt = x.device, offset.dtype
-    taps = torch.arange(3, device=dev, dtype=dt) - 1
-    ky = taps.view(1, 3, 1, 1, 1).expand(1, 3, 3, 1, 1).reshape(1, 9, 1, 1)
-    kx = taps.view(1, 1, 3, 1, 1).expand(1, 3, 3, 1, 1).reshape(1, 9, 1, 1)
-    base_y = (torch.arange(Ho, device=dev, dtype=dt) * stride).view(1, 1, Ho, 1)
-    base_x = (torch.arange(Wo, device=dev, dtype=dt) * stride).view(1, 1, 1, Wo)
-    off = offset.view(B, 9, 2, Ho, Wo)
-    py = base_y + ky + off[:, :, 0]  # (B, 9, Ho, Wo) sampling rows
-    px = base_x + kx + off[:, :, 1]
+    dev = x.device
+    py, px = deform_sample_points(offset, stride)
     y0f, x0f = py.floor(), px.floor()
     ly, lx = py - y0f, px - x0f
     hy, hx = 1.0 - ly, 1.0 - lx
@@ -71,6 +64,20 @@ def modulated_deform_conv(
     w = weight.permute(0, 2, 3, 1).reshape(weight.shape[0], 9 * C)  # (Cout, tap*Cin)
     out = cols @ w.t() if bias is None else torch.addmm(bias, cols, w.t())
     return out.view(B, Ho, Wo, -1).permute(0, 3, 1, 2)
+
+
+def deform_sample_points(offset: torch.Tensor, stride: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where a deformable 3x3 conv with padding 1 samples: ``(rows, columns)`` in input pixels, each
+    (B, 9, Ho, Wo), for ``offset`` (B, 18, Ho, Wo) = (dy, dx) per kernel tap, taps in row-major order."""
+    B, _, Ho, Wo = offset.shape
+    dev, dt = offset.device, offset.dtype
+    taps = torch.arange(3, device=dev, dtype=dt) - 1
+    ky = taps.view(3, 1).expand(3, 3).reshape(1, 9, 1, 1)
+    kx = taps.view(1, 3).expand(3, 3).reshape(1, 9, 1, 1)
+    base_y = (torch.arange(Ho, device=dev, dtype=dt) * stride).view(1, 1, Ho, 1)
+    base_x = (torch.arange(Wo, device=dev, dtype=dt) * stride).view(1, 1, 1, Wo)
+    off = offset.view(B, 9, 2, Ho, Wo)
+    return base_y + ky + off[:, :, 0], base_x + kx + off[:, :, 1]
 
 
 class DeformConvNorm(nn.Module):

@@ -147,25 +147,18 @@ class CrossModalFusion(nn.Module):
 
     All pyramid levels are flattened into one sequence of N locations. As in GLIP, the residual is added to the
     *normalised* inputs (``v = LN(v) + gamma_v * dv``), not to the raw ones.
+
+    Args:
+        attn: the attention; its widths (Dv, Dl) are the block's.
+        layer_scale_init: the initial value of both layer scales.
     """
 
-    def __init__(
-        self,
-        *,
-        v_dim: int,
-        l_dim: int,
-        embed_dim: int,
-        num_heads: int,
-        layer_scale_init: float,
-        dropout: float = 0.1,
-        clamp: bool = True,
-    ):
+    def __init__(self, attn: BiMultiHeadAttention, *, layer_scale_init: float):
         super().__init__()
+        v_dim, l_dim = attn.out_v_proj.out_features, attn.out_l_proj.out_features
         self.norm_v = nn.LayerNorm(v_dim)
         self.norm_l = nn.LayerNorm(l_dim)
-        self.attn = BiMultiHeadAttention(
-            v_dim=v_dim, l_dim=l_dim, embed_dim=embed_dim, num_heads=num_heads, dropout=dropout, clamp=clamp
-        )
+        self.attn = attn
         self.gamma_v = nn.Parameter(torch.full((v_dim,), float(layer_scale_init)))
         self.gamma_l = nn.Parameter(torch.full((l_dim,), float(layer_scale_init)))
 

@@ -19,7 +19,7 @@ from .backbones import build_backbone
 from .contrastive import InterImageContrastive
 from .dyhead import DyConv, FusionBlock, FusionTower
 from .fpn import FPN
-from .fusion import CrossModalFusion, TextLayer
+from .fusion import BiMultiHeadAttention, CrossModalFusion, TextLayer
 from .head import GroundingHead
 from .masks import MaskHead
 from .text_encoder import VOCAB_SIZE, TextEncoder
@@ -311,13 +311,15 @@ def build_tower(cfg: ModelConfig) -> FusionTower:
     for _ in range(cfg.fusion_layers):
         cross = (
             CrossModalFusion(
-                v_dim=cfg.fpn_channels,
-                l_dim=cfg.text_hidden,
-                embed_dim=cfg.fusion_embed_dim,
-                num_heads=cfg.fusion_heads,
+                BiMultiHeadAttention(
+                    v_dim=cfg.fpn_channels,
+                    l_dim=cfg.text_hidden,
+                    embed_dim=cfg.fusion_embed_dim,
+                    num_heads=cfg.fusion_heads,
+                    dropout=cfg.fusion_dropout,
+                    clamp=cfg.clamp_attention,
+                ),
                 layer_scale_init=cfg.layer_scale_init,
-                dropout=cfg.fusion_dropout,
-                clamp=cfg.clamp_attention,
             )
             if deep
             else None

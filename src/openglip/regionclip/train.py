@@ -58,6 +58,14 @@ def _text(text: SentenceEncoder | None, name: str, device) -> SentenceEncoder:
     )
 
 
+def _pool_and_text(
+    cfg: TeacherConfig | PretrainConfig | TransferConfig, text: SentenceEncoder | None, device
+) -> tuple[ConceptPool, SentenceEncoder]:
+    """The stage's concept pool (``cfg.concepts``) and the sentence encoder it was built with (or ``text``)."""
+    pool = ConceptPool.load(required_path(cfg.concepts, "concepts"))
+    return pool, _text(text, pool.encoder, device)
+
+
 def caption_records(cfg: ConceptConfig | TeacherConfig | PretrainConfig, *, num_images: int, min_objects: int = 1,
                     caption: str = "listing"):  # fmt: skip
     """The stage's image-caption pairs: ``cfg.data`` when set, else the shapes corpus."""
@@ -130,10 +138,10 @@ def run_teacher(
     device=None,
 ) -> Path:
     """Train the stand-in teacher by image-caption InfoNCE (shapes default: 1-2-object images, listing captions)."""
-    pool = ConceptPool.load(required_path(cfg.concepts, "concepts"))
+    pool, text = _pool_and_text(cfg, text, device)
     records = caption_records(cfg, num_images=cfg.epoch_size, min_objects=cfg.min_objects)
     dataset = RegionCaptionDataset(records, image_size=cfg.image_size, seed=cfg.data_seed)
-    task = TeacherTask(cfg, pool=pool, text=_text(text, pool.encoder, device))
+    task = TeacherTask(cfg, pool=pool, text=text)
     return _fit(task, train_cfg, dataset, resume=resume, device=device)
 
 
@@ -152,7 +160,7 @@ def run_pretrain(
     device=None,
 ) -> Path:
     """Region-text pretraining on the caption corpus (``cfg.data``; shapes: split "all", every category)."""
-    pool = ConceptPool.load(required_path(cfg.concepts, "concepts"))
+    pool, text = _pool_and_text(cfg, text, device)
     teacher = load_region_teacher(required_path(cfg.teacher, "teacher"))
     rpn = load_rpn(required_path(cfg.rpn, "rpn")) if cfg.region_source == "rpn" else None
     records = caption_records(cfg, num_images=cfg.epoch_size, caption=cfg.caption)
@@ -160,7 +168,7 @@ def run_pretrain(
         records, image_size=cfg.image_size, seed=cfg.data_seed,
         random_regions=cfg.regions_per_image if cfg.region_source == "random" else 0,
     )  # fmt: skip
-    task = PretrainTask(cfg, pool=pool, text=_text(text, pool.encoder, device), teacher=teacher, rpn=rpn)
+    task = PretrainTask(cfg, pool=pool, text=text, teacher=teacher, rpn=rpn)
     return _fit(task, train_cfg, dataset, resume=resume, device=device)
 
 
@@ -182,8 +190,6 @@ def run_transfer(
     """
     data = detection_data(cfg)
     dataset = BoxDataset(data, classes=classes, image_size=cfg.image_size)
-    pool_encoder = ConceptPool.load(required_path(cfg.concepts, "concepts")).encoder
-    task = TransferTask(
-        cfg, text=_text(text, pool_encoder, device), classes=dataset.classes, evaluator=evaluate_fn
-    )
+    _, text = _pool_and_text(cfg, text, device)
+    task = TransferTask(cfg, text=text, classes=dataset.classes, evaluator=evaluate_fn)
     return _fit(task, train_cfg, dataset, resume=resume, device=device)

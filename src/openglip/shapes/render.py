@@ -19,7 +19,7 @@ import numpy as np
 
 from . import look
 from .placement import find_place, finish_sample
-from .world import COLOURS, SHAPES, SIZES, SPLITS, ShapesSample, check_world_args, draw_category
+from .world import COLOURS, SHAPES, SIZES, SPLITS, ShapesSample, WorldRenderer, draw_category
 
 COLOUR_RGB: dict[str, tuple[int, int, int]] = {
     "red": (215, 35, 35),
@@ -42,37 +42,13 @@ _KEEP = 0.6  # an occluded object keeps at least this fraction of its pixels whe
 _TRIES = 30
 
 
-class ShapesWorld:
-    """An infinite, deterministic stream of shapes-world samples.
+class ShapesWorld(WorldRenderer):
+    """An infinite, deterministic stream of shapes-world samples (the settings: :class:`WorldRenderer`).
 
-    ``sample(index)`` depends only on ``(seed, split, index)``, never on call order.
-
-    Args:
-        split: ``"train"`` (only :data:`BASE` categories), ``"val"`` / ``"test"`` (all 48, about 40% of the
-            objects novel) or ``"all"`` (all 48 drawn uniformly).
-        image_size: side length, or ``(height, width)``; at least 32 px.
-        min_objects: fewest objects per image (best effort: an object that finds no free place is skipped).
-        max_objects: most objects per image.
-        seed: non-negative random seed.
-        vary_canvas: draw each image's height and width independently from 0.8..1.25x ``image_size`` (varied
-            sizes and aspect ratios); off by default, so that every image has ``image_size``.
+    ``sample(index)`` depends only on ``(seed, split, index)``, never on call order. Images are at least 32 px;
+    ``vary_canvas=True`` draws each image's height and width independently from 0.8..1.25x ``image_size``
+    (varied sizes and aspect ratios); off by default, so that every image has ``image_size``.
     """
-
-    def __init__(
-        self,
-        *,
-        split: str = "train",
-        image_size: int | tuple[int, int] = 128,
-        min_objects: int = 1,
-        max_objects: int = 5,
-        seed: int = 0,
-        vary_canvas: bool = False,
-    ) -> None:
-        h, w = check_world_args(split, image_size, min_objects, max_objects, seed, min_side=32)
-        self.split, self.height, self.width = split, h, w
-        self.min_objects, self.max_objects, self.seed = min_objects, max_objects, seed
-        self.vary_canvas = vary_canvas
-        self.scale = min(h, w) / 128.0
 
     def _draw_label(self, rng: np.random.Generator) -> int:
         return draw_category(rng, self.split)

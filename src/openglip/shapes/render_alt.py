@@ -28,7 +28,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from .placement import find_place, finish_sample
-from .world import CATEGORIES, SIZES, SPLITS, ShapesSample, check_world_args, draw_category
+from .world import CATEGORIES, SIZES, SPLITS, ShapesSample, WorldRenderer, draw_category
 
 # several shades per colour name, all of its hue family (checked by the test suite)
 ALT_SHADES: dict[str, tuple[tuple[int, int, int], ...]] = {
@@ -198,36 +198,17 @@ def _paint(
     return out
 
 
-class AltShapesWorld:
-    """The shapes world drawn by another renderer; the same interface as :class:`~openglip.shapes.render.ShapesWorld`.
+class AltShapesWorld(WorldRenderer):
+    """The shapes world drawn by another renderer; the same interface as :class:`~openglip.shapes.render.ShapesWorld`
+    (the settings: :class:`~openglip.shapes.world.WorldRenderer`).
 
-    ``sample(index)`` depends only on ``(seed, split, index)``. Unlike ``ShapesWorld``, each canvas has its
-    own size and aspect ratio around ``image_size`` unless ``vary_canvas=False``.
-
-    Args:
-        split: ``"train"`` (base categories only), ``"val"`` / ``"test"`` (about 40% of objects novel) or
-            ``"all"``; the same rule as ``ShapesWorld``.
-        image_size: nominal side, or ``(height, width)``; at least 48 px.
-        min_objects: fewest objects per image (best effort).
-        max_objects: most objects per image.
-        seed: non-negative random seed.
-        vary_canvas: draw each canvas 0.8-1.4x the nominal area with an aspect ratio (w/h) of 0.65-1.55.
+    ``sample(index)`` depends only on ``(seed, split, index)``. Images are at least 48 px. Unlike
+    ``ShapesWorld``, each canvas has its own size and aspect ratio around ``image_size`` unless
+    ``vary_canvas=False``: 0.8-1.4x the nominal area with an aspect ratio (w/h) of 0.65-1.55.
     """
 
-    def __init__(
-        self,
-        *,
-        split: str = "train",
-        image_size: int | tuple[int, int] = 128,
-        min_objects: int = 1,
-        max_objects: int = 5,
-        seed: int = 0,
-        vary_canvas: bool = True,
-    ) -> None:
-        h, w = check_world_args(split, image_size, min_objects, max_objects, seed, min_side=48)
-        self.split, self.height, self.width = split, h, w
-        self.min_objects, self.max_objects, self.seed = min_objects, max_objects, seed
-        self.vary_canvas = vary_canvas
+    min_side = 48
+    varies_canvas = True
 
     def _canvas(self, rng: np.random.Generator) -> tuple[int, int]:
         if not self.vary_canvas:

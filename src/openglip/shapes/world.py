@@ -104,20 +104,48 @@ def draw_category(rng: np.random.Generator, split: str) -> int:
     return int(rng.choice(pool))
 
 
-def check_world_args(
-    split: str, image_size, min_objects: int, max_objects: int, seed: int, *, min_side: int
-) -> tuple[int, int]:
-    """``(height, width)`` of a shapes renderer's settings, each checked (one :class:`UsageError` per problem)."""
-    if split not in SPLITS:
-        raise UsageError(f"shapes: split must be one of {sorted(SPLITS)}, not {split!r}")
-    h, w = (int(image_size),) * 2 if np.ndim(image_size) == 0 else map(int, image_size)
-    if min(h, w) < min_side:
-        raise UsageError(f"shapes: the image size must be at least {min_side} px, got {(h, w)}")
-    if not 1 <= min_objects <= max_objects:
-        raise UsageError(f"shapes: need 1 <= min_objects <= max_objects, got {min_objects}, {max_objects}")
-    if seed < 0:
-        raise UsageError(f"shapes: the seed must be 0 or more, got {seed}")
-    return h, w
+class WorldRenderer:
+    """What every renderer of the world takes: its settings, checked (one :class:`UsageError` per problem).
+    A renderer subclasses it and draws ``sample(index) -> ShapesSample``.
+
+    Args:
+        split: ``"train"`` (only :data:`BASE` categories), ``"val"`` / ``"test"`` (all 48, about 40% of the
+            objects novel) or ``"all"`` (all 48 drawn uniformly).
+        image_size: side length, or ``(height, width)``; at least :attr:`min_side` px.
+        min_objects: fewest objects per image (best effort: an object that finds no free place is skipped).
+        max_objects: most objects per image.
+        seed: non-negative random seed.
+        vary_canvas: whether each image draws its own canvas size around ``image_size``; None: the renderer's
+            default (:attr:`varies_canvas`).
+    """
+
+    min_side = 32  # the smallest image side the renderer draws
+    varies_canvas = False  # the default of vary_canvas
+
+    def __init__(
+        self,
+        *,
+        split: str = "train",
+        image_size: int | tuple[int, int] = 128,
+        min_objects: int = 1,
+        max_objects: int = 5,
+        seed: int = 0,
+        vary_canvas: bool | None = None,
+    ) -> None:
+        if split not in SPLITS:
+            raise UsageError(f"shapes: split must be one of {sorted(SPLITS)}, not {split!r}")
+        h, w = (int(image_size),) * 2 if np.ndim(image_size) == 0 else map(int, image_size)
+        if min(h, w) < self.min_side:
+            raise UsageError(f"shapes: the image size must be at least {self.min_side} px, got {(h, w)}")
+        if not 1 <= min_objects <= max_objects:
+            raise UsageError(
+                f"shapes: need 1 <= min_objects <= max_objects, got {min_objects}, {max_objects}"
+            )
+        if seed < 0:
+            raise UsageError(f"shapes: the seed must be 0 or more, got {seed}")
+        self.split, self.height, self.width = split, h, w
+        self.min_objects, self.max_objects, self.seed = min_objects, max_objects, seed
+        self.vary_canvas = self.varies_canvas if vary_canvas is None else vary_canvas
 
 
 def _phrases(rng: np.random.Generator, labels: np.ndarray, sizes: list[str], p_size: float) -> list[str]:

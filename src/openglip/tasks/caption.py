@@ -26,7 +26,6 @@ from ..errors import DataError
 from ..losses import GroundingLoss
 from ..losses.language import caption_loss
 from ..metrics import coco_detection_metrics
-from ..models.glip import GLIP
 from ..shapes import CATEGORIES, to_coco
 from ..vl_inference import generate_captions, ground_captions
 from ..vl_metrics import caption_metrics
@@ -94,21 +93,16 @@ class CaptionTask(GLIPTask):
                 losses[k] = self.grounding_weight * v
         return losses
 
-    def evaluate(self, model: GLIP, step: int) -> dict[str, float]:
-        """BLEU-4 and CIDEr on ``val_data`` (``"shapes"`` adds the box AP50 of grounded captions)."""
-        run = self.train_cfg
-        if not run.val_data:
-            return {}
+    def evaluate_builtin(self, detector: Detector, builtin) -> dict[str, float]:
+        """BLEU-4 and CIDEr on the built-in's captions, and the box AP50 of grounded captions (``"shapes"``)."""
+        items = builtin.caption_items(self.train_cfg.eval_images)
+        return evaluate_captions(detector, [s.image for s, _ in items], [r for _, r in items],
+                                 samples=None if self.cfg.blind else [s for s, _ in items],
+                                 blind=self.cfg.blind)  # fmt: skip
 
-        detector = Detector(model, device=next(model.parameters()).device)
-        builtin = builtin_dataset(run.val_data)
-        if builtin is not None:
-            items = builtin.caption_items(run.eval_images)
-            return evaluate_captions(detector, [s.image for s, _ in items], [r for _, r in items],
-                                     samples=None if self.cfg.blind else [s for s, _ in items],
-                                     blind=self.cfg.blind)  # fmt: skip
-
-        records, _ = read_caption_files(run.val_data, run.image_root)
+    def evaluate_files(self, detector: Detector) -> dict[str, float]:
+        """BLEU-4 and CIDEr on the caption files ``val_data``."""
+        records, _ = read_caption_files(self.train_cfg.val_data, self.train_cfg.image_root)
         return evaluate_captions(detector, [r.file_name for r in records], [r.captions for r in records],
                                  blind=self.cfg.blind)  # fmt: skip
 

@@ -145,7 +145,8 @@ class GLIPTask(TaskBase):
         return losses
 
     def evaluate(self, model: GLIP, step: int) -> dict[str, float]:
-        """Metrics on ``val_data``: a built-in's val split (``"shapes"``) or an annotation file."""
+        """Metrics on ``val_data`` (none without it): a built-in's val split (``"shapes"``) through
+        :meth:`evaluate_builtin`, or files through :meth:`evaluate_files`."""
         run = self.train_cfg
         if not run.val_data:
             return {}
@@ -153,7 +154,16 @@ class GLIPTask(TaskBase):
         detector = Detector(model, device=next(model.parameters()).device)
         builtin = builtin_dataset(run.val_data)
         if builtin is not None:
-            return builtin.evaluate(detector, run)
+            return self.evaluate_builtin(detector, builtin)
+        return self.evaluate_files(detector)
+
+    def evaluate_builtin(self, detector: Detector, builtin) -> dict[str, float]:
+        """Detection metrics on the built-in dataset's val split."""
+        return builtin.evaluate(detector, self.train_cfg)
+
+    def evaluate_files(self, detector: Detector) -> dict[str, float]:
+        """Detection metrics on the annotation file ``val_data``."""
+        run = self.train_cfg
         return evaluate_file(detector, run.val_data, run.image_root, batch_size=8)[0]
 
     # -- WiSE-FT --------------------------------------------------------------------------------------------

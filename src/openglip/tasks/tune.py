@@ -57,11 +57,13 @@ MODES = ("prompt", "linear", "full", "wise", "replay")
 WISE_DEFAULT_ALPHA = 0.5  # mode "wise" without an alpha
 
 
-class TuneTask(GLIPTask):
-    """A :class:`GLIPTask` that starts from trained weights and trains what ``cfg.mode`` allows: ``linear`` only
-    the final layers, ``full``, ``wise`` and ``replay`` everything (prompt tuning is :class:`PromptTuneTask`).
+class _FromWeightsTask(GLIPTask):
+    """A :class:`GLIPTask` that starts from trained weights and trains on the task's fixed prompt.
 
     Args:
+        weights: the starting weights (a file or a name).
+        categories: the task's category names, in label order; the default prompt names them.
+        prompt: the task prompt (default: the categories, in order).
         holdout: records of the task kept out of training, on which WiSE-FT's automatic alpha is chosen.
     """
 
@@ -76,17 +78,35 @@ class TuneTask(GLIPTask):
         prompt: Prompt | None = None,
         holdout: Sequence[ImageRecord] = (),
     ):
+        self.check(cfg)
+        self.weights = weights
+        self.categories = list(categories)
+        self.holdout = list(holdout)
+        super().__init__(model_cfg, train_cfg, cfg)
+        self.prompt = prompt or fixed_prompt(categories)
+
+    @staticmethod
+    def check(cfg: TuneConfig) -> None:
+        """Refuse settings the kind of tuning cannot honour (a :class:`UsageError`)."""
+
+    def build_model(self) -> torch.nn.Module:
+        model = super().build_model()
+        self.load_weights(model, self.weights)
+        return model
+
+
+class TuneTask(_FromWeightsTask):
+    """Starts from trained weights and trains what ``cfg.mode`` allows: ``linear`` only the final layers,
+    ``full``, ``wise`` and ``replay`` everything (prompt tuning is :class:`PromptTuneTask`)."""
+
+    @staticmethod
+    def check(cfg: TuneConfig) -> None:
         if cfg.mode not in MODES:
             raise UsageError(f"tuning mode must be one of {', '.join(MODES)}, not {cfg.mode!r}")
         if cfg.mode == "replay" and not cfg.replay_data:
             raise UsageError(
                 'mode replay needs pre-training-style data to replay: replay_data="shapes" or files'
             )
-        self.weights = weights
-        self.categories = list(categories)
-        self.holdout = list(holdout)
-        super().__init__(model_cfg, train_cfg, cfg)
-        self.prompt = prompt or fixed_prompt(categories)
 
     def start_weights(self) -> str:
         return self.weights
@@ -103,7 +123,6 @@ class TuneTask(GLIPTask):
 
     def build_model(self) -> torch.nn.Module:
         model = super().build_model()
-        self.load_weights(model, self.weights)
         if self.cfg.mode == "linear":
             for name, p in model.named_parameters():
                 p.requires_grad_(name.startswith(LINEAR_PROBE))
@@ -124,32 +143,19 @@ class TuneTask(GLIPTask):
         write_text_atomic(Path(path).with_name("tune.json"), json.dumps(info, indent=1))
 
 
-class PromptTuneTask(GLIPTask):
+class PromptTuneTask(_FromWeightsTask):
     """Prompt tuning: the whole model is frozen; only an offset on the task prompt's token features trains, and
     the result is a small file (``RUN/prompt.safetensors``) used with the unchanged model."""
 
-    def __init__(
-        self,
-        model_cfg: ModelConfig,
-        train_cfg: TrainConfig,
-        cfg: TuneConfig,
-        *,
-        weights: str,
-        categories: Sequence[str],
-        prompt: Prompt | None = None,
-    ):
+    @staticmethod
+    def check(cfg: TuneConfig) -> None:
         if cfg.replay_data or cfg.wise_alpha != 1.0 or cfg.wise_retain:
             raise UsageError(
                 "prompt tuning leaves the model unchanged: replay and WiSE-FT do not apply to it"
             )
-        self.weights = weights
-        super().__init__(model_cfg, train_cfg, cfg)
-        self.prompt = prompt or fixed_prompt(categories)
 
     def build_model(self) -> torch.nn.Module:
-        model = super().build_model()
-        self.load_weights(model, self.weights)
-        return PromptTunedGLIP(model, self.prompt)
+        return PromptTunedGLIP(super().build_model(), self.prompt)
 
     def freeze(self, model, spec: str) -> list[str]:
         return []  # everything but the prompt offset is frozen already

@@ -137,19 +137,14 @@ class VQATask(GLIPTask):
         logits = unwrap(model).vqa_head(out.fused_text[:, 0], out.fused_visual)  # (B, A)
         return {"loss_vqa": vqa_loss(logits, batch.scores)}
 
-    def evaluate(self, model: GLIP, step: int) -> dict[str, float]:
-        """VQA accuracy (overall and per question type) on ``val_data``: ``"shapes"`` or VQA files."""
-        run = self.train_cfg
-        if not run.val_data:
-            return {}
+    def evaluate_builtin(self, detector: Detector, builtin) -> dict[str, float]:
+        """VQA accuracy (overall and per question type) on the built-in's questions (``"shapes"``)."""
+        return evaluate_vqa(detector, builtin.vqa_items(self.train_cfg.eval_images), blind=self.cfg.blind)
 
-        detector = Detector(model, device=next(model.parameters()).device)
-        builtin = builtin_dataset(run.val_data)
-        if builtin is not None:
-            items = builtin.vqa_items(run.eval_images)
-        else:
-            records, _ = read_vqa_files(run.val_data, run.image_root)
-            items = [(r.file_name, r.question, r.answers, r.question_type) for r in records]
+    def evaluate_files(self, detector: Detector) -> dict[str, float]:
+        """VQA accuracy (overall and per question type) on the VQA files ``val_data``."""
+        records, _ = read_vqa_files(self.train_cfg.val_data, self.train_cfg.image_root)
+        items = [(r.file_name, r.question, r.answers, r.question_type) for r in records]
         return evaluate_vqa(detector, items, blind=self.cfg.blind)
 
     def task_config_dict(self) -> dict:
