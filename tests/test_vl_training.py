@@ -16,7 +16,7 @@ import torch
 
 ENV = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
 TINY = ["--device", "cpu", "batch_size=2", "log_every=1", "warmup_steps=1", "lr=1e-3", "shapes_epoch_size=8",
-        "train_min_sizes=(96,128)", "train_max_size=160", "num_negatives=10"]  # fmt: skip
+        "train_min_sizes=(96,128)", "train_max_size=160"]  # fmt: skip
 
 
 def _train(out, *extra, env=ENV, check=True):
@@ -48,7 +48,14 @@ def runs(tmp_path_factory):
     """README: ``openglip train glip_nano --data shapes --out runs/mlm mlm_head=true mlm_weight=0.5``, then
     ``task=vqa`` and ``task=caption`` runs starting from it."""
     root = tmp_path_factory.mktemp("vl_runs")
-    _train(root / "mlm", "mlm_head=true", "mlm_weight=0.5", "max_steps=2", "checkpoint_every=0")
+    _train(
+        root / "mlm",
+        "mlm_head=true",
+        "mlm_weight=0.5",
+        "num_negatives=10",
+        "max_steps=2",
+        "checkpoint_every=0",
+    )
     init = f"init_weights={root / 'mlm' / 'model.safetensors'}"
     for task in ("vqa", "caption"):
         _train(root / task, f"task={task}", init, "max_steps=4", "checkpoint_every=2")
