@@ -62,7 +62,7 @@ DIRECTIONS = (
 
 def rung_configs(paths: dict, rung: str, seed: int, steps: int, out: Path):
     """(ModelConfig, TrainConfig, GLIPTaskConfig) of a rung: the recipe of ``ladder.json`` with the rung's fusion and data."""
-    from openglip.config import load_run_config
+    from openglip.run_config import load_run_config
 
     data = {
         "A": [paths["detection"]],

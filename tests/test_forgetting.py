@@ -15,7 +15,6 @@ from torch.utils.data import DataLoader, Dataset
 from openglip.checkpoints import read_checkpoint
 from openglip.cli import main
 from openglip.data.build import ReplayMix, read_annotations
-from openglip.data.resolve import configured_builtins
 from openglip.engine.sampler import ReplaySampler
 from openglip.engine.wise import choose_alpha, interpolate
 from openglip.errors import UsageError
@@ -107,13 +106,12 @@ def test_replay_mode_mixes_pretraining_data_into_tuning_batches(tiny_checkpoint,
 
     records, categories = read_annotations(task_files[0])
     _, model_cfg = read_checkpoint(tiny_checkpoint)
-    tiny_tune = [o for o in TINY_TUNE if o not in TINY_SHAPES]
-    cfg, tune_cfg = tune_config("replay", [*tiny_tune, "replay_data=shapes", "batch_size=4", "replay_ratio=0.25",
+    cfg, tune_cfg = tune_config("replay", [*TINY_TUNE, "replay_data=shapes", "batch_size=4", "replay_ratio=0.25",
                                  "num_negatives=5"], out_dir=str(tmp_path))  # fmt: skip
+    assert cfg.data_options == tuple(TINY_SHAPES)  # the built-in's settings travel with the run's config
     to_tensor = partial(to_model_input, mean=model_cfg.pixel_mean, std=model_cfg.pixel_std, bgr=model_cfg.bgr)
     target = GroundingDataset(records, categories, transform=None, to_tensor=to_tensor, fixed_prompt=True)
-    with configured_builtins(TINY_SHAPES):
-        dataset = with_replay(target, model_cfg, cfg, tune_cfg)
+    dataset = with_replay(target, model_cfg, cfg, tune_cfg)
     task = TuneTask(model_cfg, cfg, tune_cfg, weights=str(tiny_checkpoint), categories=categories)
     trainer = Trainer(task, cfg, dataset, device="cpu")
     fixed = build_prompt(categories).caption

@@ -392,8 +392,9 @@ def test_a_flat_run_config_of_before_the_task_configs_loads_and_overrides_route(
     """Runs written before the split hold one flat "train" dict: its keys go to the configs that hold them now."""
     import dataclasses
 
-    from openglip.config import GLIPTaskConfig, TrainConfig, VQAConfig, load_run_config, tiny
+    from openglip.config import GLIPTaskConfig, TrainConfig, VQAConfig, tiny
     from openglip.errors import UsageError
+    from openglip.run_config import load_run_config
 
     old = {**dataclasses.asdict(TrainConfig(max_steps=7)), **dataclasses.asdict(GLIPTaskConfig(focal_alpha=0.5)),
            **dataclasses.asdict(VQAConfig()), "grounding_weight": 1.0}  # fmt: skip
@@ -412,3 +413,29 @@ def test_a_flat_run_config_of_before_the_task_configs_loads_and_overrides_route(
         load_run_config("tiny", ["max_answers=50"])
     with pytest.raises(UsageError, match="did you mean focal_alpha"):
         load_run_config("tiny", ["focal_alpah=0.5"])
+
+
+def test_the_shapes_settings_are_data_options_saved_with_the_run(tmp_path):
+    """``shapes_image_size=`` and ``shapes_epoch_size=`` go to ``TrainConfig.data_options`` (saved in config.json and
+    checked on resume like any setting); an old flat config's fields become data options; a bad one is refused."""
+    import dataclasses
+
+    from openglip.config import TrainConfig, tiny
+    from openglip.data.resolve import builtin_dataset
+    from openglip.errors import UsageError
+    from openglip.run_config import load_run_config
+
+    _, train_cfg, _ = load_run_config("tiny", ["shapes_image_size=96", "shapes_epoch_size=8", "max_steps=2"])
+    assert (
+        train_cfg.data_options == ("shapes_image_size=96", "shapes_epoch_size=8") and train_cfg.max_steps == 2
+    )
+    world = builtin_dataset("shapes", train_cfg.data_options)
+    assert (world.config.image_size, world.config.epoch_size) == (96, 8)
+    assert builtin_dataset("shapes").config.image_size == 128  # the registry itself is unchanged
+    old = {**dataclasses.asdict(TrainConfig()), "shapes_image_size": 64, "shapes_epoch_size": 2000}
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({"model": dataclasses.asdict(tiny()), "train": old}))
+    _, train_cfg, _ = load_run_config(path)
+    assert train_cfg.data_options == ("shapes_image_size=64",)  # the old default (2000) is today's default
+    with pytest.raises(UsageError, match="image_siz"):
+        load_run_config("tiny", ["shapes_image_siz=96"])

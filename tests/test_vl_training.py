@@ -101,13 +101,11 @@ import sys, torch
 from openglip.config import TrainConfig, tiny
 from openglip.tasks import TASKS
 from openglip.engine.trainer import Trainer
-from openglip.data.resolve import configured_builtins
 out, task = sys.argv[1], sys.argv[2]
 tc = TrainConfig(out_dir=out, task=task, max_steps=2, batch_size=2, lr=1e-3, warmup_steps=1, checkpoint_every=0,
-                 log_every=1, train_min_sizes=(96,), train_max_size=128)
+                 log_every=1, train_min_sizes=(96,), train_max_size=128, data_options=("shapes_epoch_size=8",))
 t = TASKS[task](tiny(), tc)
-with configured_builtins(["shapes_epoch_size=8"]):
-    dataset = t.build_dataset()
+dataset = t.build_dataset()
 trainer = Trainer(t, tc, dataset, device="cpu")
 trainer.fit()
 torch.save({k: v.clone() for k, v in trainer.model.state_dict().items()}, f"{out}/rank{trainer.dist.rank}.pt")

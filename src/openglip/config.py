@@ -15,12 +15,11 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
-import os
 import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from pathlib import Path
 
+from .data.resolve import builtin_dataset, builtin_option_owner
 from .errors import UsageError
 
 
@@ -115,6 +114,7 @@ class TrainConfig:
     data: str = "shapes"  # "shapes" or comma-separated COCO .json / ODVG .jsonl / MDETR .json files
     image_root: str | None = None  # folder image paths are relative to (default: the annotation file's)
     val_data: str | None = None  # evaluated at eval_every and at the end ("shapes" = shapes val split)
+    data_options: tuple[str, ...] = ()  # a built-in dataset's settings, NAME_key=value (shapes_image_size=96)
     out_dir: str = "runs/train"  # checkpoints, metrics.jsonl, final weights
     max_steps: int = 1000  # optimiser steps
     batch_size: int = 4  # images per process per micro-batch
@@ -317,8 +317,8 @@ RETIRED_FIELDS: dict[str, dict[str, str]] = {
         "focal_gamma": "moved to the task config (GLIPTaskConfig, CaptionConfig)",
     },
     "TrainConfig": {
-        "shapes_image_size": "moved to openglip.shapes.ShapesConfig.image_size (override: shapes_image_size=N)",
-        "shapes_epoch_size": "moved to openglip.shapes.ShapesConfig.epoch_size (override: shapes_epoch_size=N)",
+        "shapes_image_size": "moved to the shapes world's ShapesConfig (data_options: shapes_image_size=N)",
+        "shapes_epoch_size": "moved to the shapes world's ShapesConfig (data_options: shapes_epoch_size=N)",
     },
 }
 
@@ -374,7 +374,7 @@ def _parse_value(raw: str, current):
     raise ValueError(f"cannot override a value of type {type(current).__name__}")
 
 
-def _split_item(item: str) -> tuple[str, str]:
+def split_item(item: str) -> tuple[str, str]:
     if "=" not in item:
         raise UsageError(f"override {item!r} is not of the form key=value")
     key, raw = item.split("=", 1)
@@ -402,8 +402,17 @@ def split_overrides(overrides: Iterable[str], *configs) -> list:
     fields = [{f.name for f in dataclasses.fields(c)} for c in configs]
     changes: list[dict] = [{} for _ in configs]
     for item in overrides:
-        key, raw = _split_item(item)
+        key, raw = split_item(item)
         owner = next((i for i, names in enumerate(fields) if key in names), None)
+        options = next((i for i, names in enumerate(fields) if "data_options" in names), None)
+        builtin = builtin_option_owner(key) if owner is None and options is not None else None
+        if (
+            builtin is not None
+        ):  # a built-in dataset's setting: checked now, kept as one of the run's data options
+            builtin_dataset(builtin, [item])
+            held = changes[options].get("data_options", configs[options].data_options)
+            changes[options]["data_options"] = (*held, item.strip())
+            continue
         if owner is None:
             known = set().union(*fields)
             close = difflib.get_close_matches(key, known, n=3)
@@ -424,66 +433,5 @@ def task_config_class(task: str) -> type:
     return TASK_CONFIGS[task]
 
 
-def _names(cls: type) -> set[str]:
+def field_names(cls: type) -> set[str]:
     return {f.name for f in dataclasses.fields(cls)}
-
-
-def run_configs_from_dict(train: dict, task: dict | None = None, *, where: str = "") -> tuple:
-    """``(TrainConfig, task config)`` of a saved run: ``config.json``'s ``"train"`` and ``"task"`` entries (or a
-    checkpoint's ``train_config`` and ``task_config``).
-
-    Runs written before the task configs were split off hold one flat ``"train"`` dict: each of its keys goes to
-    the config that holds it now, and the settings of other tasks (defaults the run never read) are dropped.
-    """
-    cls = task_config_class(train.get("task", "glip"))
-    if task is None:
-        loop = _names(TrainConfig)
-        other = set().union(*(_names(c) for c in (*TASK_CONFIGS.values(), TuneConfig))) - loop
-        task = {k: v for k, v in train.items() if k in _names(cls) and k not in loop}
-        train = {k: v for k, v in train.items() if k not in other}  # unknown keys stay, and raise
-    return config_from_dict(train, TrainConfig, where=where), config_from_dict(task, cls, where=where)
-
-
-def _task_of(overrides: list[str], default: str) -> str:
-    """The ``task=`` override's value (the last one), else ``default``."""
-    names = [raw for key, raw in map(_split_item, overrides) if key == "task"]
-    return names[-1] if names else default
-
-
-def load_run_config(config: str | os.PathLike, overrides: Iterable[str] = ()) -> tuple:
-    """``(ModelConfig, TrainConfig, task config)`` of a training run: a preset name or a run's ``config.json``,
-    then ``key=value`` overrides (each key goes to whichever config has it; ``task=`` picks the task config).
-
-    Raises:
-        UsageError: a missing or malformed config file, an unknown preset, task or key (a key of another task's
-            config is named as such).
-    """
-    overrides = list(overrides)
-    path = Path(config)
-    if path.suffix == ".json" or path.exists():
-        if not path.is_file():
-            raise UsageError(f"config file not found: {path}")
-        try:
-            data = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise UsageError(f"{path}: not valid JSON ({err})") from None
-        if not isinstance(data, dict):
-            raise UsageError(f"{path}: expected a JSON object with 'model' and 'train' entries")
-        model_cfg = (
-            config_from_dict(data["model"], ModelConfig, where=str(path))
-            if "model" in data
-            else get_preset(data.get("preset", "glip_t"))
-        )
-        train_cfg, task_cfg = run_configs_from_dict(data.get("train", {}), data.get("task"), where=str(path))
-    else:
-        model_cfg, train_cfg = get_preset(str(config)), TrainConfig()
-        task_cfg = task_config_class(train_cfg.task)()
-    task = _task_of(overrides, train_cfg.task)
-    if task != train_cfg.task:
-        task_cfg = task_config_class(task)()
-    held = _names(ModelConfig) | _names(TrainConfig) | _names(type(task_cfg))
-    for key, _ in map(_split_item, overrides):
-        owner = next((n for n, c in TASK_CONFIGS.items() if key not in held and key in _names(c)), None)
-        if owner is not None:
-            raise UsageError(f"{key} is a setting of task={owner}, not of task={task}")
-    return tuple(split_overrides(overrides, model_cfg, train_cfg, task_cfg))

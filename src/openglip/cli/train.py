@@ -45,20 +45,13 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from ..data.resolve import configured_builtins
-
-    with configured_builtins(args.overrides) as overrides:
-        return _run(args, overrides)
-
-
-def _run(args, overrides: list[str]) -> int:
-    from ..config import load_run_config
     from ..device import resolve_device
     from ..files import check_output_dir
     from ..metrics import format_table
+    from ..run_config import load_run_config
     from ..tasks import train
 
-    model_cfg, train_cfg, task_cfg = load_run_config(args.config, overrides)
+    model_cfg, train_cfg, task_cfg = load_run_config(args.config, args.overrides)
     flags = {
         "data": args.data,
         "val_data": args.val_data,

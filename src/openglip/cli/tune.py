@@ -55,13 +55,6 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from ..data.resolve import configured_builtins
-
-    with configured_builtins(args.overrides) as overrides:  # shapes_image_size=... for replay_data=shapes
-        return _run(args, overrides)
-
-
-def _run(args, overrides: list[str]) -> int:
     from ..data.build import read_annotations
     from ..errors import UsageError
     from ..tasks.tune import few_shot, split_holdout, tune, tune_config
@@ -71,7 +64,9 @@ def _run(args, overrides: list[str]) -> int:
     records, categories = read_annotations(args.data, args.image_root)
     if args.shots:
         records = few_shot(records, categories, args.shots, seed=args.seed)
-    cfg, tune_cfg = tune_config(args.mode, overrides, out_dir=args.out, seed=args.seed, **_wise_flags(args))
+    cfg, tune_cfg = tune_config(
+        args.mode, args.overrides, out_dir=args.out, seed=args.seed, **_wise_flags(args)
+    )
     holdout = []
     if tune_cfg.wise_retain:  # WiSE-FT's alpha is chosen on images the tuning does not see
         records, holdout = split_holdout(records, args.holdout, seed=args.seed)

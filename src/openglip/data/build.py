@@ -103,7 +103,7 @@ def build_train_dataset(model_cfg, cfg, task_cfg=None) -> Dataset:
 
 def _build_dataset(model_cfg, cfg, task_cfg) -> Dataset:
     """The dataset of ``cfg.data``."""
-    builtin = builtin_dataset(cfg.data)
+    builtin = builtin_dataset(cfg.data, cfg.data_options)
     make = builtin.train_transforms if builtin is not None else default_train_transforms
     transform = make(
         min_sizes=cfg.train_min_sizes,

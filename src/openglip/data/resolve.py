@@ -10,13 +10,13 @@ against a string: it asks :func:`builtin_dataset`. A registered object provides 
 * ``train_dataset(task, model_cfg, cfg, transform, to_tensor, task_cfg=None)``: the training set of a task
   (``"glip"``, ``"vqa"``, ``"caption"``);
 * ``evaluate(task, detector, cfg)`` and the task-specific pieces the tasks ask for;
-* ``configure(overrides)``: a copy with its own ``NAME_key=value`` settings applied.
+* ``configure(overrides)``: a copy with its own ``NAME_key=value`` settings applied (a run's
+  ``TrainConfig.data_options``, saved with the run like every other setting).
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from typing import Any
 
 BUILTIN_DATASETS: dict[str, Any] = {}  # name -> built-in dataset object (registered by its package)
@@ -27,34 +27,18 @@ def register_builtin(name: str, dataset: Any) -> None:
     BUILTIN_DATASETS[name] = dataset
 
 
-def builtin_dataset(name: str | None) -> Any | None:
-    """The built-in dataset registered as ``name``, or None when ``name`` is a path (file, shard folder) or unset."""
-    return BUILTIN_DATASETS.get(name) if name else None
-
-
-@contextlib.contextmanager
-def configured_builtins(overrides: Iterable[str]) -> Iterator[list[str]]:
-    """Apply the ``NAME_key=value`` overrides of registered built-ins (``shapes_image_size=96``) for the duration of
-    the block, yielding the other overrides; the registry is restored afterwards, so one run's settings never
-    leak into the next one of the same process.
+def builtin_dataset(name: str | None, options: Iterable[str] = ()) -> Any | None:
+    """The built-in dataset registered as ``name`` with its ``NAME_key=value`` settings among ``options`` applied
+    (``TrainConfig.data_options``), or None when ``name`` is a path (file, shard folder) or unset.
 
     Raises:
-        UsageError: a key the built-in's settings do not have (raised by its ``configure``).
+        UsageError: an option the built-in's settings do not have (raised by its ``configure``).
     """
-    rest: list[str] = []
-    mine: dict[str, list[str]] = {}
-    for item in overrides:
-        key = item.split("=", 1)[0].strip()
-        owner = next((n for n in BUILTIN_DATASETS if key.startswith(f"{n}_")), None)
-        if owner is None:
-            rest.append(item)
-        else:
-            mine.setdefault(owner, []).append(item)
-    saved = dict(BUILTIN_DATASETS)
-    try:
-        for name, items in mine.items():
-            BUILTIN_DATASETS[name] = BUILTIN_DATASETS[name].configure(items)
-        yield rest
-    finally:
-        BUILTIN_DATASETS.clear()
-        BUILTIN_DATASETS.update(saved)
+    builtin = BUILTIN_DATASETS.get(name) if name else None
+    mine = [item for item in options if item.startswith(f"{name}_")]
+    return builtin.configure(mine) if builtin is not None and mine else builtin
+
+
+def builtin_option_owner(key: str) -> str | None:
+    """The registered built-in whose setting ``key`` names (``shapes_image_size`` -> ``"shapes"``), or None."""
+    return next((name for name in BUILTIN_DATASETS if key.startswith(f"{name}_")), None)

@@ -47,7 +47,7 @@ class CaptionTask(GLIPTask):
 
     def __init__(self, model_cfg: ModelConfig, train_cfg: TrainConfig, cfg: CaptionConfig | None = None):
         cfg = cfg if cfg is not None else CaptionConfig()
-        builtin = builtin_dataset(train_cfg.data)
+        builtin = builtin_dataset(train_cfg.data, train_cfg.data_options)
         grounded = builtin is not None and builtin.grounded_captions
         grounding = cfg.grounding_weight if grounded and not cfg.blind else 0.0
         self.model_cfg = dataclasses.replace(model_cfg, caption_head=True)
@@ -63,7 +63,7 @@ class CaptionTask(GLIPTask):
 
         run = self.train_cfg
         transform, to_tensor = vl_transforms(self.model_cfg, run)
-        builtin = builtin_dataset(run.data)
+        builtin = builtin_dataset(run.data, run.data_options)
         if builtin is not None:
             return builtin.train_dataset("caption", self.model_cfg, run, transform, to_tensor)
         records, report = read_caption_files(run.data, run.image_root)

@@ -152,7 +152,7 @@ class GLIPTask(TaskBase):
             return {}
 
         detector = Detector(model, device=next(model.parameters()).device)
-        builtin = builtin_dataset(run.val_data)
+        builtin = builtin_dataset(run.val_data, run.data_options)
         if builtin is not None:
             return self.evaluate_builtin(detector, builtin)
         return self.evaluate_files(detector)

@@ -89,7 +89,7 @@ class VQATask(GLIPTask):
     def _vocabulary(self, cfg: TrainConfig) -> list[str]:
         if self.cfg.answer_vocab:
             return load_answer_vocab(self.cfg.answer_vocab)
-        builtin = builtin_dataset(cfg.data)
+        builtin = builtin_dataset(cfg.data, cfg.data_options)
         if builtin is not None:
             return builtin.answers()
         records, self.report = read_vqa_files(cfg.data, cfg.image_root)
@@ -112,7 +112,7 @@ class VQATask(GLIPTask):
 
         run = self.train_cfg
         transform, to_tensor = vl_transforms(self.model_cfg, run)
-        builtin = builtin_dataset(run.data)
+        builtin = builtin_dataset(run.data, run.data_options)
         if builtin is not None:
             return builtin.train_dataset("vqa", self.model_cfg, run, transform, to_tensor)
         if self.records is None:
