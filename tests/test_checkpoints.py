@@ -3,29 +3,36 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 
 import pytest
 import torch
 
 import openglip
+from openglip import hub
 from openglip.checkpoints import (
     DERIVED,
+    LATE_STRIDE,
     CheckpointError,
     convert_official,
     export_official,
     guess_preset,
+    load_into,
     official_key_to_openglip,
+    official_tower_stride,
     openglip_key_to_official,
     read_checkpoint,
+    resolve_config,
     save_safetensors,
 )
 from openglip.cli import main
 from openglip.config import glip_l, glip_t, tiny
-from openglip.conformance import read_shape_table
+from openglip.conformance import official_fill, read_shape_table
 from openglip.models.glip import build_model
 
 from .conftest import require_reference
+from .official_layouts import OFFICIAL_LAYOUTS, glip_t_a_rows
 
 
 def _state_from_table(rows, fill=torch.empty) -> dict[str, torch.Tensor]:
@@ -241,3 +248,82 @@ def test_files_that_are_not_glip_weights_say_what_they_are(tmp_path):
         message = str(err.value)
         assert all(w in message for w in words) and "name its preset" not in message, (source, message)
         assert str(weights or source) in message and "\n" not in message
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Every official checkpoint's layout (tests/official_layouts.py) loads strictly into its named model
+# ------------------------------------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=1)  # the names are ordered so that those sharing a config share one model
+def _model_for(cfg):
+    return build_model(cfg).eval()
+
+
+def _official_file(rows, path):
+    """An official-style ``.pth`` ({"model": {"module.<key>": tensor}}) in which key number ``i`` holds the value
+    ``i`` everywhere (a zero-stride view: the file stays small even for GLIP-L); buffers the official code builds
+    (anchor cells, position ids, Swin position indices) hold their built values."""
+    keep = official_fill([r for r in rows if r["fill_rule"] == "keep"])
+    state = {
+        r["key"]: keep.get(r["key"], torch.tensor(float(i)).expand(r["shape"])) for i, r in enumerate(rows)
+    }
+    torch.save({"model": {"module." + k: v for k, v in state.items()}, "iteration": 0}, path)
+    return state
+
+
+def test_every_official_name_has_a_derived_layout():
+    assert list(OFFICIAL_LAYOUTS) == list(hub.OFFICIAL_MODELS)
+
+
+@pytest.mark.parametrize("name", list(OFFICIAL_LAYOUTS))
+def test_official_layout_loads_strictly_into_its_named_model(name, tmp_path):
+    """Every key of the official state dict maps to one parameter of the model the name builds, with its value,
+    and no parameter is left without a key; the file's preset is recognised from its keys alone."""
+    entry = hub.OFFICIAL_MODELS[name]
+    rows = OFFICIAL_LAYOUTS[name]()
+    state = _official_file(rows, tmp_path / entry.filename)
+    loaded, embedded = read_checkpoint(tmp_path / entry.filename)
+    assert embedded is None and set(loaded) == set(state)
+    cfg, _ = resolve_config(str(tmp_path / entry.filename), None)
+    assert cfg == entry.config()  # GLIP-T (A) is recognised as glip_t with fusion=late
+    model = _model_for(entry.config())
+    load_into(model, loaded)  # strict: raises on a missing, unexpected or mis-shaped key
+
+    stride = official_tower_stride(state)
+    source = {}  # our key -> the official key it was loaded from
+    for key in state:
+        ours = official_key_to_openglip(key, stride)
+        assert ours is not None, key
+        if ours != DERIVED:
+            assert ours not in source, (key, source.get(ours))  # no two official keys share a parameter
+            source[ours] = key
+            assert openglip_key_to_official(ours, stride) == key
+    ours = model.state_dict()
+    assert set(source) == set(ours)  # both ways: every parameter filled, every official key used
+    assert len(state) - len(source) == 6  # derived, checked not loaded: 5 anchor cells + BERT position ids
+    index = {r["key"]: i for i, r in enumerate(rows)}
+    for key, value in ours.items():
+        official = source[key]
+        if official.endswith("relative_position_index"):
+            assert torch.equal(value, state[official]), key
+        else:
+            assert (value == float(index[official])).all(), (key, official)
+
+
+def test_glip_t_a_layout_is_glip_t_c_without_fusion_layers():
+    """GLIP-T (A) (EARLY_FUSE_ON: False) has the six DyConvs at tower indices 0-5 and no VLFuse or
+    BertEncoderLayer: 746 keys minus 6 x (18 VLFuse + 16 BertEncoderLayer) = 542."""
+    rows = glip_t_a_rows()
+    keys = [r["key"] for r in rows]
+    assert len(keys) == len(set(keys)) == 542
+    tower = [k for k in keys if k.startswith("rpn.head.dyhead_tower.")]
+    assert {int(k.split(".")[3]) for k in tower} == set(range(6))
+    dyconv = ("DyConv.", "AttnConv.", "relu.fc.", "offset.")  # the 20 keys of an official DyConv
+    assert len(tower) == 6 * 20 and all(k.split(".", 4)[4].startswith(dyconv) for k in tower)
+    assert official_tower_stride(dict.fromkeys(keys)) == LATE_STRIDE
+    assert guess_preset({r["key"]: torch.empty(r["shape"]) for r in rows}) == "glip_t"
+    late = build_model(dataclasses.replace(tiny(), fusion="late"))
+    exported = export_official(late)  # a late model exports to the same late layout and reads back
+    assert not any(".b_attn." in k for k in exported)
+    assert set(convert_official(exported, late)) == set(late.state_dict())

@@ -14,6 +14,7 @@ import torch
 
 import openglip
 from openglip.checkpoints import (
+    LATE_STRIDE,
     CheckpointError,
     load_into,
     official_key_to_openglip,
@@ -75,16 +76,17 @@ def test_late_fusion_image_features_do_not_depend_on_the_prompt(late_model):
 
 
 def test_late_glip_t_keys_map_to_the_official_layout():
-    """A late-fusion glip_t has the official DyConv keys and nothing else in its tower (the official checkpoint's
-    deep-fusion mapping is held by tests/test_checkpoints.py)."""
+    """A late-fusion glip_t has the official DyConv keys and nothing else in its tower. The official GLIP-T (A)
+    (EARLY_FUSE_ON: False) tower holds the DyConvs alone, block i's at index i (tests/official_layouts.py; the
+    whole layout is checked in tests/test_checkpoints.py)."""
     late = {f"tower.{k}" for k in build_tower(dataclasses.replace(glip_t(), fusion="late")).state_dict()}
     deep = {f"tower.{k}" for k in build_tower(glip_t()).state_dict()}
     assert late < deep and len(deep) > len(late) > 0
     for key in late:
-        official = openglip_key_to_official(key)
+        official = openglip_key_to_official(key, LATE_STRIDE)
         block = int(key.split(".")[2])
-        assert official.startswith(f"rpn.head.dyhead_tower.{3 * block + 2}.")  # the DyConv slot of block i
-        assert official_key_to_openglip(official) == key
+        assert official.startswith(f"rpn.head.dyhead_tower.{block}.")  # the DyConv of block i, at index i
+        assert official_key_to_openglip(official, LATE_STRIDE) == key
 
 
 def test_late_and_deep_checkpoints_refuse_each_other_with_a_hint(late_model):

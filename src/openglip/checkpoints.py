@@ -6,10 +6,18 @@ maskrcnn-benchmark's ``GeneralizedVLRCNN`` under ``"model"`` with DDP's ``module
 keys maps to exactly one OpenGLIP parameter or buffer (:func:`official_key_to_openglip`), except two kinds of
 buffers that OpenGLIP derives instead of storing (anchor cells and BERT position ids); those are checked
 against the derived values instead of being silently dropped.
+
+The official tower (``rpn.head.dyhead_tower``, microsoft/GLIP ``maskrcnn_benchmark/modeling/rpn/vldyhead.py``,
+``VLDyHead.__init__``) is one ``nn.Sequential``: with ``FUSE_CONFIG.EARLY_FUSE_ON`` (GLIP-T (B)/(C), GLIP-T,
+GLIP-L) block ``i`` is modules ``3i`` (VLFuse), ``3i+1`` (BertEncoderLayer), ``3i+2`` (DyConv); without it
+(GLIP-T (A), ``glip_A_Swin_T_O365.yaml``) module ``i`` is block ``i``'s DyConv and nothing else. That stride
+(:data:`DEEP_STRIDE` / :data:`LATE_STRIDE`) is read from the state dict (:func:`official_tower_stride`) or the
+model (``fusion``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -31,6 +39,9 @@ from .checkpoint_format import (
 from .config import ModelConfig, config_from_dict, config_to_json, get_preset
 
 DERIVED = "<derived>"  # marker for official buffers that OpenGLIP computes instead of loading
+DEEP_STRIDE = 3  # official tower modules per block with deep fusion: [VLFuse, BertEncoderLayer, DyConv]
+LATE_STRIDE = 1  # ... without it (EARLY_FUSE_ON: False): [DyConv]
+_TOWER_PARTS = ("cross_attn", "text_layer", "dyconv")  # our names of the three modules of a deep block
 MODEL_CONFIG_KEY = "model_config"  # where training checkpoints keep the model config (written by the Trainer)
 
 
@@ -81,8 +92,12 @@ def _map_module(rest: str, table: Mapping[str, str]) -> str | None:
     return None
 
 
-def official_key_to_openglip(key: str) -> str | None:
-    """The OpenGLIP name of an official GLIP state-dict key, :data:`DERIVED`, or ``None`` if unknown."""
+def official_key_to_openglip(key: str, tower_stride: int = DEEP_STRIDE) -> str | None:
+    """The OpenGLIP name of an official GLIP state-dict key, :data:`DERIVED`, or ``None`` if unknown.
+
+    ``tower_stride``: official tower modules per block, :data:`DEEP_STRIDE` or :data:`LATE_STRIDE` (see the module
+    docstring; :func:`official_tower_stride` reads it from a state dict).
+    """
     key = key.removeprefix("module.")
     if key.startswith("backbone.body."):
         return "backbone." + key[len("backbone.body.") :]
@@ -102,7 +117,8 @@ def official_key_to_openglip(key: str) -> str | None:
     m = re.fullmatch(r"rpn\.head\.dyhead_tower\.(\d+)\.(.+)", key)
     if m:
         n, rest = int(m.group(1)), m.group(2)
-        block, part = divmod(n, 3)
+        block, part = divmod(n, tower_stride)
+        part += DEEP_STRIDE - tower_stride  # a late-fusion tower holds DyConvs (part 2) only
         prefix = f"tower.layers.{block}."
         if part == 0:
             if rest in ("b_attn.gamma_v", "b_attn.gamma_l"):
@@ -125,7 +141,7 @@ def official_key_to_openglip(key: str) -> str | None:
     return None
 
 
-def openglip_key_to_official(key: str) -> str | None:
+def openglip_key_to_official(key: str, tower_stride: int = DEEP_STRIDE) -> str | None:
     """Inverse of :func:`official_key_to_openglip` (for exporting to the official layout)."""
     if key.startswith("backbone."):
         return "backbone.body." + key[len("backbone.") :]
@@ -141,11 +157,13 @@ def openglip_key_to_official(key: str) -> str | None:
     m = re.fullmatch(r"tower\.layers\.(\d+)\.(cross_attn|text_layer|dyconv)\.(.+)", key)
     if m:
         block, part, rest = int(m.group(1)), m.group(2), m.group(3)
-        index = 3 * block + ("cross_attn", "text_layer", "dyconv").index(part)
+        if tower_stride == LATE_STRIDE and part != "dyconv":
+            return None  # a late-fusion official tower has no slot for it
+        index = tower_stride * block + _TOWER_PARTS.index(part) - (DEEP_STRIDE - tower_stride)
         prefix = f"rpn.head.dyhead_tower.{index}."
         if part == "cross_attn" and rest in ("gamma_v", "gamma_l"):
             return prefix + "b_attn." + rest
-        table = {"cross_attn": _CROSS, "text_layer": _TEXT_LAYER, "dyconv": _DYCONV}[part]
+        table = dict(zip(_TOWER_PARTS, (_CROSS, _TEXT_LAYER, _DYCONV)))[part]
         mapped = _map_module(rest, {v: k for k, v in table.items()})
         return prefix + mapped if mapped else None
     m = re.fullmatch(r"head\.scales\.(\d+)\.scale", key)
@@ -159,11 +177,24 @@ def openglip_key_to_official(key: str) -> str | None:
     return None
 
 
+def model_tower_stride(model) -> int:
+    """The official tower stride of ``model``'s layout: :data:`LATE_STRIDE` for a ``fusion="late"`` model."""
+    late = getattr(getattr(model, "config", None), "fusion", "deep") == "late"
+    return LATE_STRIDE if late else DEEP_STRIDE
+
+
+def official_tower_stride(state: Mapping[str, torch.Tensor]) -> int:
+    """The tower stride of an official state dict: deep fusion iff it has VLFuse (``b_attn``) modules."""
+    fuse = re.compile(r"(module\.)?rpn\.head\.dyhead_tower\.\d+\.b_attn\.")
+    return DEEP_STRIDE if any(fuse.match(k) for k in state) else LATE_STRIDE
+
+
 def export_official(model) -> dict[str, torch.Tensor]:
     """The model's weights under official GLIP key names (derived buffers included), as GLIP saves them."""
     state = {}
+    stride = model_tower_stride(model)
     for key, value in model.state_dict().items():
-        official = openglip_key_to_official(key)
+        official = openglip_key_to_official(key, stride)
         if official is None:
             raise CheckpointError(f"{key} has no official GLIP name")
         state[official] = value
@@ -192,18 +223,30 @@ def is_official_state_dict(state: Mapping[str, torch.Tensor]) -> bool:
 
 
 def guess_preset(state: Mapping[str, torch.Tensor]) -> str | None:
-    """Which official preset a GLIP state dict was made for (from its Swin width and tower depth)."""
+    """Which official preset a GLIP state dict was made for (from its Swin width and tower depth; a late-fusion
+    GLIP-T (A) state dict gives ``"glip_t"``: :func:`guess_config` adds its ``fusion="late"``)."""
     keys = {k.removeprefix("module."): v for k, v in state.items()}
     proj = keys.get("backbone.body.patch_embed.proj.weight")
     if proj is None:
         return None
     towers = {int(m.group(1)) for k in keys if (m := re.match(r"rpn\.head\.dyhead_tower\.(\d+)\.", k))}
-    width, depth = proj.shape[0], (max(towers) + 1) // 3 if towers else 0
+    stride = official_tower_stride(keys)
+    width, depth = proj.shape[0], (max(towers) + 1) // stride if towers else 0
     if width == 96 and depth == 6:
         return "glip_t"
     if width == 192 and depth == 8:
         return "glip_l"
     return None
+
+
+def guess_config(state: Mapping[str, torch.Tensor]) -> ModelConfig | None:
+    """The config an official state dict loads into: :func:`guess_preset`'s preset, late fusion when the state
+    dict has no VLFuse modules (GLIP-T (A)); ``None`` when the preset is not recognised."""
+    name = guess_preset(state)
+    if name is None:
+        return None
+    late = official_tower_stride(state) == LATE_STRIDE
+    return dataclasses.replace(get_preset(name), fusion="late") if late else get_preset(name)
 
 
 def convert_official(
@@ -219,8 +262,9 @@ def convert_official(
     expected = model.state_dict()
     out: dict[str, torch.Tensor] = {}
     unexpected, bad_derived, mismatched = [], [], []
+    stride = official_tower_stride(state)
     for key, value in state.items():
-        ours = official_key_to_openglip(key)
+        ours = official_key_to_openglip(key, stride)
         if ours is None or (ours != DERIVED and ours not in expected):
             unexpected.append(key)
             continue
@@ -382,13 +426,12 @@ def resolve_config(preset_or_path: str, weights: str | None) -> tuple[ModelConfi
             raise CheckpointError(f"{preset_or_path}: no such file (give a checkpoint file or a preset name)")
         state, cfg = read_checkpoint(preset_or_path)
         if cfg is None:
-            guess = guess_preset(state) if is_official_state_dict(state) else None
-            if guess is None:
+            cfg = guess_config(state) if is_official_state_dict(state) else None
+            if cfg is None:
                 raise CheckpointError(
                     f"{preset_or_path} carries no config and is not an official GLIP-T/L checkpoint; name its "
                     "preset (openglip ... --preset tiny, or load_model('tiny', weights=...))"
                 )
-            cfg = get_preset(guess)
     else:
         cfg = get_preset(preset_or_path)
     if weights is not None:

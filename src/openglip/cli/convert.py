@@ -22,7 +22,7 @@ def _add_convert(sub):
 
 def cmd_convert(args) -> int:
     from ..checkpoints import (
-        guess_preset,
+        guess_config,
         is_official_state_dict,
         load_into,
         read_checkpoint,
@@ -37,11 +37,12 @@ def cmd_convert(args) -> int:
     check_output_file(args.dest, "destination")
     state, embedded = read_checkpoint(args.source)
     name = args.preset or (embedded.name if embedded else None)
-    if name is None and is_official_state_dict(state):
-        name = guess_preset(state)
+    guessed = guess_config(state) if name is None and is_official_state_dict(state) else None
+    if guessed is not None:  # an official file: its preset, with fusion=late for GLIP-T (A)
+        name = guessed.name
     if name is None:
         raise UsageError(f"cannot tell which preset {args.source} is for; pass --preset glip_t or glip_l")
-    cfg = embedded if embedded is not None and embedded.name == name else get_preset(name)
+    cfg = guessed or (embedded if embedded is not None and embedded.name == name else get_preset(name))
     model = build_model(cfg)
     load_into(model, state)
     save_safetensors(model, args.dest, cfg)
