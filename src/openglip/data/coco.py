@@ -287,15 +287,16 @@ def coco_ground_truth(images: Sequence[dict], categories: Sequence[dict], **top:
     """A COCO ground-truth dict, the one builder every writer and evaluator uses.
 
     Args:
-        images: one dict an image: ``id``, ``file_name``, ``height``, ``width`` (copied to ``images``), and
-            ``boxes`` (xyxy), ``category_ids``, optionally ``extras`` (one dict of extra annotation fields a
-            box, e.g. ``iscrowd`` or ``segmentation``). Annotations are numbered 1..n in that order.
+        images: one dict an image: ``boxes`` (xyxy), ``category_ids``, optionally ``extras`` (one dict of extra
+            annotation fields a box, e.g. ``iscrowd``, ``segmentation`` or a mask's ``area``); every other field
+            (``id``, ``file_name``, ``height``, ``width``, ...) is the COCO image entry. Annotations are numbered
+            1..n in that order.
         categories: the COCO ``categories`` list, kept as given.
         top: further top-level fields (``info``, ``licenses``).
     """
     out_images, anns = [], []
     for im in images:
-        out_images.append({k: im[k] for k in ("id", "file_name", "height", "width")})
+        out_images.append({k: v for k, v in im.items() if k not in ("boxes", "category_ids", "extras")})
         extras = im.get("extras") or [{}] * len(im["boxes"])
         for box, cat, extra in zip(im["boxes"], im["category_ids"], extras, strict=True):
             anns.append(coco_annotation(len(anns) + 1, im["id"], int(cat), box, **extra))

@@ -24,6 +24,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from ..data.coco import coco_ground_truth
 from ..data.odvg import write_label_map
 from ..errors import UsageError
 from ..files import write_text_atomic
@@ -33,19 +34,14 @@ from .renderers import get_renderer
 from .world import BASE, CATEGORIES, NOVEL, ShapesSample
 
 
-def _coco_entries(
-    sample: ShapesSample, image_id: int, file_name: str, first_ann_id: int
-) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def _coco_image(sample: ShapesSample, image_id: int, file_name: str) -> dict[str, Any]:
+    """A sample as :func:`~openglip.data.coco.coco_ground_truth` takes it: the image entry (with the referring
+    caption), its boxes, category ids (label + 1) and masks (RLE, area = mask pixels)."""
     h, w = sample.image.shape[:2]
-    image = {"id": image_id, "file_name": file_name, "height": h, "width": w}
-    image["caption"] = sample.captions[0].caption if sample.captions else ""
-    anns = []
-    for k, (box, label, mask) in enumerate(zip(sample.boxes.tolist(), sample.labels.tolist(), sample.masks)):
-        x1, y1, x2, y2 = box
-        ann = {"id": first_ann_id + k, "image_id": image_id, "category_id": int(label) + 1, "iscrowd": 0}
-        ann.update(bbox=[x1, y1, x2 - x1, y2 - y1], area=int(mask.sum()), segmentation=mask_to_rle(mask))
-        anns.append(ann)
-    return image, anns
+    return {"id": image_id, "file_name": file_name, "height": h, "width": w,
+            "caption": sample.captions[0].caption if sample.captions else "",
+            "boxes": sample.boxes.tolist(), "category_ids": [int(label) + 1 for label in sample.labels.tolist()],
+            "extras": [{"area": int(m.sum()), "segmentation": mask_to_rle(m)} for m in sample.masks]}  # fmt: skip
 
 
 def _coco_categories() -> list[dict[str, Any]]:
@@ -69,12 +65,8 @@ def to_coco(samples: list[ShapesSample], file_names: list[str]) -> dict[str, Any
     """
     if len(samples) != len(file_names):
         raise ValueError("need one file name per sample")
-    images, anns = [], []
-    for k, (sample, name) in enumerate(zip(samples, file_names)):
-        image, entries = _coco_entries(sample, k + 1, name, len(anns) + 1)
-        images.append(image)
-        anns.extend(entries)
-    return {"images": images, "annotations": anns, "categories": _coco_categories()}
+    images = [_coco_image(sample, k + 1, name) for k, (sample, name) in enumerate(zip(samples, file_names))]
+    return coco_ground_truth(images, _coco_categories())
 
 
 def _odvg_records(sample: ShapesSample, file_name: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -160,14 +152,12 @@ def write_dataset(
     world = get_renderer(renderer)(
         split=split, image_size=image_size, min_objects=min_objects, max_objects=max_objects, seed=seed
     )
-    images, anns, det_lines, grd_lines = [], [], [], []
+    images, det_lines, grd_lines = [], [], []
     for index in tqdm(range(num_images), desc=f"{renderer}/{split}", disable=num_images <= 200):
         sample = world.sample(index)
         name = f"images/{index:06d}.png"
         Image.fromarray(sample.image).save(out / name, compress_level=1)
-        image, entries = _coco_entries(sample, index + 1, name, len(anns) + 1)
-        images.append(image)
-        anns.extend(entries)
+        images.append(_coco_image(sample, index + 1, name))
         det, grd = _odvg_records(sample, name)
         det_lines.append(json.dumps(det))
         grd_lines.extend(json.dumps(g) for g in grd)
@@ -179,8 +169,7 @@ def write_dataset(
     paths = {"images": out / "images", **{k: out / v for k, v in names.items()}}
     paths["label_map"] = write_label_map(paths["detection"], CATEGORIES)
     info = {"description": "OpenGLIP shapes world", "split": split, "seed": seed, "renderer": renderer}
-    coco = {"info": info, "images": images, "annotations": anns, "categories": _coco_categories()}
-    write_text_atomic(paths["coco"], json.dumps(coco))
+    write_text_atomic(paths["coco"], json.dumps(coco_ground_truth(images, _coco_categories(), info=info)))
     write_text_atomic(paths["detection"], "".join(line + "\n" for line in det_lines))
     write_text_atomic(paths["grounding"], "".join(line + "\n" for line in grd_lines))
     return paths

@@ -18,6 +18,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from ..data.coco import coco_ground_truth
+
 CHECK_SET = "real_photos.json"  # package data of openglip.shapes
 
 # import name -> the name to ``pip install``
@@ -111,33 +113,12 @@ def to_coco(entries: list[dict[str, Any]], difficult_as_crowd: bool = False) -> 
     pycocotools ignores detections that match them instead of counting a miss.
     """
     cat_ids = {name: i for i, name in enumerate(categories(entries), start=1)}
-    images, annotations = [], []
-    for entry in entries:
-        images.append(
-            {
-                "id": int(entry["id"]),
-                "file_name": entry["file_hint"],
-                "height": int(entry["height"]),
-                "width": int(entry["width"]),
-            }
-        )
-        for obj in entry["objects"]:
-            x1, y1, x2, y2 = (float(v) for v in obj["bbox"])
-            w, h = x2 - x1, y2 - y1
-            crowd = int(bool(difficult_as_crowd and obj.get("difficult")))
-            annotations.append(
-                {
-                    "id": len(annotations) + 1,
-                    "image_id": int(entry["id"]),
-                    "category_id": cat_ids[obj["phrase"]],
-                    "bbox": [x1, y1, w, h],
-                    "area": w * h,
-                    "iscrowd": crowd,
-                }
-            )
-    return {
-        "info": {"description": "OpenGLIP real-photo check set (photos bundled with PyPI packages)"},
-        "images": images,
-        "annotations": annotations,
-        "categories": [{"id": i, "name": name} for name, i in cat_ids.items()],
-    }
+    images = [
+        {"id": int(e["id"]), "file_name": e["file_hint"], "height": int(e["height"]), "width": int(e["width"]),
+         "boxes": [o["bbox"] for o in e["objects"]], "category_ids": [cat_ids[o["phrase"]] for o in e["objects"]],
+         "extras": [{"iscrowd": int(bool(difficult_as_crowd and o.get("difficult")))} for o in e["objects"]]}
+        for e in entries
+    ]  # fmt: skip
+    info = {"description": "OpenGLIP real-photo check set (photos bundled with PyPI packages)"}
+    cats = [{"id": i, "name": name} for name, i in cat_ids.items()]
+    return coco_ground_truth(images, cats, info=info)
