@@ -121,4 +121,5 @@ def test_mask_loss_falls_when_overfitting(tmp_path):
     Trainer(GLIPTask(cfg, tc), tc, ds, device="cpu").fit()
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     losses = [r["loss_mask"] for r in rows]
+    # measured 0.236 (1 thread) and 0.242 (2 threads) of the first loss: 3x below the bar
     assert losses[-1] < 0.7 * losses[0], losses
