@@ -24,6 +24,7 @@ def test_predict_accepts_paths_pil_arrays_and_lists(tiny_detector, chelsea, tmp_
     assert np.array_equal(a.xyxy, c.xyxy) and np.array_equal(a.scores, c.scores)
     both = tiny_detector.predict([chelsea, str(path)], "cat. dog.", box_threshold=0.0)
     assert isinstance(both, list) and len(both) == 2
+    # a batch of two vs alone: measured 6e-8 on 1 and 2 threads, 1e-6 is 17x
     assert np.allclose(both[0].scores, a.scores, atol=1e-6)
 
 
@@ -128,6 +129,7 @@ def test_batched_prediction_equals_single(tiny_detector, chelsea):
     batch = tiny_detector.predict(imgs, "cat. dog.", box_threshold=0.0, batch_size=2)
     single = [tiny_detector.predict(im, "cat. dog.", box_threshold=0.0) for im in imgs]
     for b, s in zip(batch, single):  # same size images: padding is identical, so outputs are too
+        # measured 6e-8 on scores, 2.3e-5 px on boxes (2 threads; 3.8e-6 px on 1): the bars are 170x and 40x that
         assert np.allclose(b.scores, s.scores, atol=1e-5) and np.allclose(b.xyxy, s.xyxy, atol=1e-3)
 
 

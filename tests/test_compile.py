@@ -39,6 +39,7 @@ def test_compiled_path_gives_the_eager_detections(tiny_detector, chelsea):
     for a, b in zip(want, got):
         assert len(a) == len(b) > 10
         np.testing.assert_array_equal(a.labels, b.labels)
+        # compiled vs eager: measured 7.6e-6 px and 6e-8 on scores on 1 and 2 threads; 1e-3 px / 1e-5 are 130x / 170x
         np.testing.assert_allclose(a.xyxy, b.xyxy, atol=1e-3)
         np.testing.assert_allclose(a.scores, b.scores, atol=1e-5)
     # other images and another prompt in the same shape and token buckets reuse the graphs
@@ -55,6 +56,7 @@ def test_bucket_padding_changes_detections_only_slightly(tiny_detector, chelsea)
     )
     assert len(plain) >= 10 and len(padded) >= 10  # with no box the comparison below would hold trivially
     # 0.05: a bucket pads the image like a larger batch mate would; the top scores moved by 0.011 on one CPU
+    # (measured again on 1 and 2 threads: 0.0112, 4.5x below the bar)
     np.testing.assert_allclose(plain.scores[:10], padded.scores[:10], atol=0.05)
 
 
@@ -80,6 +82,7 @@ def test_channels_last_gives_the_same_detections(chelsea):
     )
     assert len(want) > 10  # something to compare
     np.testing.assert_array_equal(want.labels, got.labels)
+    # (the same on 1 and 2 threads: 1.2e-7 and 3.05e-5 px; the bars are 80x and 30x that)
     # channels-last reorders the convolutions' sums: measured 1.2e-7 on scores and 3e-5 px on boxes
     np.testing.assert_allclose(want.scores, got.scores, atol=1e-5)
     np.testing.assert_allclose(want.xyxy, got.xyxy, atol=1e-3)

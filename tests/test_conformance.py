@@ -25,6 +25,9 @@ pytestmark = pytest.mark.slow
 
 
 def tolerance(name: str) -> float:
+    # the reference README's suggested tolerances (section 6), 5-10x its measured noise floor (noise_floor.json:
+    # official code in float64, and on 1 thread vs 2). Measured here, 1 and 2 threads and float64: the worst stage
+    # sits at 0.2x its tolerance (tower.17.visual.L4 / fused.L4: 3.9e-5 against 2e-4).
     if name.startswith(("swin.", "lang.")) or name.endswith("lang_hidden"):
         return 1e-5
     if name.startswith("fpn."):
@@ -170,6 +173,8 @@ def test_full_tensor_statistics(reference, real_run):
     for name in ["swin.stage3", "fpn.P3", "fpn.P7", "tower.17.visual.L0", "fused.L2", "head.centerness.L0"]:
         x = got[name].double()
         s = stages[name]
+        # the README's "about 10x the same tolerance"; measured at most 7e-7 (head.centerness.L0 mean, 1 thread),
+        # far below every bar: whole-tensor means average the per-element noise away
         tol = 10 * tolerance(name)
         for stat, value in (("mean", x.mean()), ("std", x.std()), ("abs_mean", x.abs().mean())):
             scale = max(abs(s[stat]), s["std"])  # relative to the spread for near-zero means
@@ -181,7 +186,7 @@ def test_anchors_exact(reference, model):
     stages = ref["stages"]
     shapes = [tuple(stages[f"fpn.P{i + 3}"]["shape"][-2:]) for i in range(5)]
     anchors = model.anchor_generator(shapes, "cpu")
-    for j in range(5):
+    for j in range(5):  # README: anchors are exact (noise 0); abs 1e-4 as it suggests
         assert torch.allclose(anchors[j], stages[f"anchors.img0.L{j}"]["full"], atol=1e-4, rtol=0)
     assert anchors[0][0].tolist() == [-28.0, -28.0, 35.0, 35.0]
 
@@ -194,17 +199,20 @@ def test_padded_text_matches_all_256_columns(reference, model, real_run):
     with torch.no_grad():
         text = model.encode_text(inputs["input_ids"], inputs["attention_mask"])
         out = model(inputs["image"], inputs["image_sizes"], text=text)
-    for j in range(5):
+    for j in range(5):  # measured 0.6e-5 (L0) to 5e-5 (L4) on 1 and 2 threads and in float64, against 3e-4
         name = f"head.dot_product_logits.L{j}"
         assert relative_l2(out.logits[j], stages[name]) <= tolerance(name), name
     ids = inputs["input_ids_unpadded"]
     short = real_run[1]
-    for padded, real in zip(out.logits, short.logits):
+    for level, (padded, real) in enumerate(zip(out.logits, short.logits)):
         diff = (padded[..., : ids.shape[1]] - real).abs().max() / real.abs().max()
-        # float noise: the same sums in another order. Measured 0.98e-5 with the explicit attention, 1.04e-5
-        # with the fused kernels; the official code's own logits move by 0.5e-5 to 4.4e-5 (relative L2) from 2
-        # threads to 1 (noise_floor.json). 2e-5 keeps the check at that floor, far below a real difference.
-        assert diff < 2e-5
+        # float noise: the same sums in another order. In float64 the two runs agree to 4e-14 on every level, so
+        # padding changes nothing but the order; in float32 each run lies up to 3.5e-5 (L3/L4) from its float64
+        # value, so two runs may differ by up to 7e-5. Measured max over levels: 0.9e-5 to 1.04e-5 with both runs on 1
+        # thread or both on 2, 2.8e-5 (L4) with the real-length run on 1 thread and this one on 2 (what
+        # OMP_NUM_THREADS=1 gives: the module fixture runs before the autouse 2-thread fixture). The bar is that
+        # 7e-5 bound (2.5x the largest spread measured); the old 2e-5 sat at the floor and failed at 1 thread.
+        assert diff < 7e-5, (level, float(diff))
 
 
 def test_final_detections_match(reference, model, real_run):
@@ -223,10 +231,12 @@ def test_final_detections_match(reference, model, real_run):
     assert len(result.scores) == len(dets["scores"]) == 100
     iou = box_iou(result.boxes, dets["boxes_xyxy_resized"])
     same_label = (result.labels[:, None] + 1) == dets["labels"][None, :]
+    # the README's matching rule: the official code's own 1-thread and float64 re-runs move scores by 1.1e-6 and
+    # boxes by 6e-5 px; ours on 1 thread: 100 of 100 matched, scores within 3.6e-7, boxes within 3e-5 px
     close = (result.scores[:, None] - dets["scores"][None, :]).abs() <= 1e-5
     matched = ((iou >= 0.99) & same_label & close).any(dim=1)
     # the reference README warns that ranks near the 100th place can swap under 1e-6 noise
     assert int(matched.sum()) >= 98, int(matched.sum())
     scale = torch.tensor([451 / 1202, 300 / 800, 451 / 1202, 300 / 800])
     top = result.boxes[0] * scale
-    assert torch.allclose(top, dets["boxes_xyxy_orig"][0], atol=1e-2)
+    assert torch.allclose(top, dets["boxes_xyxy_orig"][0], atol=1e-2)  # measured 0 px on 1 thread

@@ -44,6 +44,7 @@ def _assert_same(got, want):
     for g, w in zip(got, want):
         assert g.file_name == w.file_name and (g.height, g.width) == (w.height, w.width)
         assert g.boxes.dtype == np.float32 and g.boxes.shape == w.boxes.shape
+        # float32 boxes parsed two ways from the same numbers: measured 0 px; 1e-4 px for float32 rounding
         np.testing.assert_allclose(g.boxes, w.boxes, atol=1e-4)
         assert g.labels.dtype == np.int64 and g.labels.tolist() == w.labels.tolist()
         assert g.caption == w.caption
@@ -96,6 +97,7 @@ def test_coco_category_order_and_bad_records(tmp_path, images, caplog):
         records, names, report = read_coco(tmp_path / "ann.json")
     assert names == ["apple", "zebra"]  # sorted by id: category index = position in that order
     assert len(records) == 1 and records[0].image_id == 1
+    # integer coordinates: measured exact (0), assert_allclose's default rtol 1e-7
     np.testing.assert_allclose(records[0].boxes, [[10, 10, 30, 30], [70, 50, 80, 60]])
     assert records[0].labels.tolist() == [1, 0]
     assert dict(report.counts) == {"empty_box": 2, "box_outside": 1, "crowd": 1, "missing_image": 1}
@@ -201,6 +203,7 @@ def test_odvg_bad_lines(tmp_path, images, caplog):
         records, names, report = read_odvg(tmp_path / "a.jsonl", image_root=root)
     assert names == ["cat", "dog"]
     assert [r.image_id for r in records] == [1, 4]  # line numbers
+    # integer coordinates: measured exact (0), assert_allclose's default rtol 1e-7
     np.testing.assert_allclose(records[0].boxes, [[1, 1, 10, 10], [0, 50, 10, 60]])
     assert records[0].labels.tolist() == [0, 1]
     assert records[1].caption == "a cat and a dog" and records[1].spans == [[(2, 5)]]
@@ -270,6 +273,7 @@ def test_shapes_dataset_reads_back(tmp_path):
     assert det_cats == CATEGORIES  # the whole vocabulary (label map), not just the labels 6 images use
     assert paths["label_map"] == tmp_path / "detection.odvg.label_map.json"
     for a, b in zip(records, det):
+        # float32 boxes parsed two ways from the same numbers: measured 0 px; 1e-4 px for float32 rounding
         np.testing.assert_allclose(a.boxes, b.boxes, atol=1e-4)
         assert a.labels.tolist() == b.labels.tolist() and a.file_name == b.file_name
 

@@ -28,6 +28,7 @@ def test_swin_window_attention_matches_the_explicit_softmax():
             .transpose(2, 3)
             .reshape(2, 6, 49, 32)
         )
+        # fused kernel vs explicit softmax attention, float32: measured 9e-8 on 1 and 2 threads, 1e-5 is 100x
         assert torch.allclose(attn(x, m), want, atol=1e-5)
 
 
@@ -56,6 +57,7 @@ def test_text_layer_matches_glips_clamped_attention():
     attn = layer.attn_norm(layer.attn_out(ctx) + x)
     h = torch.nn.functional.gelu(layer.ffn_in(attn).clamp(-CLAMP, CLAMP)).clamp(-CLAMP, CLAMP)
     want = layer.ffn_norm(layer.ffn_out(h).clamp(-CLAMP, CLAMP) + attn).clamp(-CLAMP, CLAMP)
+    # float32, fused vs explicit: measured 1.2e-7 on 1 and 2 threads, 1e-5 is 80x
     assert torch.allclose(layer(x, mask), want, atol=1e-5)
 
 
@@ -74,5 +76,6 @@ def test_cross_attention_fused_path_equals_the_explicit_one(training):
     attn.fused = True
     dv2, dl2 = attn(v, t, mask)
     g2 = torch.autograd.grad((dv2.sum() + dl2.square().sum()), v)[0]
+    # float32, fused vs explicit: measured 0 on the outputs, 4.8e-7 on the gradient (1 and 2 threads); 1e-5 is 20x
     assert torch.allclose(dv, dv2, atol=1e-5) and torch.allclose(dl, dl2, atol=1e-5)
     assert torch.allclose(g, g2, atol=1e-5)

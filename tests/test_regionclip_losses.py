@@ -1,4 +1,8 @@
-"""RegionCLIP losses: known values on hand-made tensors, gradients reaching the inputs."""
+"""RegionCLIP losses: known values on hand-made tensors, gradients reaching the inputs.
+
+Tolerances: float32 losses against float64 hand values, measured at most 2.9e-7 relative (distillation_kl; the
+others 0 to 8e-8) on 1 and 2 threads: rel=1e-6 is 3.5x the worst; KL(p, p) measured 0 against abs=1e-6.
+"""
 
 from __future__ import annotations
 

@@ -65,6 +65,8 @@ def test_concept_pool_threshold_and_prompt_average_before_centring():
     # uncentred embedding = normalised mean of the per-template sentence embeddings, exactly
     per_template = torch.stack([text.sentences([t.format(n) for n in pool.names]) for t in TEMPLATES])
     raw = F.normalize(per_template.mean(0), dim=-1)
+    # the same float32 ops on both sides: measured 0 below (6e-8 on the unit norms) on 1 and 2 threads, against
+    # allclose's defaults (rtol 1e-5) or atol 1e-6
     assert torch.allclose(template_embeddings(text, pool.names, TEMPLATES), raw)
     assert torch.allclose(pool.centre, raw.mean(0), atol=1e-6)
     assert torch.allclose(pool.embeddings, F.normalize(raw - raw.mean(0), dim=-1), atol=1e-6)
@@ -137,6 +139,7 @@ def test_teacher_assigns_each_region_the_concept_of_its_own_object():
     best, logits = teacher.align(emb, concepts)
     assert [names[i] for i in best] == ["blue", "yellow", "red"]
     assert logits.shape == (3, 4)
+    # the same float32 ops: measured 0 here and for the batched embeddings below (1 and 2 threads)
     assert torch.allclose(logits, teacher.scale() * emb @ concepts.t())
     # a batch of images with one box list each gives the same embeddings
     two = teacher.embed_regions(image_to_tensor(image)[None].repeat(2, 1, 1, 1), [boxes[:1], boxes[1:]])
@@ -165,6 +168,7 @@ def test_top_regions_removes_duplicates_across_levels():
     boxes = [torch.tensor([[0.0, 0, 10, 10], [0.0, 0, 10, 11], [20.0, 20, 30, 30]])]
     scores = [torch.tensor([0.9, 0.8, 0.5])]
     kept, s = top_regions(boxes, scores, k=2, iou=0.5)
+    # float32 scores vs the float64 literals: measured 2.4e-8, approx's default rel=1e-6
     assert kept[0].tolist() == [[0.0, 0, 10, 10], [20.0, 20, 30, 30]] and s[0].tolist() == pytest.approx(
         [0.9, 0.5]
     )
@@ -193,6 +197,7 @@ def test_shapes_records_feed_the_same_datasets_as_files_and_keep_only_the_reques
     # a smaller image side rescales the boxes with the image
     half = BoxDataset(data, image_size=32)[(0, 0)]
     full = BoxDataset(data, image_size=64)[(0, 0)]
+    # boxes scaled by powers of two: measured 0
     assert half.image.shape == (3, 32, 32) and torch.allclose(half.boxes * 2, full.boxes)
     batch = collate_regions([boxes[(0, i)] for i in range(3)])
     assert batch.images.shape == (3, 3, 64, 64) and len(batch) == 3
@@ -232,6 +237,7 @@ def test_evaluation_reports_splits_and_perfect_predictions_score_one():
 
     hexagons = [c for c in CATEGORIES if c.endswith("hexagon")]
     m = evaluate_predictor(Oracle(), data, extra_splits={"hexagon": hexagons})
+    # float64 AP of a perfect detector: measured 1.1e-16 from 1.0
     assert m["AP50"] == pytest.approx(1.0) and m["novel/AP50"] == pytest.approx(1.0)
     assert m["base/AP50"] == pytest.approx(1.0) and m["hexagon/AP50"] == pytest.approx(1.0)
     with pytest.raises(ValueError, match="pink elephant"):

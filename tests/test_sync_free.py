@@ -94,6 +94,8 @@ def test_dense_loss_equals_the_selected_formulation_with_gradients():
     g_got = torch.autograd.grad(sum(got.values()), params)
     g_want = torch.autograd.grad(sum(want.values()), params)
     for k in want:
+        # one dense float32 formulation vs the other: measured 2.5e-7 relative on the losses, 7.5e-9 on the gradients
+        # (1 and 2 threads); rtol 1e-5 and atol 1e-6 are 40x and 130x that
         assert torch.allclose(got[k], want[k], rtol=1e-5), k
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(g_got, g_want))
 

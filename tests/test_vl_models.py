@@ -62,6 +62,7 @@ def test_mlm_loss_falls_when_overfitting_one_batch():
         loss.backward()
         opt.step()
         losses.append(loss.item())
+    # measured 0.380 of the first loss on 1 and 2 threads (spread 1e-4): 1.3x below the bar, 1000x the spread
     assert np.isfinite(losses).all() and losses[-1] < 0.5 * losses[0], losses
 
 
