@@ -471,7 +471,9 @@ def test_serve_without_weights_serves_the_detect_default(monkeypatch, capsys):
 
     def load_teacher(spec, device=None):
         loaded.append(spec)
-        return SimpleNamespace(device="cpu")  # stands for the zero-shot teacher (no weights to load here)
+        return SimpleNamespace(
+            device="cpu", proposals="yolo"
+        )  # stands for the zero-shot teacher (no weights here)
 
     served = {}
     monkeypatch.setattr(openglip.teachers, "load_teacher", load_teacher)
