@@ -103,8 +103,8 @@ def cases(tmp: Path) -> dict[str, tuple[str, list[str]]]:
     }
 
 
-def peak_mb(args: list[str], steps: int, out: Path) -> tuple[float, float]:
-    """(peak RSS in MiB, seconds) of ``openglip train ARGS`` for ``steps`` steps."""
+def peak_mb(args: list[str], steps: int, out: Path) -> tuple[float | None, float]:
+    """(peak RSS in MiB, seconds) of ``openglip train ARGS`` for ``steps`` steps; None when the kernel killed it."""
     run = ["train", *args, "--out", str(out), f"max_steps={steps}", "log_every=1", "checkpoint_every=0"]
     start = time.perf_counter()
     proc = subprocess.run(
@@ -112,6 +112,8 @@ def peak_mb(args: list[str], steps: int, out: Path) -> tuple[float, float]:
     )
     seconds = time.perf_counter() - start
     peaks = [line.split()[1] for line in proc.stderr.splitlines() if line.startswith("PEAK_KB")]
+    if proc.returncode == -9:  # SIGKILL: the kernel's out-of-memory killer (nothing else sends it here)
+        return None, seconds
     if proc.returncode != 0 or not peaks:
         raise SystemExit(f"openglip {' '.join(run)} failed:\n{proc.stderr[-3000:]}")
     return int(peaks[-1]) / 1024, seconds
@@ -132,7 +134,8 @@ def main() -> None:
             what, run = table[name]
             print(f"{name}: {what} ...", file=sys.stderr)
             peak, seconds = peak_mb(run, args.steps, Path(tmp) / "runs" / name)
-            rows.append((what, f"{peak / 1024:.2f} GiB", f"{seconds:.0f} s"))
+            shown = "killed: out of memory" if peak is None else f"{peak / 1024:.2f} GiB"
+            rows.append((what, shown, f"{seconds:.0f} s"))
     print_table(("run (default training sizes unless said)", "peak RSS", "wall time"), rows,
                 title=f"openglip train, {args.steps} steps, CPU, one process at a time")  # fmt: skip
 
