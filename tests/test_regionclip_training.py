@@ -171,6 +171,8 @@ def test_transfer_resumes_exactly_and_detects_novel_names(parts, tmp_path):
         p_pre = (pre.logit_scale * pre.region_emb @ text.t()).softmax(-1)
         p_det = out.logits.softmax(-1)[:, :-1]
     objectness = torch.cat(out.objectness)[:, None]
+    # both sides are the same float32 probabilities in [0, 1] computed in another order: a few ulps (6e-8 each)
+    # apart; 1e-6 is about 16 ulps (reasoned from float32 rounding, not measured on a second CPU)
     assert torch.allclose(plain, (p_det * objectness).sqrt(), atol=1e-6)
     w = torch.tensor([0.33, 0.67])
     expected = (p_det.clamp(min=1e-12) ** (1 - w) * p_pre.clamp(min=1e-12) ** w * objectness).sqrt()
