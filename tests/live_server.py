@@ -89,10 +89,16 @@ def cli_server(args: list[str], cwd: Path | None = None, shell_command: str | No
         wait_healthy(url, process)
         yield url, process
     finally:
-        if process.poll() is None:
-            os.killpg(process.pid, 2)  # SIGINT: uvicorn's graceful stop
-            try:
-                process.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, 9)
-                process.wait(10)
+        stop_process_group(process)
+
+
+def stop_process_group(process: subprocess.Popen) -> None:
+    """Stop a server started with ``start_new_session=True``: SIGINT (uvicorn's graceful stop), SIGKILL after
+    30 s."""
+    if process.poll() is None:
+        os.killpg(process.pid, 2)
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, 9)
+            process.wait(10)

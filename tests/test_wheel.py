@@ -28,7 +28,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from .live_server import free_port, wait_healthy
+from .live_server import free_port, stop_process_group, wait_healthy
 
 REPO = Path(__file__).resolve().parents[1]
 README = (REPO / "README.md").read_text()
@@ -161,13 +161,7 @@ def serve_answers_one_request(serve_cmd: list[str], work: Path, env: dict) -> No
         best = max(body["detections"], key=lambda d: d["score"])
         assert best["phrase"] == "cat" and best["score"] > 0.5, body["detections"]
     finally:
-        if server.poll() is None:
-            os.killpg(server.pid, 2)  # SIGINT: uvicorn's graceful stop
-            try:
-                server.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(server.pid, 9)
-                server.wait(10)
+        stop_process_group(server)
     assert server.returncode == 0, server.stdout.read()
 
 
