@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import math
 from pathlib import Path
 
 import torch
@@ -58,6 +59,30 @@ def official_fill(rows: list[dict], model=None) -> dict[str, torch.Tensor]:
         elif ".cell_anchors." in key:
             level = int(key.rsplit(".", 1)[1])
             state[key] = level_anchors(1, 1, 8 * 2**level, 64 * 2**level)
+        else:
+            raise ValueError(f"no fill rule for {key} ({rule})")
+    return state
+
+
+def regionclip_fill(rows: list[dict], classifier: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The deterministic state dict of the RegionCLIP reference (``shared/reference/regionclip_rn50``, README
+    section 2): norms 1/0, conv kernels ``randn / sqrt(fan_in)`` (the offline stem also ``/ 64``), every other
+    float ``randn * 0.02``, all from the per-key seed; ``given_embedding`` rows get ``classifier``."""
+    state: dict[str, torch.Tensor] = {}
+    for row in rows:
+        key, shape, rule = row["key"], row["shape"], row["fill_rule"]
+        if rule in ("ones", "zeros"):
+            state[key] = (torch.ones if rule == "ones" else torch.zeros)(shape)
+        elif rule == "given_embedding":
+            state[key] = classifier.clone()
+        elif rule.startswith("randn"):
+            if rule == "randn*0.02":
+                factor = 0.02
+            else:  # randn/sqrt(F) or randn/sqrt(F)/64, the factor a Python float as the reference computed it
+                fan_in = int(rule.split("sqrt(")[1].split(")")[0])
+                factor = 1.0 / math.sqrt(fan_in) / (64.0 if rule.endswith("/64") else 1.0)
+            g = torch.Generator(device="cpu").manual_seed(key_seed(key))
+            state[key] = torch.randn(shape, generator=g, dtype=torch.float32) * factor
         else:
             raise ValueError(f"no fill rule for {key} ({rule})")
     return state
