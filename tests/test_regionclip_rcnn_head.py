@@ -30,6 +30,7 @@ from openglip.regionclip.rcnn_head import (
 )
 
 from .conftest import require_reference
+from .regionclip_releases import unmatched
 
 pytestmark = pytest.mark.slow
 
@@ -226,25 +227,6 @@ def test_head_stages_row_by_row(run, classifier):
         assert _worst_row(got[finite], ref[finite]) <= TOL_ROI, (run["name"], classifier, name)
 
 
-def _unmatched(got, ref: dict) -> int:
-    """Reference detections without a partner of the same class, IoU >= 0.99 and |dscore| <= 1e-4 (one-to-one)."""
-    iou = box_iou(ref["boxes"].double(), got.boxes.double())
-    close = (
-        (iou >= TOL_DET_IOU)
-        & (ref["classes"][:, None] == got.classes[None, :])
-        & ((ref["scores"][:, None].double() - got.scores[None, :].double()).abs() <= TOL_DET_SCORE)
-    )
-    taken = torch.zeros(len(got.scores), dtype=torch.bool)
-    missing = 0
-    for row in close:
-        free = (row & ~taken).nonzero()
-        if len(free):
-            taken[free[0, 0]] = True
-        else:
-            missing += 1
-    return missing
-
-
 @pytest.mark.parametrize("classifier", ["given_emb", "text_vocab"])
 def test_detections(run, classifier):
     ref = run["cfg"][classifier]
@@ -256,7 +238,7 @@ def test_detections(run, classifier):
         n = len(expected["scores"])
         assert len(got.scores) == n
         # near-tied scores (README section 5: up to 8 adjacent gaps < 1e-5) may swap one box at the top-k cut
-        assert _unmatched(got, expected) <= max(1, n // 100), (run["name"], classifier)
+        assert unmatched(got, expected, TOL_DET_IOU, TOL_DET_SCORE) <= max(1, n // 100), (run["name"], classifier)
     idx = ref["detections_resized"]["proposal_index"]
     assert (out.resized[0].proposal_index == idx).float().mean() >= 0.95
 

@@ -24,6 +24,8 @@ from .models.postprocess import Candidates, PostProcessor
 from .models.transform import ImageTransform
 from .models.vl_heads import read_answer_vocab
 from .prompts import Prompt, PromptError, chunk_prompt, parse_prompt, positive_map, token_spans
+from .regionclip.rcnn import OFFICIAL_KIND
+from .regionclip.rcnn_load import load_converted
 from .regionclip.weights import load_detector
 from .structures import Detections, Predictor
 from .vl_inference import answer_questions, generate_captions, ground_captions
@@ -438,6 +440,8 @@ def load_model(
             weights, fetched from the Hugging Face Hub once, see :mod:`openglip.hub`), a preset name
             (``"tiny"``, ``"glip_nano"``, ...) or a checkpoint file (an OpenGLIP ``.safetensors`` carries its
             config and kind; an official GLIP ``.pth`` is recognised). A local file always wins over a name.
+            A file of ``openglip regionclip convert`` gives RegionCLIP's released detector
+            (:class:`~openglip.regionclip.rcnn.OfficialRegionCLIP`, a Predictor).
             A RegionCLIP detector file gives its :class:`~openglip.regionclip.OpenVocabDetector` (a
             :class:`~openglip.structures.Predictor`; ``text=`` may pass an already loaded sentence encoder).
         weights: a checkpoint to load into the preset: official GLIP ``.pth`` (``{"model": ...}`` with
@@ -454,6 +458,12 @@ def load_model(
     source = os.fspath(preset_or_path)
     if weights is None and names_a_file(source) and checkpoint_kind(source) == "regionclip-detector":
         return _load_regionclip_detector(source, device, **detector_kwargs)
+    if weights is None and names_a_file(source) and checkpoint_kind(source) == OFFICIAL_KIND:
+        if detector_kwargs:
+            raise UsageError(
+                f"{source} is RegionCLIP's released detector: load_model takes only device= for it"
+            )
+        return load_converted(source, resolve_device(device))
     preset_or_path, weights = resolve_model_args(preset_or_path, weights, pretrained)
     cfg, state = resolve_config(preset_or_path, weights)
     model = build_model(cfg)

@@ -37,6 +37,7 @@ KINDS = {  # kind -> what the file holds (for messages); every kind is written b
     "regionclip-rpn": "a RegionCLIP RPN",
     "regionclip-student": "a RegionCLIP pretrained student",
     "regionclip-detector": "a RegionCLIP detector",
+    "regionclip-official": "RegionCLIP's released detector (CLIPFastRCNN, converted from microsoft/RegionCLIP)",
 }
 _OTHER_FORMATS = {  # safetensors files of other OpenGLIP formats -> the kind reported for them
     "openglip-tuned-prompt": "tuned-prompt",

@@ -77,7 +77,9 @@ def load_predictor(args, tuned=None):
     return predictor
 
 
-def cmd_detect(args) -> int:
+def cmd_detect(args, make_predictor=load_predictor) -> int:
+    """Run ``openglip detect``; ``make_predictor(args, tuned)`` builds the model (``openglip regionclip detect``
+    gives its own)."""
     from ..device import resolve_device
     from ..files import check_output_dir, check_output_file, write_text_atomic
     from ..image_files import detect_paths, image_format, output_names
@@ -104,7 +106,7 @@ def cmd_detect(args) -> int:
     draw_dir = check_output_dir(args.draw, "--draw") if args.draw else None
     draw_names = output_names(paths) if draw_dir is not None else []
 
-    predictor = load_predictor(args, tuned)
+    predictor = make_predictor(args, tuned)
     results, failures, done = [], [], 0
     for item in detect_paths(
         predictor, paths, prompt, box_threshold=args.threshold, batch_size=args.batch_size

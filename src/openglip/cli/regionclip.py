@@ -25,6 +25,7 @@ import sys
 from pathlib import Path
 
 from ..errors import UsageError
+from . import regionclip_release
 
 
 def _common(p: argparse.ArgumentParser, *, trains: bool, data: str) -> None:
@@ -118,6 +119,7 @@ def register(subparsers) -> None:
     )
     p.add_argument("--out", help="also write the metrics as JSON here")
     p.set_defaults(func=cmd_evaluate)
+    regionclip_release.register(sub)
 
 
 def _stage(stage: str, cfg, args, **paths):

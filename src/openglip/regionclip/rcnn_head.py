@@ -170,7 +170,9 @@ class BoxPredictor(nn.Module):
         classifier, as the official constructor builds it from ``OPENSET_TEST_TEXT_EMB_PATH`` (a bias-free Linear
         holding the matrix, not normalised); ``cls_score`` keeps the training vocabulary."""
         new = nn.Linear(embeddings.shape[1], embeddings.shape[0], bias=False)
-        new.to(device=self.cls_score.weight.device, dtype=self.cls_score.weight.dtype).weight.copy_(embeddings)
+        new.to(device=self.cls_score.weight.device, dtype=self.cls_score.weight.dtype).weight.copy_(
+            embeddings
+        )
         self.test_cls_score = new.requires_grad_(False)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -307,6 +309,7 @@ class HeadOutput:
     pred_boxes: torch.Tensor
     probs: torch.Tensor
     scores_for_nms: torch.Tensor
+    masks: list[torch.Tensor] | None = None  # per image (N, H0, W0) bool, when the model has a mask head
 
 
 def fast_rcnn_inference_single_image(

@@ -1,0 +1,208 @@
+"""RegionCLIP's released models end to end: stand-ins of the released files (the official key lists of
+``shared/reference/regionclip_rn50``, filled by its rule; :mod:`tests.regionclip_releases`) go through the real
+release loader (every key mapped, none left over) into :class:`OfficialRegionCLIP`, which runs the whole official
+inference (RPN, 1000 RoIs, soft-NMS or NMS) on the reference input and must give the official detections.
+
+Detections are matched as sets (same class, IoU >= 0.99, |dscore| <= 1e-4), the reference README's rule; its
+1-thread and fp64 re-runs of the official code itself agree with it to 9e-6 in score, and a near-tie may swap one
+box at the top-k cut, hence at most max(1, n/100) unmatched.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import openglip
+from openglip.checkpoint_format import CheckpointError
+from openglip.conformance import read_shape_table
+from openglip.errors import UsageError
+from openglip.regionclip.rcnn import OfficialRegionCLIP, RCNNConfig, resize_image, resized_size
+from openglip.regionclip.rcnn_load import load_official, save_official, with_concepts
+from openglip.regionclip.rcnn_rpn import build_offline_rpn
+from openglip.regionclip.releases import read_release
+
+from .conftest import require_reference
+from .regionclip_releases import (
+    TABLES,
+    official_state,
+    unmatched,
+    write_finetuned,
+    write_openai_clip,
+    write_pretrained,
+    write_rpn,
+)
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def reference():
+    root = require_reference("regionclip_rn50")
+    return root, torch.load(root / "reference.pt", weights_only=True)
+
+
+@pytest.fixture(scope="module")
+def files(reference, tmp_path_factory):
+    """The released files' stand-ins, and the 65 class names of the reference's given embedding matrix."""
+    root, ref = reference
+    out = tmp_path_factory.mktemp("releases")
+    ovd, zsinf = official_state(root, ref, "ovd"), official_state(root, ref, "zsinf")
+    paths = {
+        "finetuned": write_finetuned(out / "regionclip_finetuned-coco_rn50.pth", ovd),
+        "rpn_coco": write_rpn(out / "rpn_coco_48.pth", ovd),
+        "pretrained": write_pretrained(out / "regionclip_pretrained-cc_rn50.pth", zsinf),
+        "rpn_lvis": write_rpn(out / "rpn_lvis_866.pth", zsinf),
+        "openai": write_openai_clip(out / "RN50.pth", ovd),
+        "concepts": out / "coco_65_cls_emb.pth",
+    }
+    torch.save(ref["inputs"]["given_emb"].clone(), paths["concepts"])
+    names = [f"class {i}" for i in range(65)]
+    (out / "names.txt").write_text("\n".join(names))
+    return paths, names, {"ovd": set(ovd), "zsinf": set(zsinf)}
+
+
+def _run(model: OfficialRegionCLIP, ref: dict, config: str):
+    torch.set_num_threads(2)
+    image = ref["configs"][config]["inputs"]["image_resized_u8"]
+    return model.run([image], [tuple(ref["inputs"]["orig_hw"])])
+
+
+def test_the_test_resize_is_the_official_one(reference):
+    _, ref = reference
+    image = Image.fromarray(ref["inputs"]["image_rgb_u8"].numpy())
+    assert torch.equal(resize_image(image, 800, 1333), ref["configs"]["ovd"]["inputs"]["image_resized_u8"])
+    assert resized_size(480, 640, 800, 1333) == (800, 1067)
+    assert resized_size(300, 2000, 800, 1333) == (200, 1333)  # the longer side caps it
+
+
+def test_transferred_detector_gives_the_official_detections(reference, files):
+    """regionclip_finetuned-coco_rn50.pth + rpn_coco_48.pth + a concept_emb file, the COCO test script's
+    settings (C4 RPN, box deltas, gaussian soft-NMS, 100 per image)."""
+    _, ref = reference
+    paths, names, keys = files
+    model = load_official(paths["finetuned"], rpn=paths["rpn_coco"])
+    assert (model.cfg.rpn, model.cfg.train_classes, model.cfg.head.soft_nms) == ("c4", 48, True)
+    with_concepts(model, paths["concepts"], names)
+    # every official key of the ovd model is one of ours and nothing else (the text encoder is not in this file)
+    assert set(model.state_dict()) == {k for k in keys["ovd"] if not k.startswith("lang_encoder.")}
+    out = _run(model, ref, "ovd")
+    expected = ref["configs"]["ovd"]["given_emb"]["detections"]
+    got = out.detections[0]
+    assert len(got.scores) == len(expected["scores"]) == 100
+    assert unmatched(got, expected) <= 1
+
+
+def test_pretrained_model_zero_shot_and_its_text_encoder(reference, files):
+    """regionclip_pretrained-cc_rn50.pth alone: its own LVIS RPN (NMS 0.9), the proposals as boxes, scores
+    sqrt(probability * raw RPN logit), NMS 0.5, 300 per image; class names embedded by its text encoder."""
+    _, ref = reference
+    paths, names, _ = files
+    model = load_official(paths["pretrained"])
+    assert (model.cfg.rpn, model.cfg.rpn_nms_thresh, model.cfg.head.no_box_delta) == ("fpn", 0.9, True)
+    # the text path: the reference vocabulary's embeddings, from names (81 templates, mean), README tolerance 1e-5
+    model.set_vocabulary(ref["inputs"]["vocab"])
+    got = model.roi_heads.box_predictor.test_cls_score.weight
+    want = ref["text"]["stages"]["text.class_embeddings"]["full"]
+    assert float((got.double() - want.double()).norm() / want.double().norm()) <= 1e-5
+    model.set_vocabulary(names, ref["inputs"]["given_emb"])
+    out = _run(model, ref, "zsinf")
+    expected = ref["configs"]["zsinf"]["given_emb"]["detections"]
+    assert len(out.detections[0].scores) == len(expected["scores"]) == 300
+    assert unmatched(out.detections[0], expected) <= 3
+
+
+def test_every_released_layout_maps_every_key(reference, files, tmp_path):
+    root, ref = reference
+    paths, _, keys = files
+    # a separate RPN file replaces the pretrained file's own; the teacher is named as dropped, not lost
+    release = read_release(paths["pretrained"])
+    assert release.layout == "pretrained" and any("teacher" in why for why in release.dropped)
+    model = load_official(paths["pretrained"], rpn=paths["rpn_lvis"])
+    assert model.cfg.rpn == "fpn"
+    rpn = read_release(paths["rpn_coco"])
+    assert rpn.layout == "rpn" and rpn.rpn == "c4" and sum(map(len, rpn.dropped.values())) == 4
+    # OpenAI's CLIP: visual -> backbone, the text tower -> lang_encoder, its scalars dropped
+    clip = read_release(paths["openai"])
+    assert clip.layout == "openai-clip" and clip.arch == "RN50"
+    assert set(clip.state) == {k for k in keys["ovd"] if k.startswith(("backbone.", "lang_encoder."))}
+    # the LVIS detector: 866 base classes and the class-agnostic mask head, with the large-scale-jitter RPN
+    lvis = write_finetuned(tmp_path / "regionclip_finetuned-lvis_rn50.pth", official_state(root, ref, "ovd", ("backbone.", "roi_heads.")), masks=True, classes=866)  # fmt: skip
+    lsj = build_offline_rpn("fpn_lsj")  # its key layout is derived and checked in test_regionclip_rcnn_rpn.py
+    state = {"backbone." + k: v for k, v in lsj[0].state_dict().items()}
+    state |= {"proposal_generator." + k: v for k, v in lsj[1].state_dict().items()}
+    torch.save({"model": state}, tmp_path / "rpn_lvis_866_lsj.pth")
+    model = load_official(lvis, rpn=tmp_path / "rpn_lvis_866_lsj.pth", text=paths["pretrained"])
+    assert (model.cfg.rpn, model.cfg.train_classes, model.cfg.mask_on) == ("fpn_lsj", 866, True)
+    assert model.lang_encoder is not None
+
+
+def test_rn50x4_layout_follows_the_official_block_counts(reference):
+    """The RN50x4 key list: the RN50 one with the official depth-200 blocks (4, 6, 10, 6) and the same text
+    transformer; the shapes that differ are the widths (80), the 640-d embedding and the 9 x 9 attention grid."""
+    root, _ = reference
+    blocks = {1: 4, 2: 6, 3: 10, 4: 6}
+    rn50 = [
+        r["key"]
+        for r in read_shape_table(root / TABLES["ovd"])
+        if r["key"].startswith(("backbone.", "lang_encoder."))
+    ]
+    expected = set()
+    for key in rn50:
+        m = re.match(r"backbone\.layer(\d)\.(\d+)\.(.*)", key)
+        if m is None:
+            expected.add(key)
+        elif m[2] == "1":  # every non-first block has the same keys as block 1
+            expected |= {f"backbone.layer{m[1]}.{b}.{m[3]}" for b in range(1, blocks[int(m[1])])}
+        elif m[2] == "0":
+            expected.add(key)
+    model = OfficialRegionCLIP(RCNNConfig(arch="RN50x4", rpn=None), text=True)
+    state = model.state_dict()
+    assert {k for k in state if not k.startswith("roi_heads.")} == expected
+    assert state["backbone.conv1.weight"].shape == (40, 3, 3, 3)
+    assert state["backbone.attnpool.positional_embedding"].shape == (82, 2560)
+    assert state["lang_encoder.text_projection"].shape == (640, 640)
+    assert model.roi_heads.pooler_resolution == 18
+
+
+def test_release_errors_say_what_and_where(files, tmp_path):
+    paths, names, _ = files
+    with pytest.raises(CheckpointError, match="RPN"):
+        load_official(paths["rpn_coco"])
+    with pytest.raises(UsageError, match="--rpn"):
+        load_official(paths["finetuned"])
+    with pytest.raises(CheckpointError, match="no CLIP text encoder"):
+        load_official(paths["finetuned"], rpn=paths["rpn_coco"], text=paths["rpn_coco"])
+    with pytest.raises(CheckpointError, match="concept-embedding"):
+        load_official(paths["concepts"])
+    junk = tmp_path / "junk.pth"
+    torch.save({"model": {"backbone.attnpool.c_proj.weight": torch.zeros(1024, 2048), "head.extra": torch.zeros(2)}}, junk)  # fmt: skip
+    with pytest.raises(CheckpointError, match=r"head\.extra"):
+        read_release(junk)
+    with pytest.raises(UsageError, match="65 class embeddings, but 3 names"):
+        with_concepts(load_official(paths["finetuned"], rpn=paths["rpn_coco"]), paths["concepts"], names[:3])
+    model = load_official(paths["finetuned"], rpn=paths["rpn_coco"])
+    with pytest.raises(UsageError, match="no text encoder"):
+        model.set_vocabulary(["cup"])
+
+
+def test_converted_file_opens_with_load_model_and_predicts_the_same(files, tmp_path):
+    """``openglip regionclip convert``'s file: one safetensors with the config, the weights and the stored
+    vocabulary, opened by ``openglip.load_model``; a prompt of stored names uses the stored embeddings."""
+    paths, names, _ = files
+    model = load_official(paths["finetuned"], rpn=paths["rpn_coco"], min_size=128, max_size=160, proposals=30)
+    with_concepts(model, paths["concepts"], names)
+    save_official(model, tmp_path / "coco.safetensors")
+    loaded = openglip.load_model(tmp_path / "coco.safetensors")
+    assert isinstance(loaded, OfficialRegionCLIP) and loaded.cfg == model.cfg
+    photo = (np.random.default_rng(0).random((150, 200, 3)) * 255).astype(np.uint8)
+    prompt = f"{names[40]}. {names[3]}. {names[7]}."  # stored names, another order
+    a, b = model.predict(photo, prompt), loaded.predict(photo, prompt)
+    assert len(a) > 0 and a.image_size == (150, 200)
+    np.testing.assert_allclose(a.xyxy, b.xyxy, atol=1e-4)
+    np.testing.assert_allclose(a.scores, b.scores, atol=1e-5)
+    assert set(a.phrases) <= {names[40], names[3], names[7]} and list(a.labels) == list(b.labels)
