@@ -346,3 +346,17 @@ def test_split_coco_metrics_agree_between_pycocotools_and_faster_coco_eval():
     b = coco_detection_metrics(gt, dets, splits=splits, backend="faster")
     for key in ("AP", "AP50", "base/AP50", "novel/AP50"):
         assert 0.0 < a[key] < 1.0 and a[key] == pytest.approx(b[key], abs=1e-6), key
+
+
+def test_lvis_names_that_clean_alike_keep_their_own_phrases():
+    """LVIS has categories whose cleaned names collide (bow_(weapon) / bow_(decorative_ribbons)); a prompt that
+    merged them would shift every later category's index in the chunk."""
+    from openglip.protocols.common import category_names, category_prompt
+
+    cats = [
+        {"id": 1, "name": "bow_(weapon)"},
+        {"id": 2, "name": "hot_dog"},
+        {"id": 3, "name": "bow_(decorative_ribbons)"},
+    ]
+    assert category_names(cats) == ["bow (weapon)", "hot dog", "bow (decorative ribbons)"]
+    assert category_prompt(cats).phrases == ("bow (weapon)", "hot dog", "bow (decorative ribbons)")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -22,6 +23,18 @@ def clean_name(name: str) -> str:
     underscores become spaces (``"arctic_(type_of_shoe)" -> "arctic"``)."""
     name = re.sub(r"\(.*\)", "", name)
     return " ".join(name.replace("_", " ").split())
+
+
+def category_names(categories: Sequence[dict]) -> list[str]:
+    """One prompt phrase per category, in order: the cleaned name, or, where cleaning makes two categories alike
+    (LVIS: ``bow_(weapon)`` and ``bow_(decorative_ribbons)``), the name with only its underscores replaced, so
+    every category keeps its own phrase and the phrase index stays the category index."""
+    cleaned = [clean_name(c["name"]) or c["name"] for c in categories]
+    counts = Counter(cleaned)
+    return [
+        n if counts[n] == 1 else " ".join(c["name"].replace("_", " ").split())
+        for n, c in zip(cleaned, categories)
+    ]
 
 
 def prompt_from_entries(entries: Sequence, where: str = "prompt") -> Prompt:
@@ -65,7 +78,7 @@ def category_prompt(
     """The detection prompt of COCO categories (sorted by id): their cleaned names, or ``entries`` (one per
     category, see :func:`prompt_from_entries`)."""
     if entries is None:
-        return build_prompt([clean_name(c["name"]) or c["name"] for c in categories])
+        return build_prompt(category_names(categories))
     if len(entries) != len(categories):
         raise DataError(f"{where}: {len(entries)} prompt entries for {len(categories)} categories")
     return prompt_from_entries(entries, where)

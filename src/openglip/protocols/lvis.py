@@ -29,7 +29,7 @@ from tqdm import tqdm
 from ..data.lvis import LvisData
 from ..errors import UsageError
 from ..prompts import build_prompt
-from .common import clean_name, fmt, markdown_table
+from .common import category_names, fmt, markdown_table
 
 KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "APr", "APc", "APf")
 _FASTER_KEYS = {"AP": "AP_all", "AP50": "AP_50", "AP75": "AP_75", "APs": "AP_small", "APm": "AP_medium",
@@ -163,9 +163,12 @@ def detect_lvis(
     """Detections on every image for the whole vocabulary, prompted ``chunk_size`` names at a time."""
     cats = data.categories
     chunks = [cats[i : i + chunk_size] for i in range(0, len(cats), chunk_size)]
-    prompts = [build_prompt([clean_name(c["name"]) or c["name"] for c in chunk]) for chunk in chunks]
-    old = detector.postprocessor.detections_per_image
-    detector.postprocessor.detections_per_image = per_chunk
+    prompts = [build_prompt(category_names(chunk)) for chunk in chunks]
+    # a GLIP Detector keeps per_chunk per prompt; RegionCLIP's released detector keeps its official 300 per image
+    post = getattr(detector, "postprocessor", None)
+    old = post.detections_per_image if post is not None else None
+    if post is not None:
+        post.detections_per_image = per_chunk
     results = []
     try:
         for start in tqdm(range(0, len(data.image_paths), batch_size), desc="lvis", unit="batch"):
@@ -178,7 +181,8 @@ def detect_lvis(
                 ):
                     results.extend(dets.to_coco(info["id"], category_ids=ids))
     finally:
-        detector.postprocessor.detections_per_image = old
+        if post is not None:
+            post.detections_per_image = old
     return results
 
 

@@ -14,11 +14,13 @@ from importlib import resources
 from pathlib import Path
 
 from .. import load_model
+from ..checkpoint_format import checkpoint_kind
 from ..data.splits import read_category_split, split_category_ids
 from ..device import resolve_device
 from ..errors import DataError
 from ..metrics import coco_detection_metrics
 from ..regionclip import load_detector
+from ..regionclip.rcnn import OFFICIAL_KIND
 from .common import category_prompt, detect_coco, fmt, markdown_table
 
 OVCOCO_SPLIT = resources.files("openglip.protocols") / "data" / "ovcoco_split.json"
@@ -38,8 +40,11 @@ class RegionCLIPAdapter:
 
 
 def load_ov_detector(weights: str, model: str = "glip", *, device: str | None = None, batch_size: int = 8):
-    """A GLIP-family :class:`~openglip.api.Detector` (``model="glip"``) or a RegionCLIP detector (``"regionclip"``)."""
-    if model == "glip":
+    """A GLIP-family :class:`~openglip.api.Detector` (``model="glip"``) or a RegionCLIP detector (``"regionclip"``);
+    RegionCLIP's released detector converted by ``openglip regionclip convert`` opens with either."""
+    if (
+        model == "glip" or checkpoint_kind(weights) == OFFICIAL_KIND
+    ):  # load_model opens a converted release too
         return load_model(weights, device=device)
     if model == "regionclip":
         return RegionCLIPAdapter(load_detector(weights).to(resolve_device(device)), batch_size)

@@ -183,9 +183,13 @@ class OfficialRegionCLIP(nn.Module):
             return
         if embeddings is None:
             embeddings = self._embedded.get(names)
-        if embeddings is None and self.stored is not None and set(names) <= set(self.stored[0]):
-            row = {n: i for i, n in enumerate(self.stored[0])}
-            embeddings = self.stored[1][[row[n] for n in names]]
+        if embeddings is None and self.stored is not None:
+            stored_names, stored = self.stored
+            if names == stored_names:  # the whole stored vocabulary (LVIS repeats some cleaned names)
+                embeddings = stored
+            elif set(names) <= set(stored_names):
+                row = {n: i for i, n in enumerate(stored_names)}
+                embeddings = stored[[row[n] for n in names]]
         if embeddings is None:
             if self.lang_encoder is None:
                 raise UsageError(

@@ -14,6 +14,7 @@ import torch
 from ..checkpoint_format import CheckpointError, describe_kind, read_openglip_file, write_checkpoint
 from ..data.coco import load_json
 from ..errors import DataError, UsageError
+from ..protocols.common import category_names
 from .clip_text import load_concept_embeddings
 from .rcnn import OFFICIAL_KIND, PRESETS, OfficialRegionCLIP, RCNNConfig
 from .releases import Release, read_release
@@ -173,7 +174,8 @@ def read_names(path: str | os.PathLike) -> list[str]:
         cats = data.get("categories") if isinstance(data, dict) else None
         if not isinstance(cats, list) or not cats:
             raise DataError(f"{path}: no 'categories' list to take the class names from")
-        return [str(c["name"]).replace("_", " ") for c in sorted(cats, key=lambda c: c["id"])]
+        # cleaned as the benchmark protocols clean them for prompts, so their prompts find these rows
+        return category_names(sorted(cats, key=lambda c: c["id"]))
     names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
     if not names:
         raise DataError(f"{path}: no class names (one a line)")
