@@ -14,8 +14,8 @@ import pytest
 
 from openglip.cli import main
 from openglip.data.odinw import find_odinw_datasets, read_odinw_split
+from openglip.protocols.common import ovcoco_split
 from openglip.protocols.odinw import OdinwPlan, run_odinw
-from openglip.protocols.ovcoco import ovcoco_split
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_TUNE = ["max_steps=1", "batch_size=2", "train_min_sizes=(64,)", "train_max_size=96"]

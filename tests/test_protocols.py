@@ -21,10 +21,10 @@ from openglip.data.mdetr_final import read_mdetr_final
 from openglip.data.odinw import drop_background_category, find_odinw_datasets, glip_few_shot
 from openglip.data.splits import parse_category_split, read_category_split
 from openglip.errors import DataError
-from openglip.protocols.common import clean_name, prompt_from_entries
+from openglip.protocols.common import clean_name, ovcoco_split, prompt_from_entries
 from openglip.protocols.flickr import run_flickr
 from openglip.protocols.lvis import limit_per_class, lvis_fixed_ap
-from openglip.protocols.ovcoco import ovcoco_split, run_ovcoco
+from openglip.protocols.ovcoco import run_ovcoco
 from openglip.protocols.refcoco import run_refcoco
 from openglip.structures import Detections
 

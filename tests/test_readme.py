@@ -50,6 +50,7 @@ RUN_BY = {
     "RegionCLIP: region-text pretraining from captions, open-vocabulary transfer": [
         "test_regionclip_readme.py::test_readme_regionclip_commands_run_end_to_end_from_files"
     ],
+    "RegionCLIP's released models": ["test_regionclip_official.py::test_readme_released_models_commands_run"],
     "Export to ONNX: detect without PyTorch": [
         "test_export.py::test_readme_export_example_runs_without_torch"
     ],

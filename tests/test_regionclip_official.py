@@ -10,7 +10,11 @@ box at the top-k cut, hence at most max(1, n/100) unmatched.
 
 from __future__ import annotations
 
+import functools
+import json
 import re
+import shlex
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,12 +23,16 @@ from PIL import Image
 
 import openglip
 from openglip.checkpoint_format import CheckpointError
+from openglip.cli import main
 from openglip.conformance import read_shape_table
 from openglip.errors import UsageError
+from openglip.regionclip import rcnn_load
 from openglip.regionclip.rcnn import OfficialRegionCLIP, RCNNConfig, resize_image, resized_size
 from openglip.regionclip.rcnn_load import load_official, save_official, with_concepts
 from openglip.regionclip.rcnn_rpn import build_offline_rpn
 from openglip.regionclip.releases import read_release
+from openglip.shapes import write_dataset
+from openglip.shapes.formats import write_lvis
 
 from .conftest import require_reference
 from .regionclip_releases import (
@@ -38,6 +46,7 @@ from .regionclip_releases import (
 )
 
 pytestmark = pytest.mark.slow
+README = Path(__file__).resolve().parents[1] / "README.md"
 
 
 @pytest.fixture(scope="module")
@@ -206,3 +215,73 @@ def test_converted_file_opens_with_load_model_and_predicts_the_same(files, tmp_p
     np.testing.assert_allclose(a.xyxy, b.xyxy, atol=1e-4)
     np.testing.assert_allclose(a.scores, b.scores, atol=1e-5)
     assert set(a.phrases) <= {names[40], names[3], names[7]} and list(a.labels) == list(b.labels)
+
+
+def _readme_section() -> tuple[list[str], list[str]]:
+    """(shell commands, python snippets) of the README's "RegionCLIP's released models" section."""
+    text = README.read_text()
+    section = text[text.index("## RegionCLIP's released models") :]
+    section = section[: section.index("\n## ", 5)]
+    commands = []
+    for block in re.findall(r"```bash\n(.*?)```", section, re.S):
+        for line in block.replace("\\\n", " ").splitlines():
+            if line.strip() and not line.strip().startswith("#"):
+                commands.append(line.strip())
+    return commands, re.findall(r"```python\n(.*?)```", section, re.S)
+
+
+def test_readme_released_models_commands_run(files, reference, tmp_path, monkeypatch, capsys):
+    """The section's commands as written, the released files replaced by their stand-ins, COCO / LVIS by the shapes
+    world's files in those layouts, and the test resize and proposal count made small (--min-size 128
+    --max-size 160 --proposals 20) so each runs in seconds; every output it names is checked."""
+    root, ref = reference
+    paths, _, _ = files
+    coco = write_dataset(tmp_path / "coco_val", num_images=2, split="val", image_size=96, seed=5)["coco"]
+    lvis = write_lvis(tmp_path / "lvis", num_images=3, image_size=96, seed=2)
+    n_coco = len(json.loads(Path(coco).read_text())["categories"])
+    n_lvis = len(json.loads(lvis.read_text())["categories"])
+    torch.save(torch.randn(n_coco, 1024), tmp_path / "coco_65.pth")
+    torch.save(torch.randn(n_lvis, 1024), tmp_path / "lvis_1203.pth")
+    ovd = official_state(root, ref, "ovd", ("backbone.", "roi_heads."))
+    write_finetuned(tmp_path / "ft_lvis.pth", ovd, masks=True, classes=866)
+    lsj = build_offline_rpn("fpn_lsj")
+    state = {"backbone." + k: v for k, v in lsj[0].state_dict().items()}
+    state |= {"proposal_generator." + k: v for k, v in lsj[1].state_dict().items()}
+    torch.save({"model": state}, tmp_path / "rpn_lsj.pth")
+    Image.fromarray(ref["inputs"]["image_rgb_u8"].numpy()).save(tmp_path / "photo.jpg")
+    swap = {
+        "regionclip_finetuned-coco_rn50.pth": str(paths["finetuned"]),
+        "regionclip_finetuned-lvis_rn50.pth": str(tmp_path / "ft_lvis.pth"),
+        "regionclip_pretrained-cc_rn50.pth": str(paths["pretrained"]),
+        "rpn_coco_48.pth": str(paths["rpn_coco"]),
+        "rpn_lvis_866.pth": str(paths["rpn_lvis"]),
+        "rpn_lvis_866_lsj.pth": str(tmp_path / "rpn_lsj.pth"),
+        "coco_65_cls_emb.pth": str(tmp_path / "coco_65.pth"),
+        "lvis_1203_cls_emb.pth": str(tmp_path / "lvis_1203.pth"),
+        "instances_val2017.json": str(coco),
+        "coco/val2017": str(Path(coco).parent),
+        "lvis_v1_val.json": str(lvis),
+        "coco": str(lvis.parent),
+        "photo.jpg": str(tmp_path / "photo.jpg"),
+    }
+    monkeypatch.chdir(tmp_path)
+    commands, snippets = _readme_section()
+    assert len(commands) == 6 and len(snippets) == 1
+    for line in commands:
+        argv = [swap.get(w, w) for w in shlex.split(line)[1:]]
+        if argv[0] == "regionclip":
+            argv += ["--min-size", "128", "--max-size", "160", "--proposals", "20"]
+        assert main(argv) == 0, line
+    out = capsys.readouterr().out
+    assert "novel" in out and "APr" in out  # the two benchmark tables
+    for name in ("dets.json", "zero_shot.json"):
+        results = json.loads((tmp_path / name).read_text())
+        assert {r["phrase"] for r in results} <= {"cup", "saucer", "spoon"}
+    coco_model = openglip.load_model(tmp_path / "regionclip_coco.safetensors")
+    assert coco_model.cfg.rpn == "c4" and len(coco_model.stored[0]) == n_coco
+    assert openglip.load_model(tmp_path / "regionclip_lvis.safetensors").cfg.mask_on
+    small = dict(min_size=128, max_size=160, proposals=20)
+    monkeypatch.setattr(rcnn_load, "load_official", functools.partial(load_official, **small))
+    namespace: dict = {}
+    exec(snippets[0].replace("photo.jpg", swap["photo.jpg"]).replace('"regionclip_', f'"{tmp_path}/X').replace(f'{tmp_path}/Xfinetuned-coco_rn50.pth', swap["regionclip_finetuned-coco_rn50.pth"]).replace(f'{tmp_path}/Xpretrained-cc_rn50.pth', swap["regionclip_pretrained-cc_rn50.pth"]).replace('"rpn_coco_48.pth"', repr(swap["rpn_coco_48.pth"])), namespace)  # fmt: skip
+    assert namespace["dets"].image_size == (512, 512)

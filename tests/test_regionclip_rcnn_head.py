@@ -238,7 +238,10 @@ def test_detections(run, classifier):
         n = len(expected["scores"])
         assert len(got.scores) == n
         # near-tied scores (README section 5: up to 8 adjacent gaps < 1e-5) may swap one box at the top-k cut
-        assert unmatched(got, expected, TOL_DET_IOU, TOL_DET_SCORE) <= max(1, n // 100), (run["name"], classifier)
+        assert unmatched(got, expected, TOL_DET_IOU, TOL_DET_SCORE) <= max(1, n // 100), (
+            run["name"],
+            classifier,
+        )
     idx = ref["detections_resized"]["proposal_index"]
     assert (out.resized[0].proposal_index == idx).float().mean() >= 0.95
 

@@ -223,7 +223,8 @@ def cmd_ovcoco(args) -> int:
     from ..data.coco import load_json
     from ..data.splits import parse_category_split, read_category_split
     from ..errors import DataError
-    from ..protocols.ovcoco import load_ov_detector, ovcoco_split, run_ovcoco
+    from ..protocols.common import ovcoco_split
+    from ..protocols.ovcoco import load_ov_detector, run_ovcoco
 
     _no_overrides(args)
     try:

@@ -68,14 +68,14 @@ def register(sub) -> None:
 def build_from_args(args, tuned=None):
     """The :class:`~openglip.regionclip.rcnn.OfficialRegionCLIP` the options name."""
     from ..device import resolve_device
-    from ..regionclip.rcnn_load import load_official, read_names, with_concepts
+    from ..regionclip.rcnn_load import load_official, with_concepts
 
     if bool(args.concepts) != bool(args.names):
         raise UsageError("--concepts and --names go together: the embeddings and the names of their rows")
     model = load_official(args.weights, rpn=args.rpn, text=args.text, preset=args.preset,
                           min_size=args.min_size, max_size=args.max_size, proposals=args.proposals)  # fmt: skip
     if args.concepts:
-        with_concepts(model, args.concepts, read_names(args.names))
+        with_concepts(model, args.concepts, args.names)
     return model.to(resolve_device(getattr(args, "device", None) or "cpu"))
 
 

@@ -8,14 +8,24 @@ import math
 import re
 from collections import Counter
 from collections.abc import Sequence
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
 
+from ..data.splits import read_category_split
 from ..engine.evaluate import detect_all
 from ..errors import DataError
 from ..files import write_text_atomic
 from ..prompts import SEPARATOR, Prompt, build_prompt
+
+OVCOCO_SPLIT = resources.files("openglip.protocols") / "data" / "ovcoco_split.json"
+
+
+def ovcoco_split() -> dict[str, str]:
+    """The 48 base / 17 novel COCO categories (OVR-CNN's split): ``{name: "base" | "novel"}``."""
+    with resources.as_file(OVCOCO_SPLIT) as path:
+        return read_category_split(path)
 
 
 def clean_name(name: str) -> str:

@@ -4,26 +4,23 @@ The OVR-CNN / RegionCLIP protocol: the detector is prompted with every category 
 novel for COCO, the "generalized" setting: novel objects compete with base ones), the ground truth is
 restricted to those categories, and AP50 is reported over the novel categories (the headline number), the
 base ones and all of them. The split comes from a split file (:func:`~openglip.data.splits.read_category_split`;
-the 48/17 COCO split ships as :data:`OVCOCO_SPLIT`), or from ``"split"`` fields on the file's categories.
+the 48/17 COCO split ships as :data:`~openglip.protocols.common.OVCOCO_SPLIT`), or from ``"split"`` fields on the file's categories.
 OV-LVIS reports AP_r: ``openglip benchmark lvis`` (rare categories are the novel ones there).
 """
 
 from __future__ import annotations
 
-from importlib import resources
 from pathlib import Path
 
 from .. import load_model
 from ..checkpoint_format import checkpoint_kind
-from ..data.splits import read_category_split, split_category_ids
+from ..data.splits import split_category_ids
 from ..device import resolve_device
 from ..errors import DataError
 from ..metrics import coco_detection_metrics
 from ..regionclip import load_detector
 from ..regionclip.rcnn import OFFICIAL_KIND
 from .common import category_prompt, detect_coco, fmt, markdown_table
-
-OVCOCO_SPLIT = resources.files("openglip.protocols") / "data" / "ovcoco_split.json"
 
 
 class RegionCLIPAdapter:
@@ -49,12 +46,6 @@ def load_ov_detector(weights: str, model: str = "glip", *, device: str | None = 
     if model == "regionclip":
         return RegionCLIPAdapter(load_detector(weights).to(resolve_device(device)), batch_size)
     raise ValueError(f"model must be glip or regionclip, not {model!r}")
-
-
-def ovcoco_split() -> dict[str, str]:
-    """The 48 base / 17 novel COCO categories (OVR-CNN's split): ``{name: "base" | "novel"}``."""
-    with resources.as_file(OVCOCO_SPLIT) as path:
-        return read_category_split(path)
 
 
 def restrict_to_split(gt: dict, split: dict[str, str], source: str = "the split file") -> dict:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -14,7 +13,7 @@ import torch
 from ..checkpoint_format import CheckpointError, describe_kind, read_openglip_file, write_checkpoint
 from ..data.coco import load_json
 from ..errors import DataError, UsageError
-from ..protocols.common import category_names
+from ..protocols.common import category_names, ovcoco_split
 from .clip_text import load_concept_embeddings
 from .rcnn import OFFICIAL_KIND, PRESETS, OfficialRegionCLIP, RCNNConfig
 from .releases import Release, read_release
@@ -163,29 +162,37 @@ def load_official_state(model: OfficialRegionCLIP, state: dict[str, torch.Tensor
     model.load_state_dict(state, strict=False)
 
 
-def read_names(path: str | os.PathLike) -> list[str]:
-    """Class names, one a row of a concept-embedding file: a text file (one a line) or a COCO / LVIS JSON (its
-    categories in id order, as the official datasets register them)."""
+def read_names(path: str | os.PathLike, rows: int | None = None) -> list[str]:
+    """The class names of a concept-embedding file's rows: a text file (one a line) or a COCO / LVIS JSON (its
+    categories in id order, as the official datasets register them). A COCO file with more classes than a 65-row
+    file (``coco_65_cls_emb.pth``) gives the OV-COCO 48 + 17 classes among them, in id order."""
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"class-name file {path} not found")
-    if path.suffix == ".json":
-        data = load_json(path)
-        cats = data.get("categories") if isinstance(data, dict) else None
-        if not isinstance(cats, list) or not cats:
-            raise DataError(f"{path}: no 'categories' list to take the class names from")
-        # cleaned as the benchmark protocols clean them for prompts, so their prompts find these rows
-        return category_names(sorted(cats, key=lambda c: c["id"]))
-    names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
-    if not names:
-        raise DataError(f"{path}: no class names (one a line)")
-    return names
+    if path.suffix != ".json":
+        names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+        if not names:
+            raise DataError(f"{path}: no class names (one a line)")
+        return names
+    data = load_json(path)
+    cats = data.get("categories") if isinstance(data, dict) else None
+    if not isinstance(cats, list) or not cats or not all(isinstance(c, dict) and "name" in c for c in cats):
+        raise DataError(f"{path}: no 'categories' list with names to take the class names from")
+    cats = sorted(cats, key=lambda c: c.get("id", 0))
+    split = {n.lower() for n in ovcoco_split()}
+    if rows is not None and len(cats) != rows and rows == len(split):
+        cats = [c for c in cats if str(c["name"]).lower() in split]
+    # cleaned as the benchmark protocols clean them for prompts, so their prompts find these rows
+    return category_names(cats)
 
 
-def with_concepts(model: OfficialRegionCLIP, concepts: str | os.PathLike, names: Sequence[str]) -> None:
+def with_concepts(model: OfficialRegionCLIP, concepts: str | os.PathLike, names) -> None:
     """Use a released ``concept_emb`` file (``coco_65_cls_emb.pth``, ``lvis_1203_cls_emb.pth``, ...) for
-    ``names``, one name a row in order, so a prompt of those names uses the official embeddings."""
+    ``names`` (a list, one name a row in order, or a file for :func:`read_names`), so a prompt of those names uses
+    the official embeddings."""
     emb = load_concept_embeddings(concepts, dim=model.roi_heads.box_predictor.cls_score.in_features)
+    if isinstance(names, (str, os.PathLike)):
+        names = read_names(names, rows=emb.shape[0])
     if emb.shape[0] != len(names):
         raise UsageError(
             f"{concepts} holds {emb.shape[0]} class embeddings, but {len(names)} names were given"
