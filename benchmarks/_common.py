@@ -46,13 +46,13 @@ def timed(fn, repeats: int, device: torch.device) -> tuple[float, list[float]]:
     return statistics.median(times), times
 
 
-def find_reference() -> Path | None:
-    """shared/reference/glip_t beside the checkout, under $OPENGLIP_REFERENCE, or carried in .gpu/reference."""
+def find_reference(name: str = "glip_t") -> Path | None:
+    """shared/reference/NAME beside the checkout, under $OPENGLIP_REFERENCE, or carried in .gpu/reference."""
     roots = [os.environ.get("OPENGLIP_REFERENCE", ""), REPO.parent / "shared" / "reference"]
     roots += [REPO / "shared" / "reference", REPO / ".gpu" / "reference"]
     for root in roots:
-        if root and (Path(root) / "glip_t").is_dir():
-            return Path(root) / "glip_t"
+        if root and (Path(root) / name).is_dir():
+            return Path(root) / name
     return None
 
 

@@ -10,6 +10,9 @@ Rows (each section prints as soon as it is measured):
   reference input of shared/reference/glip_t (chelsea 800x1202 padded to 800x1216, "cat. dog. person.") with
   the weights filled by the reference rule, so the detections are checked against the official ones; the
   official implementation takes about 23 s for this forward on a 2-core machine like CI's.
+* RegionCLIP's released RN50 detector (``openglip.regionclip.rcnn``, CPU only): the COCO test settings (C4
+  RPN, 1000 proposals, gaussian soft-NMS) on the RegionCLIP reference's 800x800 input and weights, with the
+  detections checked against the official ones.
 * Grounding DINO-T from Hugging Face transformers (``GroundingDinoConfig()``: its default Swin-T backbone and
   BERT-base text encoder, random weights, nothing downloaded), the same image size, batch, precision and text
   (our bert-base-uncased tokenizer, the same tokens), and GLIP-T's speed relative to it.
@@ -99,6 +102,51 @@ def glip_cpu_rows(threads: int, repeats: int) -> tuple[list[tuple], float]:
             ("GLIP-T detections matching the official ones", f"{matched_official(dets, ref)}/100", "", "")
         )
     return rows, median
+
+
+def regionclip_rows(threads: int, repeats: int) -> list[tuple]:
+    """RegionCLIP's released RN50 detector (the COCO test settings: C4 RPN, 1000 proposals, soft-NMS) on the
+    reference's 800x800 input with its weights and 65 classes when shared/reference/regionclip_rn50 is there
+    (the detections are then checked against the official ones), else random weights on the astronaut photo."""
+    from PIL import Image
+    from skimage import data
+
+    from openglip.conformance import read_shape_table, regionclip_fill, unmatched_detections
+    from openglip.regionclip.rcnn import PRESETS, OfficialRegionCLIP, resize_image
+    from openglip.regionclip.rcnn_load import load_official_state
+
+    model = OfficialRegionCLIP(PRESETS["coco"], text=False)
+    ref_dir = find_reference("regionclip_rn50")
+    ref = None
+    if ref_dir is not None:
+        ref = torch.load(ref_dir / "reference.pt", weights_only=True)
+        rows = [
+            r for r in read_shape_table(ref_dir / "state_dict_shapes.tsv") if not r["key"].startswith("lang_")
+        ]
+        state = regionclip_fill(rows, ref["inputs"]["given_emb"])
+        state.pop("roi_heads.box_predictor.test_cls_score.weight")
+        load_official_state(model, state, "the reference's filled state dict")
+        image, original = ref["configs"]["ovd"]["inputs"]["image_resized_u8"], tuple(ref["inputs"]["orig_hw"])
+        emb = ref["inputs"]["given_emb"]
+    else:
+        image, original = resize_image(Image.fromarray(data.astronaut()), 800, 1333), (512, 512)
+        emb = torch.randn(65, 1024)
+    model.set_vocabulary([f"class {i}" for i in range(65)], emb)
+
+    def run():
+        return model.run([image], [original])
+
+    out = run()  # warm-up
+    median, times = timed(run, repeats, torch.device("cpu"))
+    rows = [(f"RegionCLIP RN50 detector (COCO settings), fp32, CPU, {threads} threads, 800x800, 1000 proposals",
+             f"{1 / median:.2f} img/s", f"{median:.2f} s (min {min(times):.2f}); official 347 s incl. its Python soft-NMS",
+             ", ".join(f"{t:.2f}" for t in times))]  # fmt: skip
+    if ref is not None:
+        expected = ref["configs"]["ovd"]["given_emb"]["detections"]
+        got = out.detections[0]
+        rows.append(("RegionCLIP detections matching the official ones (class, IoU >= 0.99, |dscore| <= 1e-4)",
+                     f"{len(expected['scores']) - unmatched_detections(got.boxes, got.scores, got.classes, expected)}/{len(expected['scores'])}", "", ""))  # fmt: skip
+    return rows
 
 
 def glip_gpu_rows(repeats: int, compile_modes: list[str]) -> tuple[list[tuple], dict[int, float]]:
@@ -205,7 +253,9 @@ def main() -> None:
     )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--skip", nargs="*", default=[], choices=["glip", "gdino", "train", "loader"])
+    parser.add_argument(
+        "--skip", nargs="*", default=[], choices=["glip", "regionclip", "gdino", "train", "loader"]
+    )
     parser.add_argument("--compile", nargs="*", default=[], choices=["default", "reduce-overhead", "max-autotune"],
                         help="GPU: also time these torch.compile modes of the inference path")  # fmt: skip
     parser.add_argument(
@@ -228,6 +278,10 @@ def main() -> None:
             glip_rate = {1: 1 / seconds}
             title = "GLIP-T inference (CPU)"
         print_table(header, rows, title=title)
+    if "regionclip" not in args.skip and not cuda:
+        print_table(
+            header, regionclip_rows(args.threads, args.repeats), title="RegionCLIP's released detector (CPU)"
+        )
     if "gdino" not in args.skip:
         if cuda:
             rows, rates = gdino_rows(device, [1, 8], (800, 1333), GPU_CAPTION, max(args.repeats, 5))

@@ -13,9 +13,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from torchvision.ops import box_iou
 
-from openglip.conformance import read_shape_table, regionclip_fill
+from openglip.conformance import read_shape_table, regionclip_fill, unmatched_detections
 
 TABLES = {"ovd": "state_dict_shapes.tsv", "zsinf": "state_dict_shapes_zsinf.tsv"}
 # a C4 Mask R-CNN's heads, which an RPN file carries and RegionCLIP drops (shapes as in detectron2's R50-C4)
@@ -84,20 +83,5 @@ def write_openai_clip(path: Path, state: dict) -> Path:
 
 
 def unmatched(got, ref: dict, iou: float = 0.99, score: float = 1e-4) -> int:
-    """Reference detections without a partner of the same class, IoU >= ``iou`` and |dscore| <= ``score``,
-    matched one to one as sets (README section 6 of the reference: not by rank)."""
-    overlap = box_iou(ref["boxes"].double(), got.boxes.double().cpu())
-    close = (
-        (overlap >= iou)
-        & (ref["classes"][:, None] == got.classes.cpu()[None, :])
-        & ((ref["scores"][:, None].double() - got.scores.cpu()[None, :].double()).abs() <= score)
-    )
-    taken = torch.zeros(len(got.scores), dtype=torch.bool)
-    missing = 0
-    for row in close:
-        free = (row & ~taken).nonzero()
-        if len(free):
-            taken[free[0, 0]] = True
-        else:
-            missing += 1
-    return missing
+    """:func:`openglip.conformance.unmatched_detections` of a head's detections."""
+    return unmatched_detections(got.boxes, got.scores, got.classes, ref, iou, score)

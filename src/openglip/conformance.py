@@ -14,6 +14,7 @@ import math
 from pathlib import Path
 
 import torch
+from torchvision.ops import box_iou
 
 from .models.anchors import level_anchors
 from .models.swin import _relative_position_index
@@ -94,3 +95,31 @@ def relative_l2(x: torch.Tensor, summary: dict) -> float:
     got = x.detach().reshape(-1)[idx].double()
     ref = summary["values"].double()
     return float((got - ref).norm() / ref.norm().clamp_min(1e-30))
+
+
+def unmatched_detections(
+    boxes: torch.Tensor,
+    scores: torch.Tensor,
+    classes: torch.Tensor,
+    ref: dict,
+    iou: float = 0.99,
+    score: float = 1e-4,
+) -> int:
+    """Reference detections (``ref``: ``boxes``, ``scores``, ``classes``) without a partner among ours of the same
+    class, IoU >= ``iou`` and |dscore| <= ``score``, matched one to one as sets, not by rank (the RegionCLIP
+    reference's rule: near-tied scores may swap ranks)."""
+    overlap = box_iou(ref["boxes"].double(), boxes.double().cpu())
+    close = (
+        (overlap >= iou)
+        & (ref["classes"][:, None] == classes.cpu()[None, :])
+        & ((ref["scores"][:, None].double() - scores.cpu()[None, :].double()).abs() <= score)
+    )
+    taken = torch.zeros(len(scores), dtype=torch.bool)
+    missing = 0
+    for row in close:
+        free = (row & ~taken).nonzero()
+        if len(free):
+            taken[free[0, 0]] = True
+        else:
+            missing += 1
+    return missing
