@@ -85,3 +85,29 @@ def write_openai_clip(path: Path, state: dict) -> Path:
 def unmatched(got, ref: dict, iou: float = 0.99, score: float = 1e-4) -> int:
     """:func:`openglip.conformance.unmatched_detections` of a head's detections."""
     return unmatched_detections(got.boxes, got.scores, got.classes, ref, iou, score)
+
+
+def write_pretrained_from_clip(path: Path, clip_model, *, text: bool = True) -> Path:
+    """A pretrained-layout release made from an open_clip CLIP model (``visual.*`` -> ``backbone.*`` and the
+    teacher, the text tower -> ``lang_encoder.*``): what ``regionclip_pretrained-cc_rn50.pth`` holds, minus its
+    RPN. ``text=False`` gives a transferred detector's CLIP part (no text encoder)."""
+    visual = {
+        k.removeprefix("visual."): v for k, v in clip_model.state_dict().items() if k.startswith("visual.")
+    }
+    visual = {k: v for k, v in visual.items() if not k.endswith("num_batches_tracked")}
+    model = {"backbone." + k: v for k, v in visual.items()} | {
+        "teacher_backbone." + k: v for k, v in visual.items()
+    }
+    if text:
+        model |= {
+            "lang_encoder." + k: v
+            for k, v in clip_model.state_dict().items()
+            if not k.startswith("visual.") and k != "logit_scale"
+        }
+    else:
+        model |= {"roi_heads.box_predictor.cls_score.weight": torch.zeros(48, 1024),
+                  "roi_heads.box_predictor.cls_bg_score.weight": torch.zeros(1, 1024),
+                  "roi_heads.box_predictor.bbox_pred.weight": torch.zeros(4, 1024),
+                  "roi_heads.box_predictor.bbox_pred.bias": torch.zeros(4)}  # fmt: skip
+    torch.save({"model": model}, path)
+    return path

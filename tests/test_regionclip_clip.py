@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from openglip.errors import UsageError
-from openglip.regionclip.clip import CLIPSentenceEncoder, CLIPTeacher, parse_clip_spec
+from openglip.regionclip.clip import CLIPSentenceEncoder, CLIPTeacher, load_clip, parse_clip_spec
 from openglip.regionclip.features import image_to_tensor
 from openglip.regionclip.model import CLIPStudent
 from openglip.regionclip.weights import load_region_teacher
@@ -117,3 +117,29 @@ def test_missing_or_foreign_clip_weights_are_one_clear_error(tmp_path):
     torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), scripted)
     with pytest.raises(UsageError, match=r"scripted\.pt: not RN50 CLIP weights"):
         load_region_teacher(f"clip:RN50:{scripted}")
+
+
+def test_regionclip_release_files_are_clip_specs(tmp_path):
+    """``clip:RN50:regionclip_pretrained-cc_rn50.pth``: RegionCLIP's pretrained model as the CLIP of the concept
+    pool, teacher or student (``--student`` of transfer): its student ResNet and text encoder fill open_clip's RN50;
+    a transferred detector has no text encoder and says so when asked for text."""
+    import open_clip
+
+    from openglip.regionclip.weights import released_student
+
+    from .regionclip_releases import write_pretrained_from_clip
+
+    source = open_clip.create_model("RN50", pretrained=None, force_quick_gelu=True)
+    path = write_pretrained_from_clip(tmp_path / "regionclip_pretrained-cc_rn50.pth", source)
+    model = load_clip(f"clip:RN50:{path}")
+    want = source.state_dict()
+    for key, value in model.state_dict().items():
+        if key != "logit_scale" and not key.endswith("num_batches_tracked"):
+            assert torch.equal(value, want[key]), key
+    assert released_student(str(path)) == "RN50" and released_student(str(tmp_path / "x.safetensors")) is None
+    assert CLIPSentenceEncoder(f"clip:RN50:{path}").sentences(["a photo of a cat."]).shape == (1, 1024)
+    detector = write_pretrained_from_clip(tmp_path / "regionclip_finetuned-coco_rn50.pth", source, text=False)
+    with pytest.raises(UsageError, match="no CLIP text encoder"):
+        CLIPSentenceEncoder(f"clip:RN50:{detector}")
+    with pytest.raises(UsageError, match="holds a RN50 CLIP, not RN101"):
+        load_clip(f"clip:RN101:{path}")

@@ -9,11 +9,14 @@ import re
 import shlex
 from pathlib import Path
 
+import open_clip
 import pytest
 
 from openglip.cli import main
 from openglip.data.captions import write_captions
 from openglip.shapes import NOVEL, write_dataset
+
+from .regionclip_releases import write_pretrained_from_clip
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 TRAIN = ["image_size=64", "max_steps=1", "batch_size=2", "warmup_steps=0", "checkpoint_every=0"]
@@ -38,7 +41,7 @@ def readme_section() -> tuple[list[str], list[str]]:
     for block in re.findall(r"```bash\n(.*?)```", section, re.S):
         for line in block.replace("\\\n", " ").splitlines():
             line = line.split("  #")[0].strip()
-            if line:
+            if line and not line.startswith("#"):
                 commands.append(line)
     return commands, re.findall(r"```python\n(.*?)```", section, re.S)
 
@@ -67,12 +70,15 @@ def files(tmp_path_factory) -> Path:
         im["file_name"] = f"val/{im['file_name']}"
     (root / "val.json").write_text(json.dumps(coco))
     (root / "image.png").write_bytes((root / "val" / "images" / "000000.png").read_bytes())
+    # RegionCLIP's released pretrained model, in its layout, made of a random CLIP RN50
+    clip = open_clip.create_model("RN50", pretrained=None, force_quick_gelu=True)
+    write_pretrained_from_clip(root / "regionclip_pretrained-cc_rn50.pth", clip)
     return root
 
 
 def test_readme_regionclip_commands_run_end_to_end_from_files(files, monkeypatch, capsys):
     commands, snippets = readme_section()
-    assert len(commands) == 10 and len(snippets) == 1
+    assert len(commands) == 12 and len(snippets) == 1
     monkeypatch.chdir(files)
     for command in commands:
         words = shlex.split(command.replace("clip:RN50:RN50.pt", "clip:RN50:random"))

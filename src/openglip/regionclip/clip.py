@@ -24,8 +24,10 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import roi_align
 
+from ..checkpoint_format import CheckpointError
 from ..errors import UsageError
 from .features import PIXEL_MEAN, PIXEL_STD
+from .releases import Release, read_release
 
 PREFIX = "clip:"
 # OpenAI CLIP's image normalisation (RGB, 0..1)
@@ -103,6 +105,8 @@ def load_clip(spec: str) -> nn.Module:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # open_clip must never reach for the hub
     import open_clip
 
+    if path != "random" and (release := _regionclip_release(path)) is not None:
+        return _from_release(arch, path, release)
     # OpenAI's releases are TorchScript archives, which torch.load reads only with weights_only=False
     scripted = path != "random" and _is_torchscript(path)
     try:
@@ -120,6 +124,45 @@ def load_clip(spec: str) -> nn.Module:
     return model.float().eval().requires_grad_(False)
 
 
+def _regionclip_release(path: str) -> Release | None:
+    """A RegionCLIP release (``regionclip_pretrained-cc_*.pth``, a transferred detector) or OpenAI's CLIP as a plain
+    state dict, read into the official key space; None for any other file (open_clip reads those)."""
+    if path.endswith(".safetensors") or _is_torchscript(path):
+        return None
+    try:
+        release = read_release(path)
+    except CheckpointError:
+        return None
+    return release if release.layout in ("pretrained", "finetuned", "openai-clip") else None
+
+
+def _from_release(arch: str, path: str, release: Release) -> nn.Module:
+    """open_clip's ``arch`` (QuickGELU, as OpenAI trained it) holding a release's CLIP ResNet (``backbone.*`` ->
+    ``visual.*``) and, when the file has it, its text encoder (``lang_encoder.*``); every one of those keys must
+    fill a parameter or buffer of the model."""
+    import open_clip
+
+    if release.arch != arch:
+        raise UsageError(f"{path} holds a {release.arch} CLIP, not {arch}: use clip:{release.arch}:{path}")
+    model = open_clip.create_model(arch, pretrained=None, force_quick_gelu=True, device="cpu")
+    state = {}
+    for key, value in release.state.items():
+        if key.startswith("backbone."):
+            state["visual." + key.removeprefix("backbone.")] = value
+        elif key.startswith("lang_encoder."):
+            state[key.removeprefix("lang_encoder.")] = value
+    result = model.load_state_dict(state, strict=False)
+    # BatchNorm's num_batches_tracked (no official counterpart) and CLIP's logit scale keep their built values
+    missing = [k for k in result.missing_keys if not k.endswith("num_batches_tracked") and k != "logit_scale"]
+    if result.unexpected_keys or any(k.startswith("visual.") for k in missing):
+        bad = result.unexpected_keys or missing
+        raise UsageError(
+            f"{path} does not fit open_clip's {arch}: {len(bad)} keys, e.g. {', '.join(bad[:4])}"
+        )
+    model.has_text = any(k.startswith("lang_encoder.") for k in release.state)  # a transferred detector has none
+    return model.float().eval().requires_grad_(False)
+
+
 class CLIPSentenceEncoder:
     """CLIP's text tower as a sentence encoder: ``sentences(texts) -> (N, D)`` unit vectors.
 
@@ -133,6 +176,11 @@ class CLIPSentenceEncoder:
 
         self.name, self.device = spec, torch.device(device)
         self.model = load_clip(spec)
+        if not getattr(self.model, "has_text", True):
+            raise UsageError(
+                f"{spec}: this file has no CLIP text encoder (a transferred detector); embed text with the "
+                "pretrained model (regionclip_pretrained-cc_*.pth) or OpenAI's CLIP"
+            )
         self.tokenizer = open_clip.get_tokenizer(parse_clip_spec(spec)[0])
         self._cache: dict[str, torch.Tensor] = {}
 

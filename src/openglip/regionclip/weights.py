@@ -27,6 +27,7 @@ from .detector import OpenVocabDetector
 from .inference import Postprocess
 from .model import CLIPStudent, RegionStudent
 from .proposals import ProposalNetwork
+from .releases import read_release
 from .teacher import ContrastiveTeacher
 
 KINDS = (
@@ -137,6 +138,9 @@ def build_detector(
     ``templates``/``encoder``) an empty detector of that shape is built, to receive an exported state dict.
     """
     pretrained = None
+    release = released_student(cfg.student)
+    if release is not None:  # RegionCLIP's own pretrained model: the paper's initialisation of the detector
+        cfg = dataclasses.replace(cfg, backbone=f"clip:{release}:{cfg.student}", student="")
     if rpn_config is None:
         rpn = load_rpn(required_path(cfg.rpn, "rpn"))
         pool = ConceptPool.load(required_path(cfg.concepts, "concepts"))
@@ -150,11 +154,13 @@ def build_detector(
             pretrained.text_centre.copy_(pool.centre)
             if init:
                 student.load_state_dict(pretrained.state_dict())
+        if release is not None:  # frozen, the ensemble partner of the class scores, as a pretrained student
+            pretrained = copy.deepcopy(student)
         student.text_centre.copy_(pool.centre)  # the pool's space, whatever the student was pretrained with
     else:
         rpn = build_rpn(rpn_config, pretrained=False)
         student = build_student(cfg, pretrained=False)
-        pretrained = copy.deepcopy(student) if cfg.student else None
+        pretrained = copy.deepcopy(student) if cfg.student or release is not None else None
     # the detector uses neither the global image embedding nor the student's temperature
     for p in student.image_only():
         p.requires_grad_(False)
@@ -171,6 +177,18 @@ def build_detector(
         unseen_weight=cfg.unseen_weight,
         seen_weight=cfg.seen_weight,
     )
+
+
+def released_student(path: str | None) -> str | None:
+    """The CLIP architecture (``RN50``, ``RN50x4``) of a released RegionCLIP model or OpenAI CLIP file given as
+    ``--student``, or None for an OpenGLIP student file (or none)."""
+    if not path or str(path).endswith(".safetensors") or not Path(path).is_file():
+        return None
+    try:
+        release = read_release(path)
+    except CheckpointError:
+        return None
+    return release.arch if release.layout in ("pretrained", "finetuned", "openai-clip") else None
 
 
 def required_path(path: str, what: str) -> str:
