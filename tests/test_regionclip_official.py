@@ -11,6 +11,7 @@ box at the top-k cut, hence at most max(1, n/100) unmatched.
 from __future__ import annotations
 
 import functools
+import io
 import json
 import re
 import shlex
@@ -285,3 +286,45 @@ def test_readme_released_models_commands_run(files, reference, tmp_path, monkeyp
     namespace: dict = {}
     exec(snippets[0].replace("photo.jpg", swap["photo.jpg"]).replace('"regionclip_', f'"{tmp_path}/X').replace(f'{tmp_path}/Xfinetuned-coco_rn50.pth', swap["regionclip_finetuned-coco_rn50.pth"]).replace(f'{tmp_path}/Xpretrained-cc_rn50.pth', swap["regionclip_pretrained-cc_rn50.pth"]).replace('"rpn_coco_48.pth"', repr(swap["rpn_coco_48.pth"])), namespace)  # fmt: skip
     assert namespace["dets"].image_size == (512, 512)
+
+
+def test_openglip_serve_answers_with_the_released_detector(files, tmp_path):
+    """``openglip serve`` takes the converted file like any predictor: an uploaded photo and a prompt of the
+    stored class names get the detections ``predict`` gives."""
+    from fastapi.testclient import TestClient
+
+    from openglip.serve import ServeSettings, create_app
+
+    paths, names, _ = files
+    model = load_official(paths["finetuned"], rpn=paths["rpn_coco"], min_size=128, max_size=160, proposals=30)
+    with_concepts(model, paths["concepts"], names)
+    save_official(model, tmp_path / "coco.safetensors")
+    served = openglip.load_model(tmp_path / "coco.safetensors")
+    photo = (np.random.default_rng(1).random((120, 160, 3)) * 255).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(photo).save(buffer, format="PNG")
+    prompt = f"{names[40]}. {names[2]}."
+    with TestClient(create_app(served, ServeSettings(timeout_s=120))) as client:
+        r = client.post("/v1/detect", files={"image": ("x.png", buffer.getvalue(), "image/png")},
+                        data={"prompt": prompt, "threshold": "0.0"})  # fmt: skip
+    assert r.status_code == 200, r.text
+    want = model.predict(photo, prompt)
+    got = r.json()["detections"]
+    assert len(got) == len(want) > 0
+    np.testing.assert_allclose([d["box"] for d in got], want.xyxy, atol=1e-3)  # JSON rounding, as test_serve
+    assert [d["phrase"] for d in got] == list(want.phrases)
+
+
+def test_openglip_evaluate_takes_the_converted_release(files, tmp_path, capsys):
+    """``openglip evaluate --weights`` on a COCO file: the converted detector behind the shared evaluator."""
+    paths, _, _ = files
+    coco = write_dataset(tmp_path / "val", num_images=2, split="val", image_size=96, seed=5)["coco"]
+    names = [c["name"] for c in json.loads(Path(coco).read_text())["categories"]]
+    model = load_official(paths["finetuned"], rpn=paths["rpn_coco"], min_size=128, max_size=160, proposals=20)
+    with_concepts(model, paths["concepts"], names + [f"other {i}" for i in range(65 - len(names))])
+    save_official(model, tmp_path / "coco.safetensors")
+    argv = ["evaluate", "--weights", str(tmp_path / "coco.safetensors"), "--data", str(coco),
+            "--out", str(tmp_path / "metrics.json")]  # fmt: skip
+    assert main(argv) == 0
+    metrics = json.loads((tmp_path / "metrics.json").read_text())["metrics"]
+    assert 0.0 <= metrics["AP50"] <= 1.0 and "OfficialRegionCLIP" in capsys.readouterr().out

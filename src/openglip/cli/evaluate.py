@@ -75,7 +75,8 @@ def cmd_evaluate(args) -> int:
         metrics, predictions = evaluate_file(
             detector, args.data, args.image_root, args.batch_size, tuned_prompt=tuned
         )
-    print(format_table(metrics, title=f"{detector.config.name} on {args.data}"))
+    name = detector.config.name if hasattr(detector, "config") else type(detector).__name__
+    print(format_table(metrics, title=f"{name} on {args.data}"))
     undefined = [k for k, v in metrics.items() if v != v]
     if undefined:
         print(
