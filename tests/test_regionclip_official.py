@@ -23,11 +23,11 @@ import torch
 from PIL import Image
 
 import openglip
+from openglip import regionclip
 from openglip.checkpoint_format import CheckpointError
 from openglip.cli import main
 from openglip.conformance import read_shape_table
 from openglip.errors import UsageError
-from openglip.regionclip import rcnn_load
 from openglip.regionclip.rcnn import OfficialRegionCLIP, RCNNConfig, resize_image, resized_size
 from openglip.regionclip.rcnn_load import load_official, save_official, with_concepts
 from openglip.regionclip.rcnn_rpn import build_offline_rpn
@@ -282,7 +282,7 @@ def test_readme_released_models_commands_run(files, reference, tmp_path, monkeyp
     assert coco_model.cfg.rpn == "c4" and len(coco_model.stored[0]) == n_coco
     assert openglip.load_model(tmp_path / "regionclip_lvis.safetensors").cfg.mask_on
     small = dict(min_size=128, max_size=160, proposals=20)
-    monkeypatch.setattr(rcnn_load, "load_official", functools.partial(load_official, **small))
+    monkeypatch.setattr(regionclip, "load_official", functools.partial(load_official, **small))
     namespace: dict = {}
     exec(snippets[0].replace("photo.jpg", swap["photo.jpg"]).replace('"regionclip_', f'"{tmp_path}/X').replace(f'{tmp_path}/Xfinetuned-coco_rn50.pth', swap["regionclip_finetuned-coco_rn50.pth"]).replace(f'{tmp_path}/Xpretrained-cc_rn50.pth', swap["regionclip_pretrained-cc_rn50.pth"]).replace('"rpn_coco_48.pth"', repr(swap["rpn_coco_48.pth"])), namespace)  # fmt: skip
     assert namespace["dets"].image_size == (512, 512)

@@ -12,7 +12,9 @@ open-vocabulary detection:
    contrastive and KL distillation.
 5. :class:`OpenVocabDetector` — RPN + student box head, classifier = class-name embeddings + background, unseen
    classes calibrated by the frozen pretrained student.
-6. :mod:`.data` (user files or the shapes world, one path), :mod:`.evaluate` (detection AP per split and r/c/f,
+6. :class:`OfficialRegionCLIP` / :func:`load_official` — the released models of microsoft/RegionCLIP
+   (``CLIPFastRCNN``: offline RPN, CLIP ResNet region head, official post-processing; :mod:`.releases`).
+7. :mod:`.data` (user files or the shapes world, one path), :mod:`.evaluate` (detection AP per split and r/c/f,
    region classification with ground-truth boxes). The CLI is ``openglip regionclip ...``.
 """
 
@@ -23,6 +25,8 @@ from .detector import OpenVocabDetector
 from .inference import ZeroShotDetector
 from .model import CLIPStudent, RegionStudent
 from .proposals import ProposalNetwork, random_crops
+from .rcnn import OfficialRegionCLIP
+from .rcnn_load import load_official
 from .teacher import ContrastiveTeacher
 from .weights import load_detector, load_region_teacher, load_rpn, load_student
 
@@ -34,6 +38,7 @@ __all__ = [
     "ConceptPool",
     "ContrastiveTeacher",
     "MiniLMText",
+    "OfficialRegionCLIP",
     "OpenVocabDetector",
     "PretrainConfig",
     "ProposalNetwork",
@@ -45,6 +50,7 @@ __all__ = [
     "TransferConfig",
     "ZeroShotDetector",
     "load_detector",
+    "load_official",
     "load_region_teacher",
     "load_rpn",
     "load_sentence_encoder",
