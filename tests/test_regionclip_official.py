@@ -14,7 +14,6 @@ import functools
 import io
 import json
 import re
-import shlex
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +44,7 @@ from .regionclip_releases import (
     write_pretrained,
     write_rpn,
 )
+from .test_readme import blocks, command_lines
 
 pytestmark = pytest.mark.slow
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -218,19 +218,6 @@ def test_converted_file_opens_with_load_model_and_predicts_the_same(files, tmp_p
     assert set(a.phrases) <= {names[40], names[3], names[7]} and list(a.labels) == list(b.labels)
 
 
-def _readme_section() -> tuple[list[str], list[str]]:
-    """(shell commands, python snippets) of the README's "RegionCLIP's released models" section."""
-    text = README.read_text()
-    section = text[text.index("## RegionCLIP's released models") :]
-    section = section[: section.index("\n## ", 5)]
-    commands = []
-    for block in re.findall(r"```bash\n(.*?)```", section, re.S):
-        for line in block.replace("\\\n", " ").splitlines():
-            if line.strip() and not line.strip().startswith("#"):
-                commands.append(line.strip())
-    return commands, re.findall(r"```python\n(.*?)```", section, re.S)
-
-
 def test_readme_released_models_commands_run(files, reference, tmp_path, monkeypatch, capsys):
     """The section's commands as written, the released files replaced by their stand-ins, COCO / LVIS by the shapes
     world's files in those layouts, and the test resize and proposal count made small (--min-size 128
@@ -266,13 +253,15 @@ def test_readme_released_models_commands_run(files, reference, tmp_path, monkeyp
         "photo.jpg": str(tmp_path / "photo.jpg"),
     }
     monkeypatch.chdir(tmp_path)
-    commands, snippets = _readme_section()
+    title = "RegionCLIP's released models"
+    commands = [argv for lang, code in blocks(title) if lang == "bash" for argv in command_lines(code)]
+    snippets = [code for lang, code in blocks(title) if lang == "python"]
     assert len(commands) == 6 and len(snippets) == 1
-    for line in commands:
-        argv = [swap.get(w, w) for w in shlex.split(line)[1:]]
+    for words in commands:
+        argv = [swap.get(w, w) for w in words]
         if argv[0] == "regionclip":
             argv += ["--min-size", "128", "--max-size", "160", "--proposals", "20"]
-        assert main(argv) == 0, line
+        assert main(argv) == 0, words
     out = capsys.readouterr().out
     assert "novel" in out and "APr" in out  # the two benchmark tables
     for name in ("dets.json", "zero_shot.json"):

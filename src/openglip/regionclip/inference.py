@@ -172,22 +172,11 @@ class RegionPredictor(nn.Module):
             :class:`Detections` (a list for a list of images): boxes in original pixels, ``labels`` index the
             prompt's phrases, at most ``detections_per_image`` per image.
         """
-        single = not isinstance(images, (list, tuple)) and not (
-            isinstance(images, np.ndarray) and images.ndim == 4
-        )
-        items = as_list(images)
-        if (prompt is None) == (prompts is None):
-            raise UsageError("give exactly one of prompt= (shared) or prompts= (one per image)")
-        if prompts is not None and len(prompts) != len(items):
-            raise UsageError(f"{len(prompts)} prompts for {len(items)} images")
-        per_image = [parse_prompt(p).phrases for p in prompts] if prompts is not None else None
-        shared = None if prompt is None else parse_prompt(prompt).phrases
+        single, groups = prompt_groups(images, prompt, prompts, batch_size)
         was_training = self.training
         self.eval()
         results: list[Detections] = []
-        for start in range(0, len(items), batch_size if per_image is None else 1):
-            chunk = items[start : start + (batch_size if per_image is None else 1)]
-            names = list(shared if per_image is None else per_image[start])
+        for chunk, names in groups:
             text = self.names(names, self.centre())  # (C, D)
             post = self.post
             batch, scales, sizes = prepare_images(chunk, min_size=post.min_size, max_size=post.max_size)
@@ -254,6 +243,27 @@ class ZeroShotDetector(RegionPredictor):
             self.region_probs(batch, proposals, text), objectness, self.post.multiply_rpn_score
         )
         return zip(proposals, probs.split([len(p) for p in proposals]))
+
+
+def prompt_groups(images, prompt, prompts, batch_size: int) -> tuple[bool, list[tuple[list, list[str]]]]:
+    """The :class:`~openglip.structures.Predictor` call's inputs as ``(single image?, [(images, class names)])``:
+    up to ``batch_size`` images a group under a shared ``prompt``, one image a group with ``prompts``.
+
+    Raises:
+        UsageError: both or neither of ``prompt`` / ``prompts``, or a prompt count that is not the image count.
+    """
+    single = not isinstance(images, (list, tuple)) and not (
+        isinstance(images, np.ndarray) and images.ndim == 4
+    )
+    items = as_list(images)
+    if (prompt is None) == (prompts is None):
+        raise UsageError("give exactly one of prompt= (shared) or prompts= (one per image)")
+    if prompts is not None and len(prompts) != len(items):
+        raise UsageError(f"{len(prompts)} prompts for {len(items)} images")
+    if prompts is not None:
+        return single, [([item], list(parse_prompt(p).phrases)) for item, p in zip(items, prompts)]
+    names, step = list(parse_prompt(prompt).phrases), max(1, batch_size)
+    return single, [(items[i : i + step], names) for i in range(0, len(items), step)]
 
 
 def as_list(images) -> list:

@@ -29,10 +29,9 @@ from torch import nn
 from ..errors import UsageError
 from ..images import load_image
 from ..models.masks import paste_masks
-from ..prompts import parse_prompt
 from ..structures import Detections
 from .clip_text import CLIPLanguageEncoder, concept_embeddings
-from .inference import as_list, to_detections
+from .inference import prompt_groups, to_detections
 from .rcnn_head import (
     CLIP_RESNETS,
     HeadOutput,
@@ -268,22 +267,11 @@ class OfficialRegionCLIP(nn.Module):
         Returns:
             :class:`Detections` (a list for a list of images) in original pixels; ``labels`` index the phrases.
         """
-        single = not isinstance(images, (list, tuple)) and not (
-            isinstance(images, np.ndarray) and images.ndim == 4
-        )
-        items = as_list(images)
-        if (prompt is None) == (prompts is None):
-            raise UsageError("give exactly one of prompt= (shared) or prompts= (one per image)")
-        if prompts is not None and len(prompts) != len(items):
-            raise UsageError(f"{len(prompts)} prompts for {len(items)} images")
-        vocab = [parse_prompt(p).phrases for p in prompts] if prompts is not None else None
-        shared = None if prompt is None else parse_prompt(prompt).phrases
-        step = max(1, batch_size) if vocab is None else 1
+        single, groups = prompt_groups(images, prompt, prompts, batch_size)
         results: list[Detections] = []
-        for start in range(0, len(items), step):
-            names = list(shared if vocab is None else vocab[start])
+        for chunk, names in groups:
             self.set_vocabulary(names)
-            loaded = [load_image(src) for src in items[start : start + step]]
+            loaded = [load_image(src) for src in chunk]
             tensors = [resize_image(im, self.cfg.min_size, self.cfg.max_size) for im, _ in loaded]
             out = self.run(tensors, [size for _, size in loaded])
             masks = getattr(out, "masks", None) or [None] * len(loaded)
